@@ -1,0 +1,308 @@
+"""Sparse coders behind one interface.
+
+A coder turns activations [n, d_in] at one hookpoint into a sparse code: `values` and `indices`,
+both [n, k], where entries with value 0 are padding (a token may have fewer than k active latents).
+`decoder_directions()` gives [n_latents, d_in] directions in the model's activation space, used for
+steering and the logit lens.
+
+Kinds:
+  sae        an SAE in sae-lens format (local folder, or release/id from the sae-lens registry online)
+  sparsify   an EleutherAI sparsify folder (cfg.json + sae.safetensors)
+  neurons    the raw units of the hookpoint (every non-zero value is kept)
+  topk       the k largest units per token (k matched to an SAE's L0 in the baseline)
+  random     random unit directions, ReLU then top-k: a baseline with no learned structure
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from autointerp.errors import AutointerpError
+from autointerp.paths import hub_offline
+
+log = logging.getLogger(__name__)
+
+CODER_KINDS = ("sae", "sparsify", "neurons", "topk", "random")
+
+
+@dataclass
+class SparseCode:
+    values: torch.Tensor  # [n, k] float32, 0 = padding
+    indices: torch.Tensor  # [n, k] int64 latent ids
+
+    def to_dense(self, n_latents: int) -> torch.Tensor:
+        dense = torch.zeros(self.values.shape[0], n_latents, dtype=self.values.dtype)
+        return dense.scatter_add_(1, self.indices, self.values)
+
+
+class SparseCoder(Protocol):
+    kind: str
+    hookpoint: str
+    d_in: int
+    n_latents: int
+
+    def encode(self, x: torch.Tensor) -> SparseCode: ...
+
+    def decoder_directions(self) -> torch.Tensor: ...
+
+    def describe(self) -> dict: ...
+
+
+def _sparse_from_dense(dense: torch.Tensor, k: int | None = None) -> SparseCode:
+    """Keep the k largest entries (default: as many as the densest row has non-zeros)."""
+    if k is None:
+        k = max(int((dense != 0).sum(dim=1).max().item()) if dense.numel() else 0, 1)
+    k = min(k, dense.shape[1])
+    values, indices = dense.topk(k, dim=1, sorted=False)
+    values = values.clamp_min(0) if k < dense.shape[1] else values
+    return SparseCode(values.float(), indices)
+
+
+def _check_width(x: torch.Tensor, d_in: int, what: str) -> None:
+    if x.shape[-1] != d_in:
+        raise AutointerpError(
+            f"{what} expects activations of width {d_in} but the hookpoint gives {x.shape[-1]}: "
+            f"use a coder trained on this model and hookpoint"
+        )
+
+
+class SaeLensCoder:
+    """An SAE loaded through sae-lens; encoding is sae-lens's own `encode`."""
+
+    kind = "sae"
+
+    def __init__(self, sae, hookpoint: str, source: str):
+        self.sae = sae.eval()
+        self.hookpoint = hookpoint
+        self.source = source
+        self.d_in = int(sae.cfg.d_in)
+        self.n_latents = int(sae.cfg.d_sae)
+        self.k = int(getattr(sae.cfg, "k", 0)) or None
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> SparseCode:
+        _check_width(x, self.d_in, f"SAE {self.source}")
+        dense = self.sae.encode(x.to(self.sae.dtype))
+        return _sparse_from_dense(dense, self.k)
+
+    @torch.no_grad()
+    def decoder_directions(self) -> torch.Tensor:
+        return self.sae.W_dec.detach().float()
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "hookpoint": self.hookpoint, "source": self.source,
+                "d_in": self.d_in, "n_latents": self.n_latents, "k": self.k,
+                "architecture": self.sae.cfg.architecture()}
+
+
+def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu") -> SaeLensCoder:
+    """An SAE from a local sae-lens folder, or `release/id` from the sae-lens registry (online)."""
+    from sae_lens import SAE
+
+    from autointerp.subject import Hookpoint
+
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "/", "~")):
+        cfg_file, weights = path / "cfg.json", path / "sae_weights.safetensors"
+        for f in (cfg_file, weights):
+            if not f.exists():
+                raise AutointerpError(f"SAE folder {path} has no {f.name}: point at a folder written by "
+                                      f"`autointerp train-sae` or sae-lens's save_model")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            sae = SAE.load_from_disk(str(path), device=device)
+        except Exception as e:  # safetensors/json raise many types for a damaged file
+            raise AutointerpError(f"SAE in {path} could not be read ({type(e).__name__}): the file is corrupt; "
+                                  f"re-train it or copy it again") from e
+    else:
+        release, _, sae_id = source.partition("/")
+        if hub_offline():
+            raise AutointerpError(f"SAE {source!r} is not a local folder and the machine is offline: "
+                                  f"pass a local sae-lens folder")
+        try:
+            sae = SAE.from_pretrained(release, sae_id, device=device)
+        except Exception as e:
+            raise AutointerpError(f"could not load SAE release {release!r} id {sae_id!r} ({type(e).__name__}): "
+                                  f"check the names in sae-lens's pretrained_saes.yaml and the network") from e
+        cfg = sae.cfg.to_dict()
+    hook_name = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
+    hp = hookpoint or (str(Hookpoint.parse(hook_name)) if hook_name else None)
+    if hp is None:
+        raise AutointerpError(f"SAE {source} does not record its hook name: pass --hookpoint")
+    return SaeLensCoder(sae, hp, source)
+
+
+class SparsifyCoder:
+    """An EleutherAI sparsify SAE folder: cfg.json + sae.safetensors (encoder.weight/bias, W_dec, b_dec).
+    Encoding follows sparsify: ReLU(encoder(x - b_dec)) then top-k."""
+
+    kind = "sparsify"
+
+    def __init__(self, folder: str, hookpoint: str):
+        from safetensors.torch import load_file
+
+        path = Path(folder)
+        try:
+            cfg = json.loads((path / "cfg.json").read_text())
+            w = load_file(str(path / "sae.safetensors"))
+        except FileNotFoundError as e:
+            raise AutointerpError(f"sparsify folder {path} lacks {Path(e.filename).name}: "
+                                  f"point at a folder with cfg.json and sae.safetensors") from e
+        except Exception as e:
+            raise AutointerpError(f"sparsify SAE in {path} could not be read ({type(e).__name__}): "
+                                  f"the file is corrupt; copy it again") from e
+        self.W_enc = w["encoder.weight"].float()  # [n_latents, d_in]
+        self.b_enc = w["encoder.bias"].float()
+        self.W_dec = w["W_dec"].float()  # [n_latents, d_in]
+        self.b_dec = w["b_dec"].float()
+        self.k = int(cfg["k"])
+        self.hookpoint = hookpoint
+        self.source = str(path)
+        self.n_latents, self.d_in = self.W_enc.shape
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> SparseCode:
+        _check_width(x, self.d_in, f"sparsify SAE {self.source}")
+        pre = torch.relu((x.float() - self.b_dec) @ self.W_enc.T + self.b_enc)
+        values, indices = pre.topk(self.k, dim=1, sorted=False)
+        return SparseCode(values, indices)
+
+    def decoder_directions(self) -> torch.Tensor:
+        return self.W_dec
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "hookpoint": self.hookpoint, "source": self.source,
+                "d_in": self.d_in, "n_latents": self.n_latents, "k": self.k}
+
+
+class NeuronCoder:
+    """The hookpoint's own units as latents. With k, only the k largest per token (top-k neurons)."""
+
+    def __init__(self, hookpoint: str, d_in: int, k: int | None = None):
+        self.kind = "topk" if k else "neurons"
+        self.hookpoint = hookpoint
+        self.d_in = self.n_latents = d_in
+        self.k = k
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> SparseCode:
+        _check_width(x, self.d_in, f"{self.kind} coder at {self.hookpoint}")
+        x = x.float()
+        if self.k:
+            values, indices = x.topk(self.k, dim=1, sorted=False)
+            return SparseCode(values.clamp_min(0), indices)
+        # Raw neurons: every unit, signed values kept (only exact zeros are padding).
+        idx = torch.arange(self.d_in).expand(x.shape[0], -1)
+        return SparseCode(x, idx)
+
+    def decoder_directions(self) -> torch.Tensor:
+        return torch.eye(self.d_in)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "hookpoint": self.hookpoint, "d_in": self.d_in,
+                "n_latents": self.n_latents, "k": self.k}
+
+
+class RandomDirectionCoder:
+    """Random unit directions as a baseline: ReLU(x·w) then the k largest, seeded."""
+
+    kind = "random"
+
+    def __init__(self, hookpoint: str, d_in: int, n_latents: int, k: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(n_latents, d_in, generator=g)
+        self.W = w / w.norm(dim=1, keepdim=True)
+        self.hookpoint, self.d_in, self.n_latents, self.k, self.seed = hookpoint, d_in, n_latents, k, seed
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> SparseCode:
+        _check_width(x, self.d_in, f"random coder at {self.hookpoint}")
+        pre = torch.relu(x.float() @ self.W.T)
+        values, indices = pre.topk(self.k, dim=1, sorted=False)
+        return SparseCode(values, indices)
+
+    def decoder_directions(self) -> torch.Tensor:
+        return self.W
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "hookpoint": self.hookpoint, "d_in": self.d_in,
+                "n_latents": self.n_latents, "k": self.k, "seed": self.seed}
+
+
+@dataclass
+class CoderSpec:
+    """What to build: `kind` plus its options. `name` is the latent set's name in a run
+    (default: the hookpoint for SAEs, `<hookpoint>-<kind>` for baselines)."""
+
+    kind: str
+    hookpoint: str | None = None
+    source: str | None = None  # SAE/sparsify folder or sae-lens release/id
+    k: int | None = None
+    n_latents: int | None = None
+    seed: int = 0
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "CoderSpec":
+        """`sae:PATH`, `sae:PATH@HOOKPOINT`, `sparsify:PATH@HOOKPOINT`, `neurons@HOOKPOINT`,
+        `topk:K@HOOKPOINT`, `random:N:K@HOOKPOINT`."""
+        body, _, hookpoint = text.rpartition("@") if "@" in text else (text, "", "")
+        kind, _, arg = body.partition(":")
+        if kind not in CODER_KINDS:
+            raise AutointerpError(f"unknown coder {text!r}: use one of {', '.join(CODER_KINDS)} "
+                                  f"(e.g. sae:data/saes/resid_post.15 or topk:32@mlp_neurons.15)")
+        spec = cls(kind=kind, hookpoint=hookpoint or None)
+        try:
+            if kind in ("sae", "sparsify"):
+                spec.source = arg
+            elif kind == "topk":
+                spec.k = int(arg)
+            elif kind == "random":
+                n, _, k = arg.partition(":")
+                spec.n_latents, spec.k = int(n), int(k)
+        except ValueError as e:
+            raise AutointerpError(f"coder {text!r} has a non-integer size: e.g. topk:32@mlp_neurons.15 "
+                                  f"or random:4096:32@resid_post.15") from e
+        if kind != "sae" and not spec.hookpoint:
+            raise AutointerpError(f"coder {text!r} needs a hookpoint: append @HOOKPOINT, e.g. @resid_post.15")
+        return spec
+
+    def default_name(self, hookpoint: str) -> str:
+        if self.name:
+            return self.name
+        if self.kind == "sae":
+            return hookpoint
+        suffix = {"topk": f"topk{self.k}", "random": "random", "neurons": "neurons", "sparsify": "sparsify"}
+        return f"{hookpoint}-{suffix[self.kind]}"
+
+
+def build_coder(spec: CoderSpec, subject=None) -> SparseCoder:
+    """Instantiate a coder; with a subject, check hookpoint and width against the model."""
+    if spec.kind == "sae":
+        coder: SparseCoder = load_sae(spec.source, spec.hookpoint)
+    elif spec.kind == "sparsify":
+        coder = SparsifyCoder(spec.source, spec.hookpoint)
+    else:
+        if subject is None:
+            raise AutointerpError(f"a {spec.kind} coder needs the subject model to know its width")
+        d = subject.hookpoint_dim(spec.hookpoint)
+        if spec.kind == "random":
+            coder = RandomDirectionCoder(spec.hookpoint, d, spec.n_latents, spec.k, spec.seed)
+        else:
+            coder = NeuronCoder(spec.hookpoint, d, spec.k if spec.kind == "topk" else None)
+    if subject is not None:
+        hp = str(subject.hookpoint(coder.hookpoint))
+        coder.hookpoint = hp
+        d = subject.hookpoint_dim(hp)
+        if coder.d_in != d:
+            raise AutointerpError(
+                f"coder {spec.source or spec.kind} has width {coder.d_in} but {subject.name} hookpoint {hp} "
+                f"has width {d}: use a coder trained on this model and hookpoint"
+            )
+    return coder

@@ -1,0 +1,51 @@
+"""Dataclass configs for every pipeline stage. The CLI builds its flags from these fields, so a
+field's comment in `metadata["help"]` is also its --help text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autointerp.paths import data_dir
+
+DEMO_HOOKPOINTS = ["resid_post.14", "resid_post.15", "resid_post.16", "mlp_out.15"]
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    model: str = _help("subject model: 'smollm2', a local HF folder, a .gguf file or a hub name", default="smollm2")
+    corpus: str = _help("'wiki' or a .txt/.jsonl/.json file", default="wiki")
+    hookpoints: list[str] = _help("hookpoints to train SAEs on", default_factory=lambda: list(DEMO_HOOKPOINTS))
+    out_dir: str = _help("folder that receives one sae-lens SAE folder per hookpoint",
+                         default_factory=lambda: str(data_dir() / "saes" / "smollm2"))
+    n_latents: int = _help("latents per SAE", default=4096)
+    k: int = _help("active latents per token (top-k)", default=32)
+    tokens: int = _help("training tokens (activations are held in memory)", default=250_000)
+    eval_tokens: int = _help("held-out tokens for FVU / L0 / dead-latent metrics", default=20_000)
+    epochs: int = _help("passes over the training tokens", default=4)
+    batch_size: int = _help("activations per optimiser step", default=1024)
+    lr: float = _help("Adam learning rate", default=1e-3)
+    autocast: bool = _help("train in bfloat16 autocast (fast on CPUs with AMX/AVX512-BF16)", default=True)
+    dead_feature_window: int = _help("steps without firing before a latent counts as dead (aux-k loss)", default=50)
+    ctx_len: int = _help("tokens per context (first is BOS)", default=64)
+    outlier_factor: float = _help("drop training tokens whose norm exceeds this x the median (attention sinks)",
+                                  default=10.0)
+    seed: int = _help("random seed", default=0)
+
+
+@dataclass
+class CacheConfig:
+    run: str = _help("run folder (a bare name goes under data/runs/)", default="demo")
+    model: str = _help("subject model: 'smollm2', a local HF folder, a .gguf file or a hub name", default="smollm2")
+    corpus: str = _help("'wiki' or a .txt/.jsonl/.json file", default="wiki")
+    coders: list[str] = _help("coders: sae:FOLDER[@HP], sparsify:FOLDER@HP, neurons@HP, topk:K@HP, random:N:K@HP",
+                              default_factory=list)
+    tokens: int = _help("tokens to cache", default=500_000)
+    ctx_len: int = _help("tokens per context (first is BOS, never cached)", default=64)
+    batch_contexts: int = _help("contexts per forward pass", default=64)
+    part_contexts: int = _help("contexts per Parquet part (the unit of resume)", default=1024)
+    seed: int = _help("seed of the corpus shuffle", default=0)
+    histogram_bins: int = _help("bins of each latent's activation histogram", default=20)

@@ -1,0 +1,241 @@
+"""The subject language model: loading, hookpoints, and a forward pass that stops early.
+
+Hookpoints are named `<kind>.<layer>`:
+  resid_post.L   residual stream after decoder layer L
+  mlp_out.L      output of layer L's MLP
+  mlp_neurons.L  MLP hidden activations, the input of layer L's down projection
+sae-lens hook names (`blocks.L.hook_resid_post`, `blocks.L.hook_mlp_out`, `blocks.L.mlp.hook_post`)
+are accepted too, so SAEs trained elsewhere map onto our hookpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autointerp.errors import AutointerpError
+from autointerp.paths import data_dir, hub_offline, smollm2_gguf
+
+log = logging.getLogger(__name__)
+
+HOOK_KINDS = ("resid_post", "mlp_out", "mlp_neurons")
+EMBEDDED_MODELS = {"smollm2": "smollm2-135m-instruct"}
+_SAE_LENS_HOOKS = {
+    r"blocks\.(\d+)\.hook_resid_post": "resid_post",
+    r"blocks\.(\d+)\.hook_mlp_out": "mlp_out",
+    r"blocks\.(\d+)\.mlp\.hook_post": "mlp_neurons",
+}
+
+
+@dataclass(frozen=True)
+class Hookpoint:
+    kind: str
+    layer: int
+
+    @classmethod
+    def parse(cls, name: str) -> "Hookpoint":
+        m = re.fullmatch(r"(resid_post|mlp_out|mlp_neurons)\.(\d+)", name)
+        if m:
+            return cls(m.group(1), int(m.group(2)))
+        for pattern, kind in _SAE_LENS_HOOKS.items():
+            m = re.fullmatch(pattern, name)
+            if m:
+                return cls(kind, int(m.group(1)))
+        raise AutointerpError(
+            f"unknown hookpoint {name!r}: use resid_post.L, mlp_out.L or mlp_neurons.L (L = layer index)"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.kind}.{self.layer}"
+
+    @property
+    def sae_lens_name(self) -> str:
+        return {
+            "resid_post": f"blocks.{self.layer}.hook_resid_post",
+            "mlp_out": f"blocks.{self.layer}.hook_mlp_out",
+            "mlp_neurons": f"blocks.{self.layer}.mlp.hook_post",
+        }[self.kind]
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the deepest needed layer ran: nothing after it is computed."""
+
+
+def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise AutointerpError(f"unsupported model class {type(model).__name__}: no decoder layer list found")
+
+
+def _down_projection(mlp: torch.nn.Module) -> torch.nn.Module:
+    for name in ("down_proj", "c_proj", "dense_4h_to_h", "fc2"):
+        if hasattr(mlp, name):
+            return getattr(mlp, name)
+    raise AutointerpError(f"unsupported MLP class {type(mlp).__name__}: no down projection found")
+
+
+class Subject:
+    """A causal LM with named hookpoints. Forward passes never run the lm_head."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.layers = _decoder_layers(model)
+        cfg = model.config
+        self.n_layers = len(self.layers)
+        self.d_model = int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd)
+        mlp = self.layers[0].mlp
+        down = _down_projection(mlp)
+        # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+        self.d_mlp = int(down.weight.shape[1] if isinstance(down, torch.nn.Linear) else down.weight.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def hookpoint(self, name: str) -> Hookpoint:
+        """Parse and check a hookpoint name against this model."""
+        hp = Hookpoint.parse(name)
+        if not 0 <= hp.layer < self.n_layers:
+            raise AutointerpError(
+                f"hookpoint {name!r} names layer {hp.layer} but {self.name} has layers 0..{self.n_layers - 1}"
+            )
+        return hp
+
+    def hookpoint_dim(self, name: str) -> int:
+        return self.d_mlp if self.hookpoint(name).kind == "mlp_neurons" else self.d_model
+
+    @torch.no_grad()
+    def activations(self, input_ids: torch.Tensor, hookpoints: list[str]) -> dict[str, torch.Tensor]:
+        """Activations [batch, seq, dim] at each hookpoint, from one forward pass that stops after
+        the deepest layer needed (later layers, the final norm and the lm_head never run)."""
+        parsed = {name: self.hookpoint(name) for name in hookpoints}
+        out: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def keep(name: str):
+            def hook(module, args, output=None):
+                value = args[0] if output is None else output
+                out[name] = value[0] if isinstance(value, tuple) else value
+            return hook
+
+        for name, hp in parsed.items():
+            layer = self.layers[hp.layer]
+            if hp.kind == "resid_post":
+                handles.append(layer.register_forward_hook(keep(name)))
+            elif hp.kind == "mlp_out":
+                handles.append(layer.mlp.register_forward_hook(keep(name)))
+            else:
+                handles.append(_down_projection(layer.mlp).register_forward_pre_hook(keep(name)))
+
+        def stop(module, args, output):
+            raise _StopForward
+
+        deepest = max(hp.layer for hp in parsed.values())
+        handles.append(self.layers[deepest].register_forward_hook(stop))
+        try:
+            base = getattr(self.model, self.model.base_model_prefix, self.model)
+            base(input_ids=input_ids, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF checkpoint once into a safetensors folder (loading GGUF takes ~17 s)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to %s (once)", gguf.name, out_dir)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        model.config.quantization_config = None
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        tok.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)  # atomic: a half-converted folder is never visible
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def embedded_model_dir(alias: str = "smollm2") -> Path:
+    """The safetensors folder of an embedded model, converted from its GGUF on first use."""
+    out = data_dir() / "models" / EMBEDDED_MODELS[alias]
+    if not (out / "model.safetensors").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gguf(smollm2_gguf(), out)
+    return out
+
+
+def resolve_model_source(spec: str) -> tuple[Path | str, str | None]:
+    """(folder or hub name, gguf file name or None) for a model spec: an embedded alias, a local
+    HF folder, a .gguf file, or a hub name (online only)."""
+    if spec in EMBEDDED_MODELS:
+        return embedded_model_dir(spec), None
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise AutointerpError(f"model folder {path} has no config.json: point at a Hugging Face model folder")
+        return path, None
+    if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
+        raise AutointerpError(f"model path {spec} does not exist: check the path")
+    if hub_offline():
+        raise AutointerpError(
+            f"model {spec!r} is not a local folder or .gguf file and the machine is offline "
+            f"(HF_HUB_OFFLINE=1): pass a local folder, a .gguf file, or one of {sorted(EMBEDDED_MODELS)}"
+        )
+    return spec, None
+
+
+def load_causal_lm(spec: str, dtype: str = "bfloat16"):
+    """(model, tokenizer) for a model spec; see resolve_model_source."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf_file = resolve_model_source(spec)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
+    except OSError as e:
+        if isinstance(source, str):
+            raise AutointerpError(
+                f"could not fetch model {spec!r} from the hub ({type(e).__name__}): check the name and the "
+                f"network, or pass a local folder"
+            ) from e
+        raise AutointerpError(f"could not load model from {source}: {e}".splitlines()[0]) from e
+    return model, tok
+
+
+def load_subject(spec: str = "smollm2", dtype: str = "bfloat16") -> Subject:
+    model, tok = load_causal_lm(spec, dtype)
+    return Subject(model, tok, name=spec)
