@@ -30,7 +30,7 @@ class TrainConfig:
     lr: float = _help("Adam learning rate", default=1e-3)
     autocast: bool = _help("train in bfloat16 autocast (fast on CPUs with AMX/AVX512-BF16)", default=True)
     dead_feature_window: int = _help("steps without firing before a latent counts as dead (aux-k loss)", default=50)
-    ctx_len: int = _help("tokens per context (first is BOS)", default=64)
+    ctx_len: int = _help("corpus tokens per context (a BOS token is prepended)", default=64)
     outlier_factor: float = _help("drop training tokens whose norm exceeds this x the median (attention sinks)",
                                   default=10.0)
     seed: int = _help("random seed", default=0)
@@ -44,8 +44,20 @@ class CacheConfig:
     coders: list[str] = _help("coders: sae:FOLDER[@HP], sparsify:FOLDER@HP, neurons@HP, topk:K@HP, random:N:K@HP",
                               default_factory=list)
     tokens: int = _help("tokens to cache", default=500_000)
-    ctx_len: int = _help("tokens per context (first is BOS, never cached)", default=64)
+    ctx_len: int = _help("corpus tokens per context (a BOS token is prepended and never cached)", default=64)
     batch_contexts: int = _help("contexts per forward pass", default=64)
     part_contexts: int = _help("contexts per Parquet part (the unit of resume)", default=1024)
     seed: int = _help("seed of the corpus shuffle", default=0)
     histogram_bins: int = _help("bins of each latent's activation histogram", default=20)
+
+
+@dataclass
+class DemoConfig:
+    run: str = _help("name of the demo run under data/runs/", default="demo")
+    tokens: int = _help("tokens to cache (the demo's size; ~20 min at 500k on 2 cores)", default=500_000)
+    train_tokens: int = _help("tokens each demo SAE trains on", default=300_000)
+    epochs: int = _help("passes over the training tokens", default=3)
+    n_latents: int = _help("latents per SAE", default=4096)
+    k: int = _help("active latents per token (also the top-k neuron baseline's k)", default=32)
+    hookpoints: list[str] = _help("SAE hookpoints", default_factory=lambda: list(DEMO_HOOKPOINTS))
+    neuron_baseline: str = _help("hookpoint of the top-k neuron baseline ('' for none)", default="mlp_neurons.15")

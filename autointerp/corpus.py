@@ -45,12 +45,12 @@ def load_texts(corpus: str) -> list[str]:
 
 
 def tokenize_contexts(texts: list[str], tokenizer, ctx_len: int, n_tokens: int, seed: int = 0) -> np.ndarray:
-    """[n_contexts, ctx_len] int32 token ids: documents shuffled (seeded), joined with EOS, cut into
-    contexts of BOS + ctx_len-1 tokens, n_contexts = ceil(n_tokens / ctx_len)."""
-    if ctx_len < 2:
-        raise AutointerpError(f"context length {ctx_len} is too short: use at least 2")
+    """[n_contexts, 1 + ctx_len] int32 token ids: documents shuffled (seeded), joined with EOS, cut
+    into contexts of BOS + ctx_len tokens, n_contexts = ceil(n_tokens / ctx_len)."""
+    if ctx_len < 1:
+        raise AutointerpError(f"context length {ctx_len} is too short: use at least 1")
     n_ctx = max(1, -(-n_tokens // ctx_len))
-    body = ctx_len - 1
+    body = ctx_len
     need = n_ctx * body
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
@@ -70,6 +70,6 @@ def tokenize_contexts(texts: list[str], tokenizer, ctx_len: int, n_tokens: int, 
         n_ctx = len(stream) // body
         if n_ctx == 0:
             n_ctx, stream = 1, stream + [eos] * (body - len(stream))
-        log.warning("corpus holds only %d contexts of %d tokens; using all of it", n_ctx, ctx_len)
+        log.warning("corpus holds only %d contexts of %d tokens; using all of it", n_ctx, body)
     arr = np.asarray(stream[: n_ctx * body], dtype=np.int32).reshape(n_ctx, body)
     return np.concatenate([np.full((n_ctx, 1), bos, dtype=np.int32), arr], axis=1)

@@ -95,7 +95,7 @@ def train_one(acts: torch.Tensor, eval_acts: torch.Tensor, hookpoint: str, cfg: 
         d_in=d_in, d_sae=cfg.n_latents, k=cfg.k, dtype="float32", device="cpu",
         normalize_activations="expected_average_only_in",
         metadata=SAEMetadata(model_name=model_name, hook_name=Hookpoint.parse(hookpoint).sae_lens_name,
-                             context_size=cfg.ctx_len, prepend_bos=True),
+                             context_size=cfg.ctx_len + 1, prepend_bos=True),
     )
     sae = TopKTrainingSAE(sae_cfg)
     # Start the decoder bias at the data mean (in the normalised space sae-lens trains in, where
@@ -150,7 +150,7 @@ def train_saes(cfg: TrainConfig, subject: Subject | None = None) -> dict[str, di
     t0 = time.time()
     acts = collect_activations(subject, contexts, todo)
     log.info("collected in %.0f s", time.time() - t0)
-    n_eval_tok = n_eval * (cfg.ctx_len - 1)
+    n_eval_tok = n_eval * cfg.ctx_len
     for h in todo:
         x, n_dropped = drop_massive_activations(acts[h], cfg.outlier_factor)
         n_eval_kept = int((~_massive(acts[h][:n_eval_tok], cfg.outlier_factor)).sum())

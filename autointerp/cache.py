@@ -1,0 +1,165 @@
+"""Streaming activation cache: corpus -> subject -> coders -> Parquet parts -> sorted per-set files.
+
+Resume protocol: contexts are cut into parts of `part_contexts`. A part is done when every latent
+set's part file has been renamed into place and then `progress/part-N.done` written. A restarted run
+skips done parts and rewrites the others, so a kill at any moment (Ctrl-C or kill -9) leaves
+no duplicated or missing rows. Memory is bounded by one part, whatever the number of tokens.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from autointerp.coders import CoderSpec, SparseCoder, build_coder
+from autointerp.config import CacheConfig
+from autointerp.corpus import load_texts, tokenize_contexts
+from autointerp.errors import AutointerpError
+from autointerp.store import (ACT_SCHEMA, atomic_write_bytes, atomic_write_json, finalize_latent_set, run_path,
+                              write_parquet_atomic)
+from autointerp.subject import Subject, load_subject
+
+log = logging.getLogger(__name__)
+
+WINDOW = 32
+# Settings that decide the run's content: a resumed run must match them exactly.
+_IDENTITY_KEYS = ("model", "corpus", "ctx_len", "n_contexts", "seed", "part_contexts", "coders")
+
+
+def code_to_table(code, doc_ids: np.ndarray, ctx_len: int) -> pa.Table:
+    """Sparse code of tokens [n_ctx * ctx_len] (positions 1..ctx_len) into (latent, doc_id, pos, value) rows."""
+    values = code.values.numpy()
+    keep = values != 0
+    rows, cols = np.nonzero(keep)
+    tok_doc = np.repeat(doc_ids.astype(np.int32), ctx_len)
+    tok_pos = np.tile(np.arange(1, ctx_len + 1, dtype=np.int16), len(doc_ids))
+    return pa.table([pa.array(code.indices.numpy()[rows, cols].astype(np.int32)),
+                     pa.array(tok_doc[rows]), pa.array(tok_pos[rows]),
+                     pa.array(values[rows, cols].astype(np.float32))], schema=ACT_SCHEMA)
+
+
+def _token_strings(tokenizer, ids: np.ndarray) -> pa.Table:
+    uniq = np.unique(ids)
+    strings = [tokenizer.decode([int(t)]) for t in uniq]
+    return pa.table({"token_id": pa.array(uniq.astype(np.int32)), "token": pa.array(strings)})
+
+
+def _tokens_table(contexts: np.ndarray) -> pa.Table:
+    n, width = contexts.shape
+    return pa.table({"doc_id": pa.array(np.repeat(np.arange(n, dtype=np.int32), width)),
+                     "pos": pa.array(np.tile(np.arange(width, dtype=np.int16), n)),
+                     "token_id": pa.array(contexts.reshape(-1))})
+
+
+def _prepare_run(run_dir: Path, manifest: dict, contexts: np.ndarray, tokenizer) -> dict:
+    """Create the run's manifest and token files, or check an existing run matches the request."""
+    existing_file = run_dir / "run.json"
+    if existing_file.exists():
+        existing = json.loads(existing_file.read_text())
+        diff = [k for k in _IDENTITY_KEYS if existing.get(k) != manifest.get(k)]
+        if diff:
+            raise AutointerpError(
+                f"run {run_dir} already exists with different {', '.join(diff)}: choose a new --run name "
+                f"or delete {run_dir}")
+        manifest = {**manifest, **{k: existing[k] for k in ("created", "status") if k in existing}}
+    else:
+        manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        manifest["status"] = "caching"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "tokens.parquet").exists():
+        write_parquet_atomic(_tokens_table(contexts), run_dir / "tokens.parquet")
+    if not (run_dir / "token_strings.parquet").exists():
+        write_parquet_atomic(_token_strings(tokenizer, contexts), run_dir / "token_strings.parquet")
+    atomic_write_json(run_dir / "run.json", manifest)
+    return manifest
+
+
+def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
+    """Cache every coder's activations over the corpus into the run folder; resumable."""
+    if not cfg.coders:
+        raise AutointerpError("no coders given: pass --coders, e.g. sae:data/saes/smollm2/resid_post.15")
+    run_dir = run_path(cfg.run)
+    specs = [CoderSpec.parse(c) for c in cfg.coders]
+    subject = subject or load_subject(cfg.model)
+    coders: list[SparseCoder] = [build_coder(s, subject) for s in specs]
+    names = [s.default_name(c.hookpoint) for s, c in zip(specs, coders)]
+    if len(set(names)) != len(names):
+        raise AutointerpError(f"two coders would share the latent set name in {names}: give each a distinct kind "
+                              f"or hookpoint")
+    contexts = tokenize_contexts(load_texts(cfg.corpus), subject.tokenizer, cfg.ctx_len, cfg.tokens, cfg.seed)
+    n_ctx = len(contexts)
+    manifest = {
+        "name": run_dir.name, "model": cfg.model, "corpus": cfg.corpus, "ctx_len": cfg.ctx_len,
+        "n_contexts": n_ctx, "n_tokens": n_ctx * cfg.ctx_len, "window": WINDOW, "seed": cfg.seed,
+        "part_contexts": cfg.part_contexts,
+        "coders": {n: {**c.describe(), "spec": s} for n, c, s in zip(names, coders, cfg.coders)},
+        "subject": {"n_layers": subject.n_layers, "d_model": subject.d_model, "d_mlp": subject.d_mlp},
+        "config": asdict(cfg),
+    }
+    manifest = _prepare_run(run_dir, manifest, contexts, subject.tokenizer)
+    if manifest.get("status") == "complete":
+        log.info("run %s is already complete", run_dir)
+        return run_dir
+
+    hookpoints = sorted({c.hookpoint for c in coders})
+    n_parts = -(-n_ctx // cfg.part_contexts)
+    progress = run_dir / "progress"
+    done = {p for p in range(n_parts) if (progress / f"part-{p:05d}.done").exists()}
+    done_ctx = sum(min(cfg.part_contexts, n_ctx - p * cfg.part_contexts) for p in done)
+    bar = tqdm(total=n_ctx * cfg.ctx_len, initial=done_ctx * cfg.ctx_len, unit="tok", unit_scale=True,
+               desc=f"cache {run_dir.name}", smoothing=0.1)
+    # Parquet writing runs in a thread (pyarrow releases the GIL) while the next part computes.
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    pending: concurrent.futures.Future | None = None
+    try:
+        for p in range(n_parts):
+            if p in done:
+                continue
+            lo, hi = p * cfg.part_contexts, min(n_ctx, (p + 1) * cfg.part_contexts)
+            tables: dict[str, list[pa.Table]] = {n: [] for n in names}
+            for start in range(lo, hi, cfg.batch_contexts):
+                stop = min(hi, start + cfg.batch_contexts)
+                ids = torch.from_numpy(contexts[start:stop]).long()
+                acts = subject.activations(ids, hookpoints)
+                doc_ids = np.arange(start, stop)
+                for name, coder in zip(names, coders):
+                    x = acts[coder.hookpoint][:, 1:].reshape(-1, coder.d_in)
+                    tables[name].append(code_to_table(coder.encode(x), doc_ids, cfg.ctx_len))
+                bar.update((stop - start) * cfg.ctx_len)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_write_part, run_dir, names, tables, p)
+        if pending is not None:
+            pending.result()
+    finally:
+        writer.shutdown(wait=True)
+        bar.close()
+
+    for name, coder in zip(names, coders):
+        set_dir = run_dir / "acts" / name
+        if not (set_dir / "latents.parquet").exists():
+            log.info("finalizing %s", name)
+            finalize_latent_set(run_dir, name, coder.n_latents, n_ctx * cfg.ctx_len, cfg.histogram_bins)
+        shutil.rmtree(set_dir / "parts", ignore_errors=True)
+    shutil.rmtree(run_dir / ".duckdb-tmp", ignore_errors=True)
+    manifest["status"] = "complete"
+    atomic_write_json(run_dir / "run.json", manifest)
+    shutil.rmtree(progress, ignore_errors=True)
+    return run_dir
+
+
+def _write_part(run_dir: Path, names: list[str], tables: dict[str, list[pa.Table]], p: int) -> None:
+    for name in names:
+        table = pa.concat_tables(tables[name])
+        write_parquet_atomic(table, run_dir / "acts" / name / "parts" / f"part-{p:05d}.parquet")
+    atomic_write_bytes(run_dir / "progress" / f"part-{p:05d}.done", b"")

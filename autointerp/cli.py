@@ -1,0 +1,103 @@
+"""`autointerp <command>`: flags are generated from the dataclass configs in config.py."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+
+from autointerp.config import CacheConfig, DemoConfig, TrainConfig
+from autointerp.errors import AutointerpError
+
+log = logging.getLogger("autointerp")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, dest=f.name, nargs="+", default=default, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def cmd_train_sae(args) -> None:
+    from autointerp.train import train_saes
+
+    results = train_saes(config_from_args(TrainConfig, args))
+    for hp, m in results.items():
+        print(f"{hp}: FVU {m['fvu']:.3f}  L0 {m['l0']:.1f}  dead {m['dead_pct']:.1f}%  "
+              f"({m['train_tokens']} tokens x {m['epochs']} epochs, {m['train_seconds']} s)")
+
+
+def cmd_cache(args) -> None:
+    from autointerp.cache import cache_run
+
+    print(cache_run(config_from_args(CacheConfig, args)))
+
+
+def cmd_demo(args) -> None:
+    from autointerp.demo import run_demo
+
+    print(run_demo(config_from_args(DemoConfig, args)))
+
+
+def cmd_runs(args) -> None:
+    from autointerp.store import list_runs
+
+    for r in list_runs():
+        print(json.dumps({k: r.get(k) for k in ("name", "model", "n_tokens", "status", "path")}))
+
+
+COMMANDS = {
+    "train-sae": (cmd_train_sae, TrainConfig, "train top-k SAEs (sae-lens format) on hookpoints of a model"),
+    "cache": (cmd_cache, CacheConfig, "cache sparse-coder activations over a corpus into a run folder"),
+    "demo": (cmd_demo, DemoConfig, "build the demo run end to end: model, SAEs, cache (idempotent)"),
+    "runs": (cmd_runs, None, "list cached runs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autointerp", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (fn, cls, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if cls is not None:
+            add_config_flags(p, cls)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except AutointerpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed parts are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

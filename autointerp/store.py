@@ -1,0 +1,362 @@
+"""The run store: the only module that writes SQL.
+
+A run is a folder of files (see docs/storage.md); DuckDB queries them in-process through views, so
+the app reads while jobs write. Writers put each file under a temporary name and rename it into
+place, so readers never see half a file.
+
+  run.json                          manifest: model, corpus, coders, n_tokens, status
+  tokens.parquet                    (doc_id, pos, token_id), pos 0 is the BOS token
+  token_strings.parquet             (token_id, token) for every token id in the run
+  acts/<set>/parts/part-NNNNN.parquet   streaming cache output, one per part of contexts
+  acts/<set>/acts.parquet           (latent, doc_id, pos, value) sorted by latent, value desc
+  acts/<set>/latents.parquet        per latent: count, frequency, max, mean, histogram
+  progress/part-NNNNN.done          a part whose files for every set are all in place
+
+A latent set ("hookpoint" in the API) is one coder's latents at one hookpoint; its name is the
+hookpoint for SAEs and `<hookpoint>-<kind>` for baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from autointerp.errors import AutointerpError
+from autointerp.paths import data_dir
+
+log = logging.getLogger(__name__)
+
+ACT_SCHEMA = pa.schema([("latent", pa.int32()), ("doc_id", pa.int32()), ("pos", pa.int16()),
+                        ("value", pa.float32())])
+ROW_GROUP_ROWS = 100_000  # small row groups: a latent's rows span few groups, zone maps skip the rest
+LATENT_SORT_COLUMNS = ("latent", "count", "frequency", "max_act", "mean_act")
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int = ROW_GROUP_ROWS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _connect(memory_limit: str = "2GB", temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"memory_limit": memory_limit, "threads": 2})
+    con.execute("SET parquet_metadata_cache = true")
+    if temp_dir is not None:
+        con.execute(f"SET temp_directory = '{temp_dir}'")
+    return con
+
+
+def finalize_latent_set(run_dir: Path, name: str, n_latents: int, n_tokens: int, bins: int = 20,
+                        memory_limit: str = "2GB") -> None:
+    """Sort a set's parts into acts.parquet by (latent, value desc) and compute latents.parquet.
+    DuckDB sorts out of core within memory_limit, so peak RAM does not grow with the run."""
+    set_dir = run_dir / "acts" / name
+    parts = str(set_dir / "parts" / "part-*.parquet")
+    con = _connect(memory_limit, temp_dir=run_dir / ".duckdb-tmp")
+    try:
+        tmp = set_dir / ".tmp-acts.parquet"
+        con.execute(
+            f"COPY (SELECT latent, doc_id, pos, value FROM read_parquet('{parts}') "
+            f"ORDER BY latent, value DESC, doc_id, pos) TO '{tmp}' "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+        os.replace(tmp, set_dir / "acts.parquet")
+        acts = str(set_dir / "acts.parquet")
+        stats = con.execute(f"""
+            WITH s AS (SELECT latent, count(*) AS count, max(value) AS max_act, min(value) AS min_act,
+                              avg(value) AS mean_act FROM read_parquet('{acts}') GROUP BY latent)
+            SELECT l.latent::INTEGER AS latent, coalesce(s.count, 0)::BIGINT AS count,
+                   coalesce(s.count, 0) / {n_tokens}::DOUBLE AS frequency,
+                   coalesce(s.max_act, 0)::FLOAT AS max_act, coalesce(s.min_act, 0)::FLOAT AS min_act,
+                   coalesce(s.mean_act, 0)::FLOAT AS mean_act
+            FROM range({n_latents}) l(latent) LEFT JOIN s USING (latent) ORDER BY latent""").df()
+        hist = con.execute(f"""
+            WITH s AS (SELECT latent, min(least(value, 0)) AS lo, max(value) AS hi
+                       FROM read_parquet('{acts}') GROUP BY latent)
+            SELECT a.latent, least(floor((a.value - s.lo) / nullif(s.hi - s.lo, 0) * {bins}), {bins - 1})::INTEGER
+                   AS bin, count(*) AS n
+            FROM read_parquet('{acts}') a JOIN s USING (latent) GROUP BY ALL""").df()
+    finally:
+        con.close()
+    counts = np.zeros((n_latents, bins), dtype=np.int64)
+    if len(hist):
+        b = hist["bin"].fillna(0).astype(int).to_numpy()
+        counts[hist["latent"].to_numpy(), b] = hist["n"].to_numpy()
+    stats["hist_lo"] = np.minimum(stats["min_act"].to_numpy(), 0).astype(np.float32)
+    stats["hist_hi"] = stats["max_act"].astype(np.float32)
+    stats["histogram"] = list(counts)
+    write_parquet_atomic(pa.Table.from_pandas(stats, preserve_index=False), set_dir / "latents.parquet")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass
+class Example:
+    """A window of tokens with one latent's activation on each token."""
+
+    doc_id: int
+    start: int  # position of the window's first token in its context
+    token_ids: list[int]
+    tokens: list[str]
+    acts: list[float]
+    quantile: int | None = None  # 1 = lowest slice of activating windows, for quantile sampling
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def max_act(self) -> float:
+        return max(self.acts) if self.acts else 0.0
+
+
+def run_path(run: str) -> Path:
+    """A bare run name lives under data/runs/; anything with a slash is a path."""
+    return Path(run) if ("/" in run or run.startswith(".")) else data_dir() / "runs" / run
+
+
+def list_runs(root: Path | None = None) -> list[dict]:
+    root = root or data_dir() / "runs"
+    out = []
+    for manifest in sorted(root.glob("*/run.json")):
+        try:
+            info = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            log.warning("skipping %s: run.json is not valid JSON", manifest.parent)
+            continue
+        info["path"] = str(manifest.parent)
+        out.append(info)
+    return out
+
+
+class RunStore:
+    """Read API over one run. One in-process DuckDB connection; safe to share across threads."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        manifest = self.run_dir / "run.json"
+        if not manifest.exists():
+            raise AutointerpError(f"no run at {self.run_dir}: run `autointerp cache` or `autointerp demo` first")
+        try:
+            self.info = json.loads(manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise AutointerpError(f"{manifest} is corrupt ({e.msg}): delete the run folder and cache it again") from e
+        self.window = int(self.info.get("window", 32))
+        self._lock = threading.Lock()
+        self._con = _connect("1GB")
+        self._tokens: np.ndarray | None = None
+        self._strings: dict[int, str] | None = None
+        self.refresh()
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Pick up latent sets finalized since the store was opened."""
+        sets = sorted(p.parent.name for p in (self.run_dir / "acts").glob("*/latents.parquet"))
+        self._sets = [s for s in sets if (self.run_dir / "acts" / s / "acts.parquet").exists()]
+
+    def _sql(self, query: str, params: list | None = None) -> pd.DataFrame:
+        with self._lock:
+            try:
+                return self._con.execute(query, params or []).df()
+            except (duckdb.IOException, duckdb.InvalidInputException) as e:
+                raise AutointerpError(f"run {self.run_dir.name}: a data file is unreadable "
+                                      f"({str(e).splitlines()[0][:160]}): re-run `autointerp cache`") from e
+
+    def _acts(self, hookpoint: str) -> str:
+        if hookpoint not in self._sets:
+            raise AutointerpError(f"run {self.run_dir.name} has no latent set {hookpoint!r}: "
+                                  f"choose one of {', '.join(self._sets) or '(none cached yet)'}")
+        return f"read_parquet('{self.run_dir / 'acts' / hookpoint / 'acts.parquet'}')"
+
+    def _latents(self, hookpoint: str) -> str:
+        self._acts(hookpoint)
+        return f"read_parquet('{self.run_dir / 'acts' / hookpoint / 'latents.parquet'}')"
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """[n_contexts, 1 + ctx_len] token ids, loaded once."""
+        if self._tokens is None:
+            df = self._sql(f"SELECT doc_id, pos, token_id FROM read_parquet('{self.run_dir / 'tokens.parquet'}')")
+            arr = np.zeros((int(df.doc_id.max()) + 1, int(df.pos.max()) + 1), dtype=np.int32)
+            arr[df.doc_id.to_numpy(), df.pos.to_numpy()] = df.token_id.to_numpy()
+            self._tokens = arr
+        return self._tokens
+
+    @property
+    def token_strings(self) -> dict[int, str]:
+        if self._strings is None:
+            df = self._sql(f"SELECT token_id, token FROM read_parquet('{self.run_dir / 'token_strings.parquet'}')")
+            self._strings = dict(zip(df.token_id.tolist(), df.token.tolist()))
+        return self._strings
+
+    # -- run level ------------------------------------------------------------------------------
+
+    def hookpoints(self) -> list[str]:
+        return list(self._sets)
+
+    def n_windows(self) -> int:
+        ctx_len = self.tokens.shape[1] - 1
+        return self.tokens.shape[0] * (-(-ctx_len // self.window))
+
+    # -- latent table ---------------------------------------------------------------------------
+
+    def latent_table(self, hookpoint: str, sort: str = "frequency", descending: bool = True,
+                     min_frequency: float | None = None, max_frequency: float | None = None,
+                     min_max_act: float | None = None, latents: list[int] | None = None,
+                     limit: int = 50, offset: int = 0) -> tuple[pd.DataFrame, int]:
+        """One page of a set's latents and the total count matching the filters."""
+        if sort not in LATENT_SORT_COLUMNS:
+            raise AutointerpError(f"cannot sort by {sort!r}: use one of {', '.join(LATENT_SORT_COLUMNS)}")
+        where, params = ["TRUE"], []
+        for cond, value in (("frequency >= ?", min_frequency), ("frequency <= ?", max_frequency),
+                            ("max_act >= ?", min_max_act)):
+            if value is not None:
+                where.append(cond)
+                params.append(value)
+        if latents is not None:
+            where.append("list_contains(?, latent)")
+            params.append([int(x) for x in latents])
+        w = " AND ".join(where)
+        src = self._latents(hookpoint)
+        total = int(self._sql(f"SELECT count(*) AS n FROM {src} WHERE {w}", params).n[0])
+        page = self._sql(
+            f"SELECT latent, count, frequency, max_act, mean_act FROM {src} WHERE {w} "
+            f"ORDER BY {sort} {'DESC' if descending else 'ASC'}, latent LIMIT {int(limit)} OFFSET {int(offset)}",
+            params)
+        return page, total
+
+    def latent_stats(self, hookpoint: str, latent: int) -> dict:
+        df = self._sql(f"SELECT * FROM {self._latents(hookpoint)} WHERE latent = ?", [int(latent)])
+        if df.empty:
+            raise AutointerpError(f"latent {latent} does not exist in {hookpoint}: ids run from 0 to "
+                                  f"{self.n_latents(hookpoint) - 1}")
+        row = df.iloc[0].to_dict()
+        row["histogram"] = [int(x) for x in row["histogram"]]
+        return row
+
+    def n_latents(self, hookpoint: str) -> int:
+        return int(self._sql(f"SELECT count(*) AS n FROM {self._latents(hookpoint)}").n[0])
+
+    def histogram(self, hookpoint: str, latent: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bin edges, counts) of the latent's non-zero activations."""
+        s = self.latent_stats(hookpoint, latent)
+        counts = np.asarray(s["histogram"])
+        return np.linspace(s["hist_lo"], s["hist_hi"], len(counts) + 1), counts
+
+    # -- examples -------------------------------------------------------------------------------
+
+    def _windows(self, hookpoint: str, latent: int, order: str, limit: int | None,
+                 n_quantiles: int | None = None, seed: int = 0) -> pd.DataFrame:
+        """Activating windows of a latent (doc_id, w, mx, q) chosen by `order`, with every
+        activation in them (pos, value)."""
+        w = self.window
+        if order == "top":
+            pick = f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY mx DESC, doc_id, w LIMIT {int(limit)}"
+        elif order == "random":
+            pick = f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY hash(doc_id, w, {int(seed)}) LIMIT {int(limit)}"
+        elif order == "quantiles":
+            pick = f"""SELECT doc_id, w, mx, q FROM (
+                           SELECT *, row_number() OVER (PARTITION BY q ORDER BY hash(doc_id, w, {int(seed)})) AS r
+                           FROM (SELECT *, ntile({int(n_quantiles)}) OVER (ORDER BY mx, doc_id, w) AS q FROM win))
+                       WHERE r <= {int(limit)}"""
+        else:
+            raise ValueError(order)
+        return self._sql(f"""
+            WITH a AS (SELECT doc_id, pos, value, (pos - 1) // {w} AS w
+                       FROM {self._acts(hookpoint)} WHERE latent = ?),
+                 win AS (SELECT doc_id, w, max(value) AS mx FROM a GROUP BY doc_id, w),
+                 chosen AS ({pick})
+            SELECT c.doc_id, c.w, c.mx, c.q, a.pos, a.value FROM chosen c JOIN a USING (doc_id, w)""",
+                         [int(latent)])
+
+    def _to_examples(self, df: pd.DataFrame) -> list[Example]:
+        out = []
+        for (doc, w), g in df.groupby(["doc_id", "w"], sort=False):
+            ex = self.window_example(int(doc), int(w))
+            for pos, value in zip(g.pos.to_numpy(), g.value.to_numpy()):
+                ex.acts[int(pos) - ex.start] = float(value)
+            q = g.q.iloc[0]
+            ex.quantile = None if pd.isna(q) else int(q)
+            out.append(ex)
+        return out
+
+    def window_example(self, doc_id: int, w: int) -> Example:
+        """Window w of context doc_id with all activations zero (fill in `acts`)."""
+        start = 1 + w * self.window
+        ids = self.tokens[doc_id, start:start + self.window].tolist()
+        strings = self.token_strings
+        return Example(doc_id, start, ids, [strings.get(t, f"<{t}>") for t in ids], [0.0] * len(ids))
+
+    def top_examples(self, hookpoint: str, latent: int, n: int = 20) -> list[Example]:
+        ex = self._to_examples(self._windows(hookpoint, latent, "top", n))
+        return sorted(ex, key=lambda e: (-e.max_act, e.doc_id, e.start))
+
+    def random_examples(self, hookpoint: str, latent: int, n: int = 20, seed: int = 0) -> list[Example]:
+        ex = self._to_examples(self._windows(hookpoint, latent, "random", n, seed=seed))
+        return sorted(ex, key=lambda e: (e.doc_id, e.start))
+
+    def quantile_examples(self, hookpoint: str, latent: int, n_quantiles: int = 10, per_quantile: int = 5,
+                          seed: int = 0) -> list[Example]:
+        """Activating windows sorted by max activation, cut into n_quantiles equal-count slices,
+        per_quantile sampled from each (seeded). Example.quantile: 1 = weakest slice."""
+        ex = self._to_examples(self._windows(hookpoint, latent, "quantiles", per_quantile,
+                                             n_quantiles=n_quantiles, seed=seed))
+        return sorted(ex, key=lambda e: (-(e.quantile or 0), -e.max_act, e.doc_id))
+
+    def non_activating_examples(self, hookpoint: str, latent: int, n: int = 20, seed: int = 0) -> list[Example]:
+        """Random windows (seeded) where the latent never fires."""
+        active = self._sql(f"SELECT DISTINCT doc_id, (pos - 1) // {self.window} AS w "
+                           f"FROM {self._acts(hookpoint)} WHERE latent = ?", [int(latent)])
+        n_ctx, width = self.tokens.shape
+        per_ctx = -(-(width - 1) // self.window)
+        taken = set((active.doc_id * per_ctx + active.w).tolist())
+        free = n_ctx * per_ctx - len(taken)
+        rng = np.random.default_rng(seed)
+        chosen: list[int] = []
+        seen = set(taken)
+        while len(chosen) < min(n, free):
+            for k in rng.integers(0, n_ctx * per_ctx, size=4 * n).tolist():
+                if k not in seen:
+                    seen.add(k)
+                    chosen.append(k)
+                    if len(chosen) == min(n, free):
+                        break
+        return [self.window_example(k // per_ctx, k % per_ctx) for k in chosen]
