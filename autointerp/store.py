@@ -87,7 +87,7 @@ def _connect(memory_limit: str = "2GB", temp_dir: Path | None = None) -> duckdb.
 
 def finalize_latent_set(run_dir: Path, name: str, n_latents: int, n_tokens: int, bins: int = 20,
                         memory_limit: str = "2GB") -> None:
-    """Sort a set's parts into acts.parquet by (latent, value desc) and compute latents.parquet.
+    """Sort a set's parts into acts.parquet by (latent, value desc), then compute latents.parquet.
     DuckDB sorts out of core within memory_limit, so peak RAM does not grow with the run."""
     set_dir = run_dir / "acts" / name
     parts = str(set_dir / "parts" / "part-*.parquet")
@@ -99,7 +99,18 @@ def finalize_latent_set(run_dir: Path, name: str, n_latents: int, n_tokens: int,
             f"ORDER BY latent, value DESC, doc_id, pos) TO '{tmp}' "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
         os.replace(tmp, set_dir / "acts.parquet")
-        acts = str(set_dir / "acts.parquet")
+    finally:
+        con.close()
+    write_latent_stats(set_dir, n_latents, n_tokens, bins, memory_limit)
+
+
+def write_latent_stats(set_dir: Path, n_latents: int, n_tokens: int, bins: int = 20,
+                       memory_limit: str = "2GB") -> None:
+    """latents.parquet from a sorted acts.parquet: one row per latent id (silent ones included)
+    with count, frequency, max/min/mean and a histogram of its activations."""
+    acts = str(set_dir / "acts.parquet")
+    con = _connect(memory_limit, temp_dir=set_dir.parent.parent / ".duckdb-tmp")
+    try:
         stats = con.execute(f"""
             WITH s AS (SELECT latent, count(*) AS count, max(value) AS max_act, min(value) AS min_act,
                               avg(value) AS mean_act FROM read_parquet('{acts}') GROUP BY latent)
@@ -288,13 +299,15 @@ class RunStore:
         """Activating windows of a latent (doc_id, w, mx, q) chosen by `order`, with every
         activation in them (pos, value)."""
         w = self.window
+        # DuckDB's multi-argument hash keeps the order for nearby seeds; a hashed string mixes well.
+        shuffle = f"hash(doc_id::VARCHAR || ':' || w::VARCHAR || ':{int(seed)}')"
         if order == "top":
             pick = f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY mx DESC, doc_id, w LIMIT {int(limit)}"
         elif order == "random":
-            pick = f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY hash(doc_id, w, {int(seed)}) LIMIT {int(limit)}"
+            pick = f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY {shuffle} LIMIT {int(limit)}"
         elif order == "quantiles":
             pick = f"""SELECT doc_id, w, mx, q FROM (
-                           SELECT *, row_number() OVER (PARTITION BY q ORDER BY hash(doc_id, w, {int(seed)})) AS r
+                           SELECT *, row_number() OVER (PARTITION BY q ORDER BY {shuffle}) AS r
                            FROM (SELECT *, ntile({int(n_quantiles)}) OVER (ORDER BY mx, doc_id, w) AS q FROM win))
                        WHERE r <= {int(limit)}"""
         else:

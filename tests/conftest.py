@@ -4,7 +4,6 @@ real SmolLM2 subject (integration), and small cached runs."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,14 +73,8 @@ def tiny_run(tmp_path_factory, tiny_subject, tiny_sae_dir) -> Path:
     from autointerp.cache import cache_run
     from autointerp.config import CacheConfig
 
-    run = tmp_path_factory.mktemp("runs") / "tiny"
+    run = tmp_path_factory.mktemp("data") / "runs" / "tiny"  # AUTOINTERP_DATA=<that data folder> finds it
     cfg = CacheConfig(run=str(run), model=tiny_subject.name, coders=[f"sae:{tiny_sae_dir}", "topk:4@mlp_neurons.1"],
                       tokens=64 * 40, part_contexts=16, batch_contexts=8)
     cache_run(cfg, subject=tiny_subject)
     return run
-
-
-@pytest.fixture
-def clean_dir(tmp_path):
-    yield tmp_path
-    shutil.rmtree(tmp_path, ignore_errors=True)

