@@ -91,7 +91,7 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     run_dir = run_path(cfg.run)
     specs = [CoderSpec.parse(c) for c in cfg.coders]
     subject = subject or load_subject(cfg.model)
-    coders: list[SparseCoder] = [build_coder(s, subject) for s in specs]
+    coders: list[SparseCoder] = [build_coder(s, subject, dtype=cfg.coder_dtype) for s in specs]
     names = [s.default_name(c.hookpoint) for s, c in zip(specs, coders)]
     if len(set(names)) != len(names):
         raise AutointerpError(f"two coders would share the latent set name in {names}: give each a distinct kind "
@@ -121,6 +121,7 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     # Parquet writing runs in a thread (pyarrow releases the GIL) while the next part computes.
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     pending: concurrent.futures.Future | None = None
+    t_start, n_new = time.perf_counter(), 0
     try:
         for p in range(n_parts):
             if p in done:
@@ -136,11 +137,15 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
                     x = acts[coder.hookpoint][:, 1:].reshape(-1, coder.d_in)
                     tables[name].append(code_to_table(coder.encode(x), doc_ids, cfg.ctx_len))
                 bar.update((stop - start) * cfg.ctx_len)
+                n_new += (stop - start) * cfg.ctx_len
             if pending is not None:
                 pending.result()
             pending = writer.submit(_write_part, run_dir, names, tables, p)
         if pending is not None:
             pending.result()
+        stream_s = time.perf_counter() - t_start
+        manifest["stream_stats"] = {"tokens": n_new, "seconds": round(stream_s, 2),
+                                    "tok_per_s": round(n_new / stream_s) if n_new else None}
     finally:
         writer.shutdown(wait=True)
         bar.close()

@@ -84,12 +84,23 @@ class SaeLensCoder:
         self.d_in = int(sae.cfg.d_in)
         self.n_latents = int(sae.cfg.d_sae)
         self.k = int(getattr(sae.cfg, "k", 0)) or None
+        self._dec_norm: torch.Tensor | None = None
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> SparseCode:
         _check_width(x, self.d_in, f"SAE {self.source}")
-        dense = self.sae.encode(x.to(self.sae.dtype))
-        return _sparse_from_dense(dense, self.k)
+        sae = self.sae
+        if type(sae).__name__ != "TopKSAE":
+            return _sparse_from_dense(sae.encode(x.to(sae.dtype)), self.k)
+        # sae-lens's TopKSAE.encode step by step, minus scattering the top k into a dense
+        # [n, n_latents] tensor (the same ops on the same dtype, so the same result).
+        hidden_pre = sae.hook_sae_acts_pre(sae.process_sae_in(x) @ sae.W_enc + sae.b_enc)
+        if sae.cfg.rescale_acts_by_decoder_norm:
+            if self._dec_norm is None:
+                self._dec_norm = sae.W_dec.norm(dim=-1)
+            hidden_pre = hidden_pre * self._dec_norm
+        values, indices = torch.topk(hidden_pre, k=self.k, dim=-1, sorted=False)
+        return SparseCode(values.relu().float(), indices)
 
     @torch.no_grad()
     def decoder_directions(self) -> torch.Tensor:
@@ -101,8 +112,9 @@ class SaeLensCoder:
                 "architecture": self.sae.cfg.architecture()}
 
 
-def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu") -> SaeLensCoder:
-    """An SAE from a local sae-lens folder, or `release/id` from the sae-lens registry (online)."""
+def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu", dtype: str | None = None) -> SaeLensCoder:
+    """An SAE from a local sae-lens folder, or `release/id` from the sae-lens registry (online).
+    dtype overrides the stored one (bfloat16 encodes ~4x faster on CPUs with AMX)."""
     from sae_lens import SAE
 
     from autointerp.subject import Hookpoint
@@ -116,7 +128,7 @@ def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu") -> 
                                       f"`autointerp train-sae` or sae-lens's save_model")
         try:
             cfg = json.loads(cfg_file.read_text())
-            sae = SAE.load_from_disk(str(path), device=device)
+            sae = SAE.load_from_disk(str(path), device=device, dtype=dtype)
         except Exception as e:  # safetensors/json raise many types for a damaged file
             raise AutointerpError(f"SAE in {path} could not be read ({type(e).__name__}): the file is corrupt; "
                                   f"re-train it or copy it again") from e
@@ -126,7 +138,7 @@ def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu") -> 
             raise AutointerpError(f"SAE {source!r} is not a local folder and the machine is offline: "
                                   f"pass a local sae-lens folder")
         try:
-            sae = SAE.from_pretrained(release, sae_id, device=device)
+            sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype or "float32")
         except Exception as e:
             raise AutointerpError(f"could not load SAE release {release!r} id {sae_id!r} ({type(e).__name__}): "
                                   f"check the names in sae-lens's pretrained_saes.yaml and the network") from e
@@ -282,10 +294,11 @@ class CoderSpec:
         return f"{hookpoint}-{suffix[self.kind]}"
 
 
-def build_coder(spec: CoderSpec, subject=None) -> SparseCoder:
-    """Instantiate a coder; with a subject, check hookpoint and width against the model."""
+def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None) -> SparseCoder:
+    """Instantiate a coder; with a subject, check hookpoint and width against the model.
+    dtype (SAEs only) overrides the stored weights' dtype."""
     if spec.kind == "sae":
-        coder: SparseCoder = load_sae(spec.source, spec.hookpoint)
+        coder: SparseCoder = load_sae(spec.source, spec.hookpoint, dtype=dtype)
     elif spec.kind == "sparsify":
         coder = SparsifyCoder(spec.source, spec.hookpoint)
     else:

@@ -14,7 +14,7 @@ def _sae_lens_sae(architecture: str, d_in: int = 64, d_sae: int = 128, hook: str
     cfg = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": True, "normalize_activations": "none", "metadata": {"hook_name": hook}}
     if architecture == "topk":
-        cfg["k"] = 8
+        cfg.update(k=8, rescale_acts_by_decoder_norm=True)  # as our trained SAEs
     sae = SAE.from_dict(cfg)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -23,20 +23,23 @@ def _sae_lens_sae(architecture: str, d_in: int = 64, d_sae: int = 128, hook: str
     return sae
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("architecture", ["topk", "standard", "jumprelu"])
-def test_our_encoding_equals_sae_lens_encode(tmp_path, tiny_subject, architecture):
-    sae = _sae_lens_sae(architecture)
-    sae.save_model(tmp_path / "sae")
-    coder = build_coder(CoderSpec.parse(f"sae:{tmp_path / 'sae'}"), tiny_subject)
+def test_our_encoding_equals_sae_lens_encode(tmp_path, tiny_subject, architecture, dtype):
+    from sae_lens import SAE
+
+    _sae_lens_sae(architecture).save_model(tmp_path / "sae")
+    coder = build_coder(CoderSpec.parse(f"sae:{tmp_path / 'sae'}"), tiny_subject, dtype=dtype)
+    reference = SAE.load_from_disk(str(tmp_path / "sae"), dtype=dtype)  # sae-lens's own, loaded separately
     assert coder.hookpoint == "resid_post.2"
     x = tiny_subject.activations(torch.randint(0, 1000, (3, 12)), ["resid_post.2"])["resid_post.2"].reshape(-1, 64)
     code = coder.encode(x)
-    expected = sae.encode(x.float())
+    expected = reference.encode(x.to(reference.dtype)).float()
     assert int((expected != 0).sum()) > 0
-    torch.testing.assert_close(code.to_dense(128), expected)
+    torch.testing.assert_close(code.to_dense(128), expected, rtol=0, atol=0)
     if architecture == "topk":
         assert code.values.shape == (36, 8)
-    torch.testing.assert_close(coder.decoder_directions(), sae.W_dec)
+    torch.testing.assert_close(coder.decoder_directions(), reference.W_dec.float())
 
 
 def test_trained_demo_style_sae_loads_with_sae_lens_and_matches(tiny_sae_dir, tiny_subject):
