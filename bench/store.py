@@ -113,7 +113,8 @@ def main() -> None:
     if (demo / "run.json").exists():
         store = RunStore(demo)
         info = json.loads((demo / "run.json").read_text())
-        for h in store.hookpoints()[:1]:
+        sets = store.hookpoints()
+        for h in (["resid_post.15"] if "resid_post.15" in sets else sets[:1]):
             report(f"demo run ({info['n_tokens']:,} tokens), latent set {h}:", bench_run(store, h, args.samples))
     else:
         print(f"(no demo run at {demo}: run `autointerp demo` to include it)")

@@ -1,16 +1,20 @@
 """The app's page logic through streamlit.testing.v1.AppTest on a real (tiny) run."""
 
+from pathlib import Path
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from autointerp.render import example_html
 from autointerp.store import Example, RunStore
 
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
 
 @pytest.fixture
 def app(tiny_run, monkeypatch):
     monkeypatch.setenv("AUTOINTERP_DATA", str(tiny_run.parent.parent))
-    return AppTest.from_file("app.py", default_timeout=60)
+    return AppTest.from_file(str(APP), default_timeout=60)
 
 
 def test_app_lists_hookpoints_and_latents_from_the_store(app, tiny_run):
@@ -23,8 +27,11 @@ def test_app_lists_hookpoints_and_latents_from_the_store(app, tiny_run):
     expected, total = store.latent_table("resid_post.2", sort="frequency", limit=50)
     assert list(table.latent) == list(expected.latent) and total == 256
     assert {"frequency", "max_act"} <= set(table.columns)
-    # the first latent's top examples are shown
-    assert any("ai-example" in getattr(el, "body", "") for el in app.get("html")) or app.get("html")
+    # the first latent's top examples are shown, highlighted
+    bodies = [el.proto.body for el in app.get("html")]
+    assert bodies and bodies[0].count('class="ai-example"') == len(store.top_examples("resid_post.2",
+                                                                                    int(expected.latent[0]), n=10))
+    assert "ai-act" in bodies[0]
 
 
 def test_app_pages_through_latents(app, tiny_run):
@@ -38,7 +45,7 @@ def test_app_pages_through_latents(app, tiny_run):
 
 def test_app_with_no_runs_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path))
-    at = AppTest.from_file("app.py", default_timeout=60).run()
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
     assert not at.exception
     assert "make app" in at.info[0].value
 

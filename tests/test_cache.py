@@ -27,15 +27,15 @@ def test_cached_rows_equal_direct_encoding(tiny_run, tiny_subject, tiny_sae_dir)
     assert info["status"] == "complete" and info["n_tokens"] == 40 * 64
     assert sorted(info["coders"]) == ["mlp_neurons.1-topk4", "resid_post.2"]
     tokens = duckdb.sql(f"SELECT * FROM read_parquet('{tiny_run / 'tokens.parquet'}') ORDER BY doc_id, pos").df()
-    ids = torch.from_numpy(tokens.token_id.to_numpy().reshape(40, 65)).long()
-    sae = build_coder(CoderSpec.parse(f"sae:{tiny_sae_dir}"), tiny_subject)
+    ids = torch.tensor(tokens.token_id.to_numpy().reshape(40, 65), dtype=torch.long)
+    sae = build_coder(CoderSpec.parse(f"sae:{tiny_sae_dir}"), tiny_subject, dtype=CacheConfig().coder_dtype)
     x = tiny_subject.activations(ids[5:8], ["resid_post.2"])["resid_post.2"][:, 1:].reshape(-1, 64)
     dense = sae.encode(x).to_dense(sae.n_latents).reshape(3, 64, -1)
     rows = _rows(tiny_run, "resid_post.2")
     got = np.zeros((3, 64, sae.n_latents), dtype=np.float32)
     sub = rows[(rows.doc_id >= 5) & (rows.doc_id < 8)]
     got[sub.doc_id - 5, sub.pos - 1, sub.latent] = sub.value
-    np.testing.assert_allclose(got, dense.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got, dense.numpy())
     assert rows.pos.min() == 1  # the BOS position is never cached
     # sorted by latent, then value descending
     assert rows.latent.is_monotonic_increasing

@@ -33,7 +33,7 @@ def test_train_cache_and_browse_real_smollm2(tmp_path, smollm2_dir):
                "--batch-size", "256").stdout
     assert "resid_post.15: FVU" in out and "mlp_out.15: FVU" in out
     metrics = json.loads((saes / "resid_post.15" / "metrics.json").read_text())
-    assert metrics["fvu"] < 1.0 and metrics["l0"] == 16
+    assert metrics["fvu"] < 0.75 and metrics["l0"] == 16  # 0.55 measured; an untrained SAE is > 1
     run = tmp_path / "run"
     _cli("cache", "--run", str(run), "--tokens", "3000", "--part-contexts", "16",
          "--coders", f"sae:{saes / 'resid_post.15'}", f"sae:{saes / 'mlp_out.15'}", "topk:16@mlp_neurons.15")

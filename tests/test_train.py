@@ -24,7 +24,6 @@ def test_training_explains_variance_an_untrained_sae_does_not(tiny_sae_dir, tiny
     x = x.reshape(-1, 64)
     fvu_trained = evaluate(trained, x)["fvu"]
     assert fvu_trained < 0.5 * evaluate(untrained, x)["fvu"]
-    assert fvu_trained < 0.6
 
 
 def test_massive_activations_are_dropped():
