@@ -9,7 +9,7 @@ import logging
 import sys
 import typing
 
-from autointerp.config import CacheConfig, DemoConfig, TrainConfig
+from autointerp.config import CacheConfig, DemoConfig, InterpretConfig, TrainConfig
 from autointerp.errors import AutointerpError
 
 log = logging.getLogger("autointerp")
@@ -26,7 +26,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, dest=f.name, nargs="+", default=default, help=help_text)
+            parser.add_argument(flag, dest=f.name, nargs="+", type=typing.get_args(kind)[0], default=default,
+                                help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
 
@@ -56,6 +57,26 @@ def cmd_demo(args) -> None:
     print(run_demo(config_from_args(DemoConfig, args)))
 
 
+def cmd_explain(args) -> None:
+    from autointerp.interpret import run_explain
+
+    for r in run_explain(config_from_args(InterpretConfig, args)):
+        print(f"{r['hookpoint']} {r['latent']}: " + (r["explanation"] or f"FAILED ({r['error']})"))
+
+
+def cmd_score(args) -> None:
+    from autointerp.interpret import run_score
+
+    for r in run_score(config_from_args(InterpretConfig, args)):
+        if r.get("error"):
+            print(f"{r['hookpoint']} {r['latent']} {r['scorer']}: FAILED ({r['error']})")
+            continue
+        auroc = "n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
+        bal = "n/a" if r["balanced_accuracy"] is None else f"{r['balanced_accuracy']:.3f}"
+        print(f"{r['hookpoint']} {r['latent']} {r['scorer']}: balanced accuracy {bal}, AUROC {auroc}, "
+              f"n={r['n']}, failures={r['n_failed']}")
+
+
 def cmd_runs(args) -> None:
     from autointerp.store import list_runs
 
@@ -67,6 +88,8 @@ COMMANDS = {
     "train-sae": (cmd_train_sae, TrainConfig, "train top-k SAEs (sae-lens format) on hookpoints of a model"),
     "cache": (cmd_cache, CacheConfig, "cache sparse-coder activations over a corpus into a run folder"),
     "demo": (cmd_demo, DemoConfig, "build the demo run end to end: model, SAEs, cache (idempotent)"),
+    "explain": (cmd_explain, InterpretConfig, "explain chosen latents with an LLM (append-only, resumable)"),
+    "score": (cmd_score, InterpretConfig, "score explanations: detection, fuzzing, embedding"),
     "runs": (cmd_runs, None, "list cached runs"),
 }
 

@@ -63,3 +63,33 @@ class DemoConfig:
     k: int = _help("active latents per token (also the top-k neuron baseline's k)", default=32)
     hookpoints: list[str] = _help("SAE hookpoints", default_factory=lambda: list(DEMO_HOOKPOINTS))
     neuron_baseline: str = _help("hookpoint of the top-k neuron baseline ('' for none)", default="mlp_neurons.15")
+
+
+@dataclass
+class InterpretConfig:
+    run: str = _help("run name or folder", default="demo")
+    hookpoint: str = _help("latent set to work on", default="resid_post.15")
+    latents: list[int] = _help("latent ids (or use --top-frequent / --random)", default_factory=list)
+    top_frequent: int = _help("take the N most frequent latents", default=0)
+    random: int = _help("take N random latents that fire at least --min-examples times", default=0)
+    backend: str = _help("LLM backend (transformers is built; vllm and openai are an open issue)",
+                         default="transformers")
+    model: str = _help("explainer/scorer model: 'smollm2', a local folder or .gguf file", default="smollm2")
+    strategy: str = _help("explanation examples: top, random, quantiles or mix", default="top")
+    n_explain: int = _help("examples shown to the explainer", default=20)
+    threshold: float = _help("highlight tokens above this fraction of the example's max activation", default=0.3)
+    show_activations: bool = _help("also show activation values to the explainer", default=False)
+    cot: bool = _help("let the explainer think step by step first", default=False)
+    scorers: list[str] = _help("scorers to run: detection fuzzing embedding",
+                               default_factory=lambda: ["detection", "fuzzing", "embedding"])
+    mode: str = _help("detection/fuzzing answers: logprob (probabilities) or generate (parsed text)",
+                      default="logprob")
+    per_prompt: int = _help("examples per detection/fuzzing prompt", default=5)
+    test_per_quantile: int = _help("activating test examples per decile", default=2)
+    n_negative: int = _help("non-activating test examples", default=20)
+    negatives: str = _help("non-activating examples: random or hard (MiniLM-similar)", default="random")
+    min_examples: int = _help("latents with fewer activating windows are recorded as failures", default=5)
+    batch_size: int = _help("prompts per forward pass", default=8)
+    chunk: int = _help("latents per written result part (the unit of resume)", default=4)
+    force: bool = _help("redo latents that already have results", default=False)
+    seed: int = _help("random seed", default=0)

@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,7 +178,82 @@ def list_runs(root: Path | None = None) -> list[dict]:
     return out
 
 
-class RunStore:
+# ---------------------------------------------------------------------------------------------
+# results: explanations, scores and per-example decisions, append-only parts; latest row wins
+
+RESULT_SCHEMAS = {
+    "explanations": pa.schema([
+        ("hookpoint", pa.string()), ("latent", pa.int32()), ("explanation", pa.string()), ("raw", pa.string()),
+        ("error", pa.string()), ("model", pa.string()), ("strategy", pa.string()), ("n_examples", pa.int32()),
+        ("created_at", pa.timestamp("us"))]),
+    "scores": pa.schema([
+        ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
+        ("explanation", pa.string()), ("model", pa.string()), ("mode", pa.string()), ("error", pa.string()),
+        ("n", pa.int32()), ("n_failed", pa.int32()), ("balanced_accuracy", pa.float64()),
+        ("precision", pa.float64()), ("recall", pa.float64()), ("f1", pa.float64()), ("auroc", pa.float64()),
+        ("accuracy", pa.float64()), ("accuracy_per_decile", pa.string()), ("created_at", pa.timestamp("us"))]),
+    "decisions": pa.schema([
+        ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
+        ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
+        ("prediction", pa.bool_()), ("probability", pa.float64()), ("failed", pa.bool_()), ("raw", pa.string()),
+        ("shown", pa.string())]),
+}
+
+
+def append_results(run_dir: Path, kind: str, rows: list[dict]) -> Path | None:
+    """Write rows as a new part of results/<kind>/ (atomic); never rewrites earlier parts."""
+    if not rows:
+        return None
+    schema = RESULT_SCHEMAS[kind]
+    now = pd.Timestamp.now()
+    cols = {f.name: [r.get(f.name, now if f.name == "created_at" else None) for r in rows] for f in schema}
+    path = run_dir / "results" / kind / f"part-{time.time_ns()}-{os.getpid()}.parquet"
+    write_parquet_atomic(pa.table(cols, schema=schema), path)
+    return path
+
+
+def _results_glob(run_dir: Path, kind: str) -> str | None:
+    d = run_dir / "results" / kind
+    return str(d / "part-*.parquet") if d.is_dir() and any(d.glob("part-*.parquet")) else None
+
+
+def _empty(kind: str) -> pd.DataFrame:
+    return RESULT_SCHEMAS[kind].empty_table().to_pandas()
+
+
+class ResultsMixin:
+    """Result queries of RunStore (kept apart so the activation API reads on its own)."""
+
+    def explanations(self, hookpoint: str | None = None) -> pd.DataFrame:
+        """Latest explanation record per (hookpoint, latent), failures included (explanation NULL)."""
+        src = _results_glob(self.run_dir, "explanations")
+        if src is None:
+            return _empty("explanations")
+        where = "WHERE hookpoint = ?" if hookpoint else ""
+        return self._sql(f"""SELECT * FROM read_parquet('{src}', union_by_name = true) {where}
+                             QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY created_at DESC) = 1
+                             ORDER BY hookpoint, latent""", [hookpoint] if hookpoint else [])
+
+    def scores(self, hookpoint: str | None = None) -> pd.DataFrame:
+        """Latest score per (hookpoint, latent, scorer)."""
+        src = _results_glob(self.run_dir, "scores")
+        if src is None:
+            return _empty("scores")
+        where = "WHERE hookpoint = ?" if hookpoint else ""
+        return self._sql(f"""SELECT * FROM read_parquet('{src}', union_by_name = true) {where}
+                             QUALIFY row_number() OVER (PARTITION BY hookpoint, latent, scorer
+                                                        ORDER BY created_at DESC) = 1
+                             ORDER BY hookpoint, latent, scorer""", [hookpoint] if hookpoint else [])
+
+    def decisions(self, score_id: str) -> pd.DataFrame:
+        src = _results_glob(self.run_dir, "decisions")
+        if src is None:
+            return _empty("decisions")
+        return self._sql(f"SELECT * FROM read_parquet('{src}', union_by_name = true) WHERE score_id = ? "
+                         f"ORDER BY activating DESC, quantile DESC, doc_id, start", [score_id])
+
+
+class RunStore(ResultsMixin):
     """Read API over one run. One in-process DuckDB connection; safe to share across threads."""
 
     def __init__(self, run_dir: str | Path):
@@ -373,3 +449,5 @@ class RunStore:
                     if len(chosen) == min(n, free):
                         break
         return [self.window_example(k // per_ctx, k % per_ctx) for k in chosen]
+
+

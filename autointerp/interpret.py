@@ -1,0 +1,155 @@
+"""`autointerp explain` / `autointerp score`: explain chosen latents, score their explanations.
+Results go to append-only parts, one per chunk of latents, so a killed job loses at most a chunk
+and a rerun skips what is done."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from autointerp.config import InterpretConfig
+from autointerp.errors import AutointerpError
+from autointerp.explain import ExplainConfig, explain_latents
+from autointerp.llm import make_client
+from autointerp.llm.base import LLMConfig
+from autointerp.sampling import SamplingConfig, TooFewExamples, scoring_examples
+from autointerp.scorers import SCORERS
+from autointerp.scorers.classify import ClassifyConfig, score_classify
+from autointerp.scorers.embedding import score_embedding
+from autointerp.store import RunStore, append_results, run_path
+
+log = logging.getLogger(__name__)
+
+
+def select_latents(store: RunStore, cfg: InterpretConfig) -> list[int]:
+    n_lat = store.n_latents(cfg.hookpoint)
+    bad = [x for x in cfg.latents if not 0 <= x < n_lat]
+    if bad:
+        raise AutointerpError(f"latents {bad} do not exist in {cfg.hookpoint}: ids run from 0 to {n_lat - 1}")
+    chosen = list(cfg.latents)
+    if cfg.top_frequent:
+        page, _ = store.latent_table(cfg.hookpoint, sort="frequency", limit=cfg.top_frequent)
+        chosen += page.latent.tolist()
+    if cfg.random:
+        active, _ = store.latent_table(cfg.hookpoint, min_frequency=cfg.min_examples / store.info["n_tokens"],
+                                       limit=n_lat)
+        rng = np.random.default_rng(cfg.seed)
+        pool = active.latent.to_numpy()
+        chosen += rng.choice(pool, size=min(cfg.random, len(pool)), replace=False).tolist()
+    if not chosen:
+        raise AutointerpError("no latents chosen: pass --latents, --top-frequent N or --random N")
+    return list(dict.fromkeys(int(x) for x in chosen))
+
+
+def _sampling(cfg: InterpretConfig) -> SamplingConfig:
+    return SamplingConfig(strategy=cfg.strategy, n_explain=cfg.n_explain, test_per_quantile=cfg.test_per_quantile,
+                          n_negative=cfg.n_negative, negatives=cfg.negatives, seed=cfg.seed,
+                          min_examples=cfg.min_examples)
+
+
+def _client(cfg: InterpretConfig):
+    return make_client(LLMConfig(backend=cfg.backend, model=cfg.model, batch_size=cfg.batch_size))
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
+    store = RunStore(run_path(cfg.run))
+    latents = select_latents(store, cfg)
+    done = store.explanations(cfg.hookpoint)
+    if not cfg.force and len(done):
+        have = set(done[done.explanation.notna()].latent.tolist())
+        latents = [x for x in latents if x not in have]
+    client = client or _client(cfg)
+    ecfg = ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
+    rows: list[dict] = []
+    with tqdm(total=len(latents), desc=f"explain {cfg.hookpoint}", unit="latent") as bar:
+        for chunk in _chunks(latents, cfg.chunk):
+            part = explain_latents(client, store, cfg.hookpoint, chunk, _sampling(cfg), ecfg)
+            append_results(store.run_dir, "explanations", part)
+            rows += part
+            bar.update(len(chunk))
+    failed = sum(r["explanation"] is None for r in rows)
+    log.info("explained %d latents (%d failures)", len(rows), failed)
+    return rows
+
+
+def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanation: str, cfg: InterpretConfig,
+                 embedder=None) -> tuple[list[dict], list[dict]]:
+    """(score rows, decision rows) for every scorer on one latent's explanation."""
+    sampling = _sampling(cfg)
+    base = {"hookpoint": hookpoint, "latent": int(latent), "explanation": explanation}
+    try:
+        from autointerp.sampling import explanation_examples
+
+        shown = explanation_examples(store, hookpoint, latent, sampling)
+        activating, negatives = scoring_examples(store, hookpoint, latent, sampling, exclude=shown,
+                                                 embedder=embedder)
+    except TooFewExamples as e:
+        return [{**base, "score_id": uuid.uuid4().hex, "scorer": s, "error": str(e), "n": 0, "n_failed": 0}
+                for s in cfg.scorers], []
+    scores, decisions = [], []
+    for scorer in cfg.scorers:
+        if scorer == "embedding":
+            summary, records = score_embedding(explanation, activating, negatives, embedder)
+            model, mode = "all-MiniLM-L6-v2", "similarity"
+        else:
+            summary, records = score_classify(scorer, client, explanation, activating, negatives,
+                                              ClassifyConfig(per_prompt=cfg.per_prompt, mode=cfg.mode,
+                                                             threshold=cfg.threshold, seed=cfg.seed))
+            model, mode = client.name, cfg.mode
+        sid = uuid.uuid4().hex
+        scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
+                                                                "recall", "f1", "auroc", "accuracy")},
+                       "score_id": sid, "scorer": scorer, "model": model, "mode": mode,
+                       "accuracy_per_decile": json.dumps(summary.get("accuracy_per_decile", {}))})
+        decisions += [{**r, "score_id": sid, "hookpoint": hookpoint, "latent": int(latent), "scorer": scorer}
+                      for r in records]
+    return scores, decisions
+
+
+def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
+    unknown = [s for s in cfg.scorers if s not in SCORERS]
+    if unknown:
+        raise AutointerpError(f"unknown scorers {unknown}: choose from {', '.join(SCORERS)}")
+    store = RunStore(run_path(cfg.run))
+    latents = select_latents(store, cfg)
+    expl = store.explanations(cfg.hookpoint)
+    expl = {int(r.latent): r.explanation for r in expl.itertuples() if r.explanation}
+    missing = [x for x in latents if x not in expl]
+    if missing:
+        raise AutointerpError(f"latents {missing[:10]} of {cfg.hookpoint} have no explanation: "
+                              f"run `autointerp explain` on them first")
+    if not cfg.force:
+        done = store.scores(cfg.hookpoint)
+        done = {(int(r.latent), r.explanation) for r in done.itertuples()
+                if set(cfg.scorers) <= set(done[done.latent == r.latent].scorer)}
+        latents = [x for x in latents if (x, expl[x]) not in done]
+    needs_llm = any(s != "embedding" for s in cfg.scorers)
+    client = client or (_client(cfg) if needs_llm else None)
+    embedder = None
+    if "embedding" in cfg.scorers or cfg.negatives == "hard":
+        from autointerp.embedding import load_embedder
+
+        embedder = load_embedder()
+    rows: list[dict] = []
+    with tqdm(total=len(latents), desc=f"score {cfg.hookpoint}", unit="latent") as bar:
+        for chunk in _chunks(latents, cfg.chunk):
+            scores, decisions = [], []
+            for latent in chunk:
+                s, d = score_latent(client, store, cfg.hookpoint, latent, expl[latent], cfg, embedder)
+                scores += s
+                decisions += d
+                bar.update(1)
+            # decisions first: a score row is only visible once its decisions are in place
+            append_results(store.run_dir, "decisions", decisions)
+            append_results(store.run_dir, "scores", scores)
+            rows += scores
+    return rows

@@ -1,0 +1,131 @@
+"""The CPU default: a local causal LM through transformers, batched, reusing a shared prompt prefix.
+
+Scoring prompts within a batch share a long prefix (instructions, explanation, the examples shown);
+`answer_probs` runs that prefix once, repeats its KV cache across the batch and runs only the
+differing suffixes (right-padded, so real tokens never attend to padding and positions stay
+contiguous after the prefix).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+
+from autointerp.llm.base import LLMConfig, Message
+
+log = logging.getLogger(__name__)
+
+MIN_SHARED_PREFIX = 8  # below this, reuse costs more bookkeeping than it saves
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return n
+
+
+class TransformersClient:
+    def __init__(self, cfg: LLMConfig):
+        from autointerp.subject import load_causal_lm
+
+        self.cfg = cfg
+        self.name = f"transformers:{cfg.model}"
+        self.model, self.tok = load_causal_lm(cfg.model, cfg.dtype)
+        self.model.eval()
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+
+    # -- text helpers -----------------------------------------------------------------------------
+
+    def chat_text(self, messages: list[Message], assistant_prefix: str = "") -> str:
+        """The chat-templated prompt, ending inside the assistant turn (after assistant_prefix)."""
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_prefix
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def answer_token_ids(self, answers: list[str]) -> list[int]:
+        ids = [self._ids(a)[0] for a in answers]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"answers {answers} share a first token; choose answers that differ in it")
+        return ids
+
+    # -- protocol -----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[Message]], max_tokens: int = 200, temperature: float = 0.0) -> list[str]:
+        out: list[str] = []
+        self.tok.padding_side = "left"
+        for i in range(0, len(prompts), self.cfg.batch_size):
+            texts = [self.chat_text(m) for m in prompts[i:i + self.cfg.batch_size]]
+            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            kwargs = {"do_sample": False} if temperature <= 0 else {"do_sample": True, "temperature": temperature}
+            gen = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=self.tok.pad_token_id, **kwargs)
+            out += self.tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return out
+
+    def answer_probs(self, prompts: list[list[Message]], answers: list[str],
+                     assistant_prefixes: list[str] | None = None) -> list[list[float]]:
+        texts = [self.chat_text(m, (assistant_prefixes or [""] * len(prompts))[i]) for i, m in enumerate(prompts)]
+        return self.next_token_probs([self._ids(t) for t in texts], self.answer_token_ids(answers))
+
+    @torch.inference_mode()
+    def next_token_probs(self, seqs: list[list[int]], answer_ids: list[int]) -> list[list[float]]:
+        """P(answer | seq) renormalised over answer_ids, for token sequences; batches reuse their
+        longest shared prefix."""
+        out: list[list[float]] = []
+        for i in range(0, len(seqs), self.cfg.batch_size):
+            batch = seqs[i:i + self.cfg.batch_size]
+            logits = self._last_logits(batch)
+            out += torch.softmax(logits[:, answer_ids].float(), dim=-1).tolist()
+        return out
+
+    def _last_logits(self, batch: list[list[int]]) -> torch.Tensor:
+        """Logits at each sequence's last token, [batch, vocab]."""
+        shared = _common_prefix_len(batch) if len(batch) > 1 else 0
+        shared = min(shared, min(len(s) for s in batch) - 1)  # every suffix keeps >= 1 token
+        past, prefix_mask = None, None
+        if shared >= MIN_SHARED_PREFIX:
+            prefix = torch.tensor([batch[0][:shared]])
+            past = self.model(input_ids=prefix, use_cache=True).past_key_values
+            past = copy.deepcopy(past)
+            past.batch_repeat_interleave(len(batch))
+            prefix_mask = torch.ones(len(batch), shared, dtype=torch.long)
+        else:
+            shared = 0
+        suffixes = [s[shared:] for s in batch]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((len(batch), width), self.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for j, s in enumerate(suffixes):
+            ids[j, :len(s)] = torch.tensor(s)
+            mask[j, :len(s)] = 1
+        full_mask = mask if prefix_mask is None else torch.cat([prefix_mask, mask], dim=1)
+        positions = (torch.arange(width) + shared).expand(len(batch), -1)
+        logits = self.model(input_ids=ids, attention_mask=full_mask, past_key_values=past, position_ids=positions,
+                            use_cache=past is not None).logits
+        last = torch.tensor([len(s) - 1 for s in suffixes])
+        return logits[torch.arange(len(batch)), last]
+
+    @torch.inference_mode()
+    def token_losses(self, prompts: list[str], texts: list[str]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for i in range(0, len(prompts), self.cfg.batch_size):
+            pairs = list(zip(prompts[i:i + self.cfg.batch_size], texts[i:i + self.cfg.batch_size]))
+            seqs = [(self._ids(p), self._ids(t)) for p, t in pairs]
+            width = max(len(p) + len(t) for p, t in seqs)
+            ids = torch.full((len(seqs), width), self.tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, (p, t) in enumerate(seqs):
+                ids[j, :len(p) + len(t)] = torch.tensor(p + t)
+                mask[j, :len(p) + len(t)] = 1
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for j, (p, t) in enumerate(seqs):
+                pos = torch.arange(len(p) - 1, len(p) + len(t) - 1)
+                out.append((-logp[j, pos, torch.tensor(t)]).tolist())
+        return out

@@ -1,0 +1,27 @@
+"""Embedding scorer: the explanation as a query, windows as documents (MiniLM); AUROC of cosine
+similarity between activating and silent windows. Predictions threshold at the median similarity,
+so accuracy-type metrics are defined too; AUROC is the score that matters."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autointerp.embedding import load_embedder
+from autointerp.metrics import Decision, summarize
+from autointerp.prompts import plain
+from autointerp.store import Example
+
+
+def score_embedding(explanation: str, activating: list[Example], negatives: list[Example],
+                    embedder=None) -> tuple[dict, list[dict]]:
+    embedder = embedder or load_embedder()
+    items = [(e, True) for e in activating] + [(e, False) for e in negatives]
+    emb = embedder.encode([explanation] + [plain(e) for e, _ in items], normalize_embeddings=True, batch_size=64)
+    sims = emb[1:] @ emb[0]
+    cut = float(np.median(sims))
+    decisions = [Decision(act, bool(s >= cut), float(s), (e.quantile or 0) if act else 0)
+                 for (e, act), s in zip(items, sims)]
+    records = [{"doc_id": e.doc_id, "start": e.start, "activating": act, "quantile": d.quantile,
+                "prediction": d.prediction, "probability": d.probability, "failed": False, "raw": "", "shown": ""}
+               for (e, act), d in zip(items, decisions)]
+    return summarize(decisions), records
