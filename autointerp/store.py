@@ -18,12 +18,14 @@ hookpoint for SAEs and `<hookpoint>-<kind>` for baselines.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +80,20 @@ def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int = ROW_
         raise
 
 
+_OPEN_CONNECTIONS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_connections() -> None:
+    """Close long-lived connections before interpreter shutdown (else DuckDB's bindings print
+    reference-leak warnings at exit)."""
+    for con in list(_OPEN_CONNECTIONS):
+        con.close()
+
+
 def _connect(memory_limit: str = "2GB", temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(config={"memory_limit": memory_limit, "threads": 2})
+    _OPEN_CONNECTIONS.add(con)
     con.execute("SET parquet_metadata_cache = true")
     if temp_dir is not None:
         con.execute(f"SET temp_directory = '{temp_dir}'")

@@ -1,0 +1,188 @@
+"""Sampling, the transformers LLM client, explainer, scorers, metrics and result storage.
+LLM runs use real transformers models: the tiny random Llama (fast; its answers are garbage, which
+is how malformed answers are produced for real) and SmolLM2-135M-Instruct."""
+
+import numpy as np
+import pytest
+import torch
+
+from autointerp.config import InterpretConfig
+from autointerp.errors import AutointerpError
+from autointerp.explain import parse_explanation
+from autointerp.interpret import run_explain, run_score, select_latents
+from autointerp.llm.base import LLMConfig
+from autointerp.llm.transformers_backend import TransformersClient
+from autointerp.metrics import Decision, auroc, summarize
+from autointerp.prompts import highlight
+from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples, scoring_examples
+from autointerp.store import Example, RunStore, append_results
+
+SET = "resid_post.2"
+
+
+@pytest.fixture(scope="module")
+def store(tiny_run):
+    return RunStore(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tiny_model_dir):
+    return TransformersClient(LLMConfig(model=str(tiny_model_dir), dtype="float32", batch_size=4))
+
+
+def test_metrics_on_known_decisions():
+    d = [Decision(True, True, 0.9, 10), Decision(True, False, 0.4, 1), Decision(False, False, 0.2),
+         Decision(False, True, 0.6), Decision(True, None), Decision(False, None)]
+    s = summarize(d)
+    assert (s["n"], s["n_failed"]) == (4, 2)
+    assert (s["tp"], s["fn"], s["tn"], s["fp"]) == (1, 1, 1, 1)
+    assert s["balanced_accuracy"] == 0.5 and s["precision"] == 0.5 and s["recall"] == 0.5 and s["f1"] == 0.5
+    assert s["auroc"] == 0.75  # pairs (0.9>0.2, 0.9>0.6, 0.4>0.2, 0.4<0.6)
+    assert s["accuracy_per_decile"] == {0: 0.5, 1: 0.0, 10: 1.0}
+    assert auroc(np.array([1, 1, 0]), np.array([0.5, 0.5, 0.5])) == 0.5
+    assert summarize([Decision(True, None)])["balanced_accuracy"] is None
+
+
+def test_parse_explanation_is_robust_and_never_invents_text():
+    assert parse_explanation("thinking...\n[EXPLANATION]: Names of rivers.") == "Names of rivers"
+    assert parse_explanation("[EXPLANATION]: a\n[EXPLANATION]: years and dates") == "years and dates"
+    assert parse_explanation("Explanation: \"the word <<the>>\"") == "the word the"
+    assert parse_explanation("Dates in biographies") == "Dates in biographies"
+    assert parse_explanation("") is None
+    assert parse_explanation("[EXPLANATION]:   ") is None
+    assert parse_explanation("line one\nline two with no tag") is None
+
+
+def test_highlight_merges_consecutive_tokens():
+    ex = Example(0, 1, [0] * 5, ["The", " river", " Rhine", " flows", "."], [0.0, 2.0, 4.0, 0.5, 0.0])
+    assert highlight(ex, threshold=0.3) == "The<< river Rhine>> flows."
+    assert highlight(ex, threshold=0.1) == "The<< river Rhine flows>>."
+    assert highlight(ex, positions={0, 4}) == "<<The>> river Rhine flows<<.>>"
+
+
+def test_sampling_strategies_and_disjoint_test_sets(store):
+    page, _ = store.latent_table(SET, sort="frequency", limit=1)
+    latent = int(page.latent[0])
+    cfg = SamplingConfig(n_explain=8, test_per_quantile=2, n_negative=6, n_quantiles=4)
+    top = explanation_examples(store, SET, latent, cfg)
+    assert [e.max_act for e in top] == sorted([e.max_act for e in top], reverse=True) and len(top) == 8
+    for strategy in ("random", "quantiles", "mix"):
+        cfg.strategy = strategy
+        ex = explanation_examples(store, SET, latent, cfg)
+        assert 0 < len(ex) <= 8 and all(e.max_act > 0 for e in ex)
+        assert len({(e.doc_id, e.start) for e in ex}) == len(ex)
+    cfg.strategy = "top"
+    act, neg = scoring_examples(store, SET, latent, cfg, exclude=top)
+    assert not {(e.doc_id, e.start) for e in act} & {(e.doc_id, e.start) for e in top}
+    counts = {q: sum(e.quantile == q for e in act) for q in range(1, 5)}
+    assert all(c <= 2 for c in counts.values()) and all(e.max_act > 0 for e in act)
+    assert len(neg) == 6 and all(e.max_act == 0 for e in neg)
+    with pytest.raises(AutointerpError, match="unknown sampling strategy"):
+        explanation_examples(store, SET, latent, SamplingConfig(strategy="best"))
+
+
+def test_rare_latent_is_a_recorded_failure_not_a_crash(store, tiny_run):
+    counts, _ = store.latent_table(SET, sort="count", descending=False, min_frequency=1e-9, limit=1)
+    rare = int(counts.latent[0])
+    with pytest.raises(TooFewExamples, match="at least 50"):
+        explanation_examples(store, SET, rare, SamplingConfig(min_examples=50))
+
+
+def test_hard_negatives_are_silent_and_closer_than_random(store):
+    from autointerp.embedding import load_embedder
+
+    page, _ = store.latent_table(SET, sort="frequency", limit=30)
+    latent = int(page.latent.iloc[25])
+    emb = load_embedder()
+    cfg = SamplingConfig(n_negative=5, test_per_quantile=2, n_quantiles=4, negatives="hard")
+    act, hard = scoring_examples(store, SET, latent, cfg, embedder=emb)
+    cfg.negatives = "random"
+    _, rand = scoring_examples(store, SET, latent, cfg, embedder=emb)
+    assert all(e.max_act == 0 for e in hard)
+
+    def mean_sim(neg):
+        v = emb.encode(["".join(e.tokens) for e in act + neg], normalize_embeddings=True)
+        return float((v[len(act):] @ v[: len(act)].mean(0)).mean())
+
+    assert mean_sim(hard) > mean_sim(rand)
+
+
+def test_prefix_reuse_gives_the_same_probabilities(tiny_llm):
+    import autointerp.llm.transformers_backend as tb
+
+    shared = [{"role": "system", "content": "Judge texts. " * 10}]
+    prompts = [shared + [{"role": "user", "content": f"Text number {i}: rivers and lakes {i * 7}"}] for i in range(4)]
+    with_reuse = tiny_llm.answer_probs(prompts, ["Yes", "No"], assistant_prefixes=["Example 1:"] * 4)
+    old = tb.MIN_SHARED_PREFIX
+    tb.MIN_SHARED_PREFIX = 10**9
+    try:
+        without = tiny_llm.answer_probs(prompts, ["Yes", "No"], assistant_prefixes=["Example 1:"] * 4)
+    finally:
+        tb.MIN_SHARED_PREFIX = old
+    one_by_one = [tiny_llm.answer_probs([p], ["Yes", "No"], assistant_prefixes=["Example 1:"])[0] for p in prompts]
+    np.testing.assert_allclose(with_reuse, without, atol=1e-5)
+    np.testing.assert_allclose(with_reuse, one_by_one, atol=1e-5)
+    assert all(abs(sum(p) - 1) < 1e-6 for p in with_reuse)
+
+
+def test_token_losses_match_a_direct_forward(tiny_llm):
+    [losses] = tiny_llm.token_losses(["A prompt about rivers:"], [" The Rhine flows north."])
+    ids_p = tiny_llm._ids("A prompt about rivers:")
+    ids_t = tiny_llm._ids(" The Rhine flows north.")
+    with torch.no_grad():
+        logits = tiny_llm.model(input_ids=torch.tensor([ids_p + ids_t])).logits[0]
+    expected = torch.nn.functional.cross_entropy(logits[len(ids_p) - 1:-1], torch.tensor(ids_t), reduction="none")
+    np.testing.assert_allclose(losses, expected.numpy(), rtol=1e-4)
+
+
+def test_explain_and_score_pipeline_with_failures_counted(tiny_run, tiny_llm, monkeypatch):
+    cfg = InterpretConfig(run=str(tiny_run), hookpoint=SET, top_frequent=2, n_explain=6, test_per_quantile=1,
+                          n_negative=6, chunk=1)
+    store = RunStore(tiny_run)
+    latents = select_latents(store, cfg)
+    assert len(latents) == 2
+    # The random tiny model answers garbage: stored as failures with the raw text, never explanations.
+    rows = run_explain(cfg, client=tiny_llm)
+    assert len(rows) == 2 and all(r["raw"] for r in rows)
+    expl = store.explanations(SET)
+    assert len(expl) == 2
+    failed = expl[expl.explanation.isna()]
+    assert (failed.error == "unparseable explainer answer").all()
+    if len(failed):
+        with pytest.raises(AutointerpError, match="have no explanation"):
+            run_score(cfg, client=tiny_llm)
+    # Give both latents an explanation (as a human would through the app) and score them.
+    append_results(tiny_run, "explanations", [{"hookpoint": SET, "latent": x, "explanation": "numbers and dates",
+                                               "model": "human"} for x in latents])
+    scores = run_score(cfg, client=tiny_llm)
+    assert {r["scorer"] for r in scores} == {"detection", "fuzzing", "embedding"} and len(scores) == 6
+    for r in scores:
+        assert r["n"] + r["n_failed"] > 0 and r["n_failed"] == 0  # logprob mode cannot fail to parse
+        assert 0 <= r["auroc"] <= 1
+    stored = store.scores(SET)
+    assert len(stored) == 6
+    dec = store.decisions(stored.score_id.iloc[0])
+    assert len(dec) == stored.n.iloc[0] and dec.probability.between(0, 1).all()
+    # generate mode on a model that answers garbage: unparseable lines are counted failures
+    cfg.mode, cfg.scorers, cfg.force = "generate", ["detection"], True
+    gen = run_score(cfg, client=tiny_llm)
+    assert all(r["n_failed"] > 0 for r in gen)
+    logprob_n = {r["latent"]: r["n"] for r in scores if r["scorer"] == "detection"}
+    assert all(r["n"] + r["n_failed"] == logprob_n[r["latent"]] for r in gen)  # same examples, failures apart
+    # resume: nothing left to do without --force
+    cfg.force = False
+    assert run_score(cfg, client=tiny_llm) == []
+
+
+@pytest.mark.slow
+def test_smollm2_explains_and_scores_a_real_latent(tmp_path, smollm2_dir, tiny_run):
+    """The real small instruct model end to end: a parsed explanation and probabilities."""
+    client = TransformersClient(LLMConfig(model="smollm2", batch_size=8))
+    cfg = InterpretConfig(run=str(tiny_run), hookpoint="mlp_neurons.1-topk4", top_frequent=1, n_explain=8,
+                          test_per_quantile=1, n_negative=5, scorers=["detection"])
+    rows = run_explain(cfg, client=client)
+    assert rows and rows[0]["raw"]
+    if rows[0]["explanation"] is None:
+        pytest.fail(f"SmolLM2's answer did not parse: {rows[0]['raw']!r}")
+    scores = run_score(cfg, client=client)
+    assert scores[0]["n"] >= 10 and scores[0]["n_failed"] == 0 and 0 <= scores[0]["auroc"] <= 1
