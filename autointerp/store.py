@@ -238,26 +238,22 @@ def _empty(kind: str) -> pd.DataFrame:
 class ResultsMixin:
     """Result queries of RunStore (kept apart so the activation API reads on its own)."""
 
-    def explanations(self, hookpoint: str | None = None) -> pd.DataFrame:
-        """Latest explanation record per (hookpoint, latent), failures included (explanation NULL)."""
-        src = _results_glob(self.run_dir, "explanations")
+    def _latest(self, kind: str, keys: str, hookpoint: str | None) -> pd.DataFrame:
+        src = _results_glob(self.run_dir, kind)
         if src is None:
-            return _empty("explanations")
+            return _empty(kind)
         where = "WHERE hookpoint = ?" if hookpoint else ""
         return self._sql(f"""SELECT * FROM read_parquet('{src}', union_by_name = true) {where}
-                             QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY created_at DESC) = 1
-                             ORDER BY hookpoint, latent""", [hookpoint] if hookpoint else [])
+                             QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY created_at DESC) = 1
+                             ORDER BY {keys}""", [hookpoint] if hookpoint else [])
+
+    def explanations(self, hookpoint: str | None = None) -> pd.DataFrame:
+        """Latest explanation record per (hookpoint, latent), failures included (explanation NULL)."""
+        return self._latest("explanations", "hookpoint, latent", hookpoint)
 
     def scores(self, hookpoint: str | None = None) -> pd.DataFrame:
         """Latest score per (hookpoint, latent, scorer)."""
-        src = _results_glob(self.run_dir, "scores")
-        if src is None:
-            return _empty("scores")
-        where = "WHERE hookpoint = ?" if hookpoint else ""
-        return self._sql(f"""SELECT * FROM read_parquet('{src}', union_by_name = true) {where}
-                             QUALIFY row_number() OVER (PARTITION BY hookpoint, latent, scorer
-                                                        ORDER BY created_at DESC) = 1
-                             ORDER BY hookpoint, latent, scorer""", [hookpoint] if hookpoint else [])
+        return self._latest("scores", "hookpoint, latent, scorer", hookpoint)
 
     def decisions(self, score_id: str) -> pd.DataFrame:
         src = _results_glob(self.run_dir, "decisions")

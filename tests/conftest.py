@@ -78,3 +78,11 @@ def tiny_run(tmp_path_factory, tiny_subject, tiny_sae_dir) -> Path:
                       tokens=64 * 40, part_contexts=16, batch_contexts=8)
     cache_run(cfg, subject=tiny_subject)
     return run
+
+
+@pytest.fixture(scope="session")
+def store(tiny_run):
+    """The tiny run's RunStore."""
+    from autointerp.store import RunStore
+
+    return RunStore(tiny_run)

@@ -21,11 +21,6 @@ SET = "resid_post.2"
 
 
 @pytest.fixture(scope="module")
-def store(tiny_run):
-    return RunStore(tiny_run)
-
-
-@pytest.fixture(scope="module")
 def tiny_llm(tiny_model_dir):
     return TransformersClient(LLMConfig(model=str(tiny_model_dir), dtype="float32", batch_size=4))
 

@@ -9,11 +9,6 @@ SET = "resid_post.2"
 
 
 @pytest.fixture(scope="module")
-def store(tiny_run):
-    return RunStore(tiny_run)
-
-
-@pytest.fixture(scope="module")
 def rows(tiny_run):
     return duckdb.sql(f"SELECT * FROM read_parquet('{tiny_run / 'acts' / SET / 'acts.parquet'}')").df()
 
