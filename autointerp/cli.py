@@ -71,10 +71,10 @@ def cmd_score(args) -> None:
         if r.get("error"):
             print(f"{r['hookpoint']} {r['latent']} {r['scorer']}: FAILED ({r['error']})")
             continue
-        auroc = "n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
-        bal = "n/a" if r["balanced_accuracy"] is None else f"{r['balanced_accuracy']:.3f}"
-        print(f"{r['hookpoint']} {r['latent']} {r['scorer']}: balanced accuracy {bal}, AUROC {auroc}, "
-              f"n={r['n']}, failures={r['n_failed']}")
+        shown = ", ".join(f"{k.replace('_', ' ')} {r[k]:.3f}" for k in ("balanced_accuracy", "auroc", "correlation")
+                          if r.get(k) is not None)
+        print(f"{r['hookpoint']} {r['latent']} {r['scorer']}: {shown or 'no score'}, n={r['n']}, "
+              f"failures={r['n_failed']}")
 
 
 def cmd_runs(args) -> None:

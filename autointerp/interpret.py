@@ -20,6 +20,8 @@ from autointerp.sampling import SamplingConfig, TooFewExamples, scoring_examples
 from autointerp.scorers import SCORERS
 from autointerp.scorers.classify import ClassifyConfig, score_classify
 from autointerp.scorers.embedding import score_embedding
+from autointerp.scorers.simulation import score_simulation
+from autointerp.scorers.surprisal import score_surprisal
 from autointerp.store import RunStore, append_results, run_path
 
 log = logging.getLogger(__name__)
@@ -97,19 +99,27 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
                 for s in cfg.scorers], []
     scores, decisions = [], []
     for scorer in cfg.scorers:
+        model, mode = client.name if client else None, None
         if scorer == "embedding":
             summary, records = score_embedding(explanation, activating, negatives, embedder)
             model, mode = "all-MiniLM-L6-v2", "similarity"
+        elif scorer == "surprisal":
+            summary, records = score_surprisal(client, explanation, activating, negatives)
+            mode = "loss"
+        elif scorer == "simulation":
+            summary, records = score_simulation(client, explanation, activating, negatives)
+            mode = "all-at-once"
         else:
             summary, records = score_classify(scorer, client, explanation, activating, negatives,
                                               ClassifyConfig(per_prompt=cfg.per_prompt, mode=cfg.mode,
                                                              threshold=cfg.threshold, seed=cfg.seed))
-            model, mode = client.name, cfg.mode
+            mode = cfg.mode
         sid = uuid.uuid4().hex
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
-                                                                "recall", "f1", "auroc", "accuracy")},
+                                                                "recall", "f1", "auroc", "accuracy", "correlation")},
                        "score_id": sid, "scorer": scorer, "model": model, "mode": mode,
-                       "accuracy_per_decile": json.dumps(summary.get("accuracy_per_decile", {}))})
+                       "accuracy_per_decile": json.dumps(summary.get("accuracy_per_decile", {})),
+                       "correlation_per_quantile": json.dumps(summary.get("correlation_per_quantile", {}))})
         decisions += [{**r, "score_id": sid, "hookpoint": hookpoint, "latent": int(latent), "scorer": scorer}
                       for r in records]
     return scores, decisions

@@ -205,7 +205,8 @@ RESULT_SCHEMAS = {
         ("explanation", pa.string()), ("model", pa.string()), ("mode", pa.string()), ("error", pa.string()),
         ("n", pa.int32()), ("n_failed", pa.int32()), ("balanced_accuracy", pa.float64()),
         ("precision", pa.float64()), ("recall", pa.float64()), ("f1", pa.float64()), ("auroc", pa.float64()),
-        ("accuracy", pa.float64()), ("accuracy_per_decile", pa.string()), ("created_at", pa.timestamp("us"))]),
+        ("accuracy", pa.float64()), ("accuracy_per_decile", pa.string()), ("correlation", pa.float64()),
+        ("correlation_per_quantile", pa.string()), ("created_at", pa.timestamp("us"))]),
     "decisions": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),

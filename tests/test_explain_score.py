@@ -169,6 +169,26 @@ def test_explain_and_score_pipeline_with_failures_counted(tiny_run, tiny_llm, mo
     assert run_score(cfg, client=tiny_llm) == []
 
 
+def test_surprisal_and_simulation_scorers(store, tiny_llm):
+    from autointerp.scorers.simulation import score_simulation
+    from autointerp.scorers.surprisal import GENERIC_EXPLANATION, PROMPT, score_surprisal
+
+    page, _ = store.latent_table(SET, sort="frequency", limit=1)
+    latent = int(page.latent[0])
+    cfg = SamplingConfig(test_per_quantile=2, n_negative=4, n_quantiles=3)
+    act, neg = scoring_examples(store, SET, latent, cfg)
+    summary, records = score_surprisal(tiny_llm, "numbers", act, neg)
+    assert summary["n"] == len(act) + len(neg) and summary["auroc"] is not None
+    text = "".join(act[0].tokens)
+    [w], [g] = (tiny_llm.token_losses([PROMPT.format(e)], [text]) for e in ("numbers", GENERIC_EXPLANATION))
+    assert records[0]["probability"] == pytest.approx(np.mean(g) - np.mean(w), rel=1e-4)
+    summary, records = score_simulation(tiny_llm, "numbers", act, neg)
+    assert summary["n"] == len(records) and -1 <= summary["correlation"] <= 1
+    preds = [float(x) for x in records[0]["shown"].split()]
+    assert len(preds) == len(act[0].tokens) and all(0 <= p <= 9 for p in preds)
+    assert set(summary["correlation_per_quantile"]) <= {1, 2, 3}
+
+
 @pytest.mark.slow
 def test_smollm2_explains_and_scores_a_real_latent(tmp_path, smollm2_dir, tiny_run):
     """The real small instruct model end to end: a parsed explanation and probabilities."""

@@ -81,12 +81,14 @@ class TransformersClient:
         out: list[list[float]] = []
         for i in range(0, len(seqs), self.cfg.batch_size):
             batch = seqs[i:i + self.cfg.batch_size]
-            logits = self._last_logits(batch)
-            out += torch.softmax(logits[:, answer_ids].float(), dim=-1).tolist()
+            # Answer logits in float32 from the hidden state: bf16 logits are rounded to ~0.125 and
+            # tie many probabilities (measured: 70 distinct values among 240 scores).
+            head = self.model.get_output_embeddings().weight[answer_ids].float()
+            out += torch.softmax(self._last_hidden(batch) @ head.T, dim=-1).tolist()
         return out
 
-    def _last_logits(self, batch: list[list[int]]) -> torch.Tensor:
-        """Logits at each sequence's last token, [batch, vocab]."""
+    def _last_hidden(self, batch: list[list[int]]) -> torch.Tensor:
+        """Final hidden state at each sequence's last token, float32 [batch, d_model]."""
         shared = _common_prefix_len(batch) if len(batch) > 1 else 0
         shared = min(shared, min(len(s) for s in batch) - 1)  # every suffix keeps >= 1 token
         past, prefix_mask = None, None
@@ -107,10 +109,11 @@ class TransformersClient:
             mask[j, :len(s)] = 1
         full_mask = mask if prefix_mask is None else torch.cat([prefix_mask, mask], dim=1)
         positions = (torch.arange(width) + shared).expand(len(batch), -1)
-        logits = self.model(input_ids=ids, attention_mask=full_mask, past_key_values=past, position_ids=positions,
-                            use_cache=past is not None).logits
+        base = getattr(self.model, self.model.base_model_prefix)
+        hidden = base(input_ids=ids, attention_mask=full_mask, past_key_values=past, position_ids=positions,
+                      use_cache=past is not None).last_hidden_state
         last = torch.tensor([len(s) - 1 for s in suffixes])
-        return logits[torch.arange(len(batch)), last]
+        return hidden[torch.arange(len(batch)), last].float()  # [batch, d_model]
 
     @torch.inference_mode()
     def token_losses(self, prompts: list[str], texts: list[str]) -> list[list[float]]:
@@ -129,3 +132,11 @@ class TransformersClient:
                 pos = torch.arange(len(p) - 1, len(p) + len(t) - 1)
                 out.append((-logp[j, pos, torch.tensor(t)]).tolist())
         return out
+
+    @torch.inference_mode()
+    def positional_probs(self, ids: list[int], positions: list[int], answer_ids: list[int]) -> list[list[float]]:
+        """One forward over `ids`; at each position, P(next token = answer) renormalised over answers
+        (simulation's all-at-once read-out)."""
+        hidden = getattr(self.model, self.model.base_model_prefix)(input_ids=torch.tensor([ids])).last_hidden_state
+        head = self.model.get_output_embeddings().weight[answer_ids].float()
+        return torch.softmax(hidden[0, positions].float() @ head.T, dim=-1).tolist()

@@ -4,6 +4,8 @@ detection  the scorer LLM sees plain windows: does the feature fire here?
 fuzzing    windows shown with << >> marks (true ones for activating windows, random tokens for
            silent ones): are the marks consistent with the explanation?
 embedding  MiniLM similarity between the explanation and each window; AUROC
+surprisal  drop in the scorer LM's loss on a window when the explanation is in the prompt; AUROC
+simulation predicted per-token activations (0-9, all at once); Pearson correlation with the truth
 """
 
-SCORERS = ("detection", "fuzzing", "embedding")
+SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "simulation")

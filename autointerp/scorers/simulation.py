@@ -1,0 +1,67 @@
+"""Simulation scorer (Bills et al. 2023, "all at once"): the scorer LM reads the explanation and
+the text laid out one token per line as `token<TAB>unknown`; at each `unknown` position, the
+distribution over the digits 0-9 gives an expected activation, all from one forward pass. Score:
+Pearson correlation of predicted and true activations over all tokens concatenated (silent
+windows count as zeros), and per activation quantile (that quantile's windows plus the silent ones).
+Our scale is 0-9, not 0-10: "10" shares its first token with "1" in these tokenizers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autointerp.errors import AutointerpError
+from autointerp.store import Example
+
+SYSTEM = """We're studying neurons in a neural network. Each neuron looks for some particular thing
+in a short document. Look at an explanation of what the neuron does, and try to predict its
+activations on each token. The activation format is token<tab>activation, activations go from 0 to 9,
+"unknown" indicates an unknown activation. Most activations will be 0."""
+
+DIGITS = [str(i) for i in range(10)]
+
+
+def _layout(client, explanation: str, example: Example) -> tuple[list[int], list[int]]:
+    messages = [{"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"Neuron explanation: {explanation}\n"
+                                            f"Predict the activation of each token."}]
+    ids = client._ids(client.chat_text(messages, "<start>\n"))
+    positions = []
+    for tok in example.tokens:
+        ids += client._ids(tok.replace("\n", "\\n") + "\t")
+        positions.append(len(ids) - 1)
+        ids += client._ids("unknown\n")
+    return ids, positions
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def score_simulation(client, explanation: str, activating: list[Example], negatives: list[Example]
+                     ) -> tuple[dict, list[dict]]:
+    if not hasattr(client, "positional_probs"):
+        raise AutointerpError(f"the simulation scorer needs per-position probabilities, which {client.name} "
+                              f"does not give: use --backend transformers")
+    digit_ids = client.answer_token_ids(DIGITS)
+    items = [(e, True) for e in activating] + [(e, False) for e in negatives]
+    predicted, records = [], []
+    for e, act in items:
+        ids, positions = _layout(client, explanation, e)
+        probs = np.asarray(client.positional_probs(ids, positions, digit_ids))
+        pred = probs @ np.arange(10)
+        predicted.append(pred)
+        records.append({"doc_id": e.doc_id, "start": e.start, "activating": act,
+                        "quantile": (e.quantile or 0) if act else 0, "prediction": None,
+                        "probability": float(pred.max() / 9), "failed": False, "raw": "",
+                        "shown": " ".join(f"{p:.1f}" for p in pred)})
+    true = [np.asarray(e.acts, dtype=float) * (1 if act else 0) for e, act in items]
+    all_corr = _pearson(np.concatenate(true), np.concatenate(predicted))
+    neg_idx = [i for i, (_, act) in enumerate(items) if not act]
+    per_q = {}
+    for q in sorted({e.quantile for e, act in items if act and e.quantile}):
+        idx = [i for i, (e, act) in enumerate(items) if act and e.quantile == q] + neg_idx
+        per_q[int(q)] = _pearson(np.concatenate([true[i] for i in idx]), np.concatenate([predicted[i] for i in idx]))
+    summary = {"n": len(items), "n_failed": 0, "correlation": all_corr, "correlation_per_quantile": per_q}
+    return summary, records
