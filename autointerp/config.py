@@ -72,8 +72,12 @@ class InterpretConfig:
     latents: list[int] = _help("latent ids (or use --top-frequent / --random)", default_factory=list)
     top_frequent: int = _help("take the N most frequent latents", default=0)
     random: int = _help("take N random latents that fire at least --min-examples times", default=0)
-    backend: str = _help("LLM backend (transformers is built; vllm and openai are an open issue)",
+    backend: str = _help("LLM backend: transformers (CPU default), vllm (offline engine), openai (a server)",
                          default="transformers")
+    base_url: str = _help("openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1", default="")
+    api_key: str = _help("openai backend: API key (default $OPENAI_API_KEY)", default="")
+    timeout_s: float = _help("openai backend: seconds per request before retrying", default=60.0)
+    max_retries: int = _help("openai backend: retries with exponential backoff", default=3)
     model: str = _help("explainer/scorer model: 'qwen1.5b' (the only small model measured to score meaningfully "
                        "on CPU), 'smollm2' (fast, for tests), a local folder or .gguf file", default="qwen1.5b")
     strategy: str = _help("explanation examples: top, random, quantiles or mix", default="top")

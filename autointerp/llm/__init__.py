@@ -1,9 +1,10 @@
-"""LLM clients behind one protocol (see base.py). Built: transformers (the CPU default)."""
+"""LLM clients behind one protocol (see base.py): transformers (the CPU default), vllm (offline
+engine in a worker process), openai (any OpenAI-compatible server)."""
 
 from autointerp.errors import AutointerpError
 from autointerp.llm.base import LLMConfig
 
-BACKENDS = ("transformers",)
+BACKENDS = ("transformers", "vllm", "openai")
 
 
 def make_client(cfg: LLMConfig):
@@ -11,4 +12,12 @@ def make_client(cfg: LLMConfig):
         from autointerp.llm.transformers_backend import TransformersClient
 
         return TransformersClient(cfg)
-    raise AutointerpError(f"LLM backend {cfg.backend!r} is not available yet: use --backend transformers")
+    if cfg.backend == "vllm":
+        from autointerp.llm.vllm_backend import VLLMClient
+
+        return VLLMClient(cfg)
+    if cfg.backend == "openai":
+        from autointerp.llm.openai_backend import OpenAIClient
+
+        return OpenAIClient(cfg)
+    raise AutointerpError(f"unknown LLM backend {cfg.backend!r}: use one of {', '.join(BACKENDS)}")

@@ -25,6 +25,7 @@ class LLMConfig:
     max_retries: int = 3
     dtype: str = "bfloat16"
     batch_size: int = 8
+    vllm_python: str | None = None  # interpreter with vllm; default $AUTOINTERP_VLLM_PYTHON or .venv-vllm
 
 
 class LLMClient(Protocol):
@@ -39,3 +40,31 @@ class LLMClient(Protocol):
     def token_losses(self, prompts: list[str], texts: list[str]) -> list[list[float]]:
         """Per-token negative log-likelihood of each text right after its prompt."""
         ...
+
+
+class TokenizerSide:
+    """Prompt building shared by backends that hold the model's tokenizer (`self.tok`): chat
+    templating, answer token ids, and answer_probs on top of the backend's next_token_probs."""
+
+    tok = None
+
+    def chat_text(self, messages: list[Message], assistant_prefix: str = "") -> str:
+        """The chat-templated prompt, ending inside the assistant turn (after assistant_prefix)."""
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_prefix
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def answer_token_ids(self, answers: list[str]) -> list[int]:
+        ids = [self._ids(a)[0] for a in answers]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"answers {answers} share a first token; choose answers that differ in it")
+        return ids
+
+    def answer_probs(self, prompts: list[list[Message]], answers: list[str],
+                     assistant_prefixes: list[str] | None = None) -> list[list[float]]:
+        texts = [self.chat_text(m, (assistant_prefixes or [""] * len(prompts))[i]) for i, m in enumerate(prompts)]
+        return self.next_token_probs([self._ids(t) for t in texts], self.answer_token_ids(answers))
+
+    def next_token_probs(self, seqs: list[list[int]], answer_ids: list[int]) -> list[list[float]]:
+        raise NotImplementedError

