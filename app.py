@@ -66,6 +66,20 @@ latent = st.number_input("Latent", min_value=0, max_value=store.n_latents(hookpo
                          value=int(table.latent.iloc[0]) if len(table) else 0)
 stats = store.latent_stats(hookpoint, latent)
 st.subheader(f"Latent {latent}: frequency {stats['frequency']:.5f}, max activation {stats['max_act']:.3f}")
+expl = store.explanations(hookpoint)
+expl = expl[expl.latent == latent]
+if len(expl):
+    row = expl.iloc[0]
+    if row.explanation is None:
+        st.warning(f"Explanation failed ({row.error}); raw answer: {row.raw!r}")
+    else:
+        st.caption(f"Explanation ({row.model})")
+        st.text(row.explanation)  # plain text: LLM output is never rendered as markdown or HTML
+    scores = store.scores(hookpoint)
+    scores = scores[scores.latent == latent]
+    if len(scores):
+        st.dataframe(scores[["scorer", "balanced_accuracy", "auroc", "correlation", "n", "n_failed", "model",
+                             "mode"]], hide_index=True)
 examples = store.top_examples(hookpoint, latent, n=10)
 if examples:
     st.html(examples_html(examples))

@@ -57,3 +57,25 @@ def test_example_html_escapes_corpus_text():
     assert "<script>" not in out and "<img" not in out
     assert "&lt;script&gt;" in out and "&lt;img src=x onerror=&quot;boom()&quot;&gt;" in out
     assert 'title="2.000"' in out and "rgba(255,120,0,0.50)" in out
+
+
+def test_app_shows_a_latents_explanation_and_scores(tmp_path, tiny_run, monkeypatch):
+    import shutil
+
+    from autointerp.store import append_results
+
+    run = tmp_path / "data" / "runs" / "tiny"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path / "data"))
+    page, _ = RunStore(run).latent_table("resid_post.2", limit=1)
+    latent = int(page.latent[0])
+    append_results(run, "explanations", [{"hookpoint": "resid_post.2", "latent": latent, "model": "m",
+                                          "explanation": "<b>years</b> and *dates*"}])
+    append_results(run, "scores", [{"hookpoint": "resid_post.2", "latent": latent, "scorer": "detection",
+                                    "score_id": "s1", "auroc": 0.81, "n": 20, "n_failed": 3}])
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at.sidebar.selectbox[1].select("resid_post.2").run()
+    assert not at.exception
+    assert at.text[0].value == "<b>years</b> and *dates*"  # shown verbatim, never rendered
+    shown = at.dataframe[1].value
+    assert shown.auroc.iloc[0] == 0.81 and shown.n_failed.iloc[0] == 3
