@@ -47,7 +47,11 @@ def test_openai_backend_against_a_real_server(server_url, reference):
     got = client.answer_probs(PROMPTS, list(ANSWERS), PREFIXES)
     ref = np.array(reference.answer_probs(PROMPTS, list(ANSWERS), PREFIXES))
     assert all(p is not None for p in got)
-    assert np.abs(np.array(got) - ref).max() < 0.15
+    # An answer outside the server's top-20 logprobs gets probability 0 (documented); where both
+    # answers are in the top 20 the probabilities must match the transformers reference.
+    both = [i for i, p in enumerate(got) if 0 < p[0] < 1]
+    assert len(both) >= 2
+    assert np.abs(np.array([got[i] for i in both]) - ref[both]).max() < 0.15
     losses = client.token_losses([LOSS_PROMPT] * 2, TEXTS[:2])
     ref_losses = reference.token_losses([LOSS_PROMPT] * 2, TEXTS[:2])
     assert [len(x) for x in losses] == [len(x) for x in ref_losses]

@@ -17,8 +17,11 @@ import sys
 def main() -> None:
     model = sys.argv[1]
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    out = sys.stdout
-    sys.stdout = sys.stderr  # vllm's own prints must not corrupt the protocol stream
+    # The protocol gets a private copy of stdout; fd 1 itself now points at stderr, so nothing that
+    # vllm or its C++ kernels print can corrupt the stream.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
