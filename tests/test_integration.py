@@ -59,3 +59,21 @@ def test_minilm_embeds_offline():
                        normalize_embeddings=True)
     assert emb.shape == (3, 384)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]
+
+
+def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, monkeypatch, smollm2_dir):
+    """`autointerp demo` at a tiny size: real SmolLM2, SAE training, cache; then idempotent."""
+    from autointerp.config import DemoConfig
+    from autointerp.demo import demo_sae_dir, run_demo
+
+    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path))
+    (tmp_path / "models").symlink_to(smollm2_dir.parent)  # reuse the converted model
+    cfg = DemoConfig(tokens=2048, train_tokens=3000, epochs=1, n_latents=256, k=8,
+                     hookpoints=["resid_post.14", "mlp_out.15"])
+    run = run_demo(cfg)
+    store = RunStore(run)
+    assert store.hookpoints() == ["mlp_neurons.15-topk8", "mlp_out.15", "resid_post.14"]
+    stamps = {p: p.stat().st_mtime_ns for p in [*demo_sae_dir(cfg).rglob("*.safetensors"), *run.rglob("*.parquet")]}
+    assert len(stamps) >= 2 + 2 + 3 * 2
+    assert run_demo(cfg) == run
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

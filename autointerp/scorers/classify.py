@@ -58,13 +58,14 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
     raws: list[str] = [""] * len(items)
     prompts = [scorer_messages(system, explanation, [shown[i] for i in g]) for g in groups]
     if cfg.mode == "logprob":
-        flat_prompts, prefixes, index = [], [], []
+        results = []
         for g, messages in zip(groups, prompts):
-            for j, i in enumerate(g, 1):
-                flat_prompts.append(messages)
-                prefixes.append(f"Example {j}:")
-                index.append(i)
-        for i, p in zip(index, client.answer_probs(flat_prompts, list(ANSWERS), assistant_prefixes=prefixes)):
+            # One call per prompt: its examples then form the shared prefix that the transformers
+            # backend computes once (mixing prompts in a batch would recompute every example).
+            probs_g = client.answer_probs([messages] * len(g), list(ANSWERS),
+                                          assistant_prefixes=[f"Example {j}:" for j in range(1, len(g) + 1)])
+            results += list(zip(g, probs_g))
+        for i, p in results:
             if p is None:  # the server's top logprobs held neither answer: a counted failure
                 raws[i] = "no Yes/No among the top logprobs"
                 continue
