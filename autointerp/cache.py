@@ -120,9 +120,6 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
                desc=f"cache {run_dir.name}", smoothing=0.1)
     # Parquet writing runs in a thread (pyarrow releases the GIL) while the next part computes.
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    # Encoding batch i overlaps the forward pass of batch i+1: the model's forward spends much of
-    # its time in Python between kernels (measured with cProfile), leaving a core idle.
-    encoder = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     pending: concurrent.futures.Future | None = None
     t_start, n_new = time.perf_counter(), 0
     try:
@@ -131,19 +128,16 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
                 continue
             lo, hi = p * cfg.part_contexts, min(n_ctx, (p + 1) * cfg.part_contexts)
             tables: dict[str, list[pa.Table]] = {n: [] for n in names}
-            encoding: concurrent.futures.Future | None = None
             for start in range(lo, hi, cfg.batch_contexts):
                 stop = min(hi, start + cfg.batch_contexts)
                 ids = torch.from_numpy(contexts[start:stop]).long()
                 acts = subject.activations(ids, hookpoints)
-                if encoding is not None:
-                    encoding.result()
-                encoding = encoder.submit(_encode_batch, coders, names, acts, np.arange(start, stop),
-                                          cfg.ctx_len, tables)
+                doc_ids = np.arange(start, stop)
+                for name, coder in zip(names, coders):
+                    x = acts[coder.hookpoint][:, 1:].reshape(-1, coder.d_in)
+                    tables[name].append(code_to_table(coder.encode(x), doc_ids, cfg.ctx_len))
                 bar.update((stop - start) * cfg.ctx_len)
                 n_new += (stop - start) * cfg.ctx_len
-            if encoding is not None:
-                encoding.result()
             if pending is not None:
                 pending.result()
             pending = writer.submit(_write_part, run_dir, names, tables, p)
@@ -153,7 +147,6 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
         manifest["stream_stats"] = {"tokens": n_new, "seconds": round(stream_s, 2),
                                     "tok_per_s": round(n_new / stream_s) if n_new else None}
     finally:
-        encoder.shutdown(wait=True)
         writer.shutdown(wait=True)
         bar.close()
 
@@ -168,13 +161,6 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     atomic_write_json(run_dir / "run.json", manifest)
     shutil.rmtree(progress, ignore_errors=True)
     return run_dir
-
-
-def _encode_batch(coders: list[SparseCoder], names: list[str], acts: dict[str, torch.Tensor], doc_ids: np.ndarray,
-                  ctx_len: int, tables: dict[str, list[pa.Table]]) -> None:
-    for name, coder in zip(names, coders):
-        x = acts[coder.hookpoint][:, 1:].reshape(-1, coder.d_in)
-        tables[name].append(code_to_table(coder.encode(x), doc_ids, ctx_len))
 
 
 def _write_part(run_dir: Path, names: list[str], tables: dict[str, list[pa.Table]], p: int) -> None:
