@@ -16,7 +16,7 @@ from autointerp.errors import AutointerpError
 from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.llm import make_client
 from autointerp.llm.base import LLMConfig
-from autointerp.sampling import SamplingConfig, TooFewExamples, scoring_examples
+from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples, scoring_examples
 from autointerp.scorers import SCORERS
 from autointerp.scorers.classify import ClassifyConfig, score_classify
 from autointerp.scorers.embedding import score_embedding
@@ -91,8 +91,6 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
     sampling = _sampling(cfg)
     base = {"hookpoint": hookpoint, "latent": int(latent), "explanation": explanation}
     try:
-        from autointerp.sampling import explanation_examples
-
         shown = explanation_examples(store, hookpoint, latent, sampling)
         activating, negatives = scoring_examples(store, hookpoint, latent, sampling, exclude=shown,
                                                  embedder=embedder)

@@ -11,7 +11,6 @@ target of <= 0.3 s per example with the 1.5B model.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -19,6 +18,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from llm_args import llm_bench_parser  # noqa: E402
 
 from autointerp.explain import ExplainConfig, explain_latents  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
@@ -30,12 +32,7 @@ from autointerp.store import RunStore, run_path  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="qwen1.5b")
-    ap.add_argument("--run", default="demo")
-    ap.add_argument("--hookpoint", default="resid_post.15")
-    ap.add_argument("--latents", type=int, default=3)
-    ap.add_argument("--per-prompt", type=int, default=5)
+    ap = llm_bench_parser(__doc__, latents=3)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
     store = RunStore(run_path(args.run))

@@ -10,7 +10,6 @@ measures something when AUROC(true) - AUROC(random) has a CI above 0.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -18,6 +17,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from llm_args import llm_bench_parser  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -38,12 +40,7 @@ def bootstrap_ci(diffs: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="qwen1.5b")
-    ap.add_argument("--run", default="demo")
-    ap.add_argument("--hookpoint", default="resid_post.15")
-    ap.add_argument("--latents", type=int, default=10)
-    ap.add_argument("--per-prompt", type=int, default=5)
+    ap = llm_bench_parser(__doc__, latents=10)
     ap.add_argument("--scorers", nargs="+", default=["detection", "fuzzing", "embedding"])
     args = ap.parse_args()
     t0 = time.time()
