@@ -138,10 +138,10 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         raise AutointerpError(f"latents {missing[:10]} of {cfg.hookpoint} have no explanation: "
                               f"run `autointerp explain` on them first")
     if not cfg.force:
-        done = store.scores(cfg.hookpoint)
-        done = {(int(r.latent), r.explanation) for r in done.itertuples()
-                if set(cfg.scorers) <= set(done[done.latent == r.latent].scorer)}
-        latents = [x for x in latents if (x, expl[x]) not in done]
+        # done = every requested scorer already scored the latent's current explanation
+        scored = store.scores(cfg.hookpoint)
+        have = scored.groupby(["latent", "explanation"]).scorer.agg(set).to_dict() if len(scored) else {}
+        latents = [x for x in latents if not set(cfg.scorers) <= have.get((x, expl[x]), set())]
     needs_llm = any(s != "embedding" for s in cfg.scorers)
     client = client or (_client(cfg) if needs_llm else None)
     embedder = None

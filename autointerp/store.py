@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -166,7 +166,6 @@ class Example:
     tokens: list[str]
     acts: list[float]
     quantile: int | None = None  # 1 = lowest slice of activating windows, for quantile sampling
-    extra: dict = field(default_factory=dict)
 
     @property
     def max_act(self) -> float:

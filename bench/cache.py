@@ -105,7 +105,7 @@ def main() -> None:
           f"ratio {big['stream_tok_per_s'] / bare['tok_per_s']:.3f}  (target >= 0.85)")
     print(f"    cache, end to end incl. sort  {big['end_to_end_tok_per_s']:7.0f} tok/s   "
           f"ratio {big['end_to_end_tok_per_s'] / bare['tok_per_s']:.3f}")
-    print(f"  one SAE (resid_post.15):")
+    print("  one SAE (resid_post.15):")
     print(f"    bare truncated forward        {bare1['tok_per_s']:7.0f} tok/s")
     print(f"    cache, streaming loop         {one['stream_tok_per_s']:7.0f} tok/s   "
           f"ratio {one['stream_tok_per_s'] / bare1['tok_per_s']:.3f}")

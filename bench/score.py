@@ -55,7 +55,7 @@ def main() -> None:
         act, neg = scoring_examples(store, args.hookpoint, latent, sampling, exclude=shown)
         n = len(act) + len(neg)
         n_examples += n
-        tokens = len(client._ids(client.chat_text(scorer_messages(DETECTION_SYSTEM, expl,
+        tokens = len(client.token_ids(client.chat_text(scorer_messages(DETECTION_SYSTEM, expl,
                                                                   [plain(e) for e in (act + neg)[:args.per_prompt]]))))
         cost.setdefault("prompt tokens per example", []).append(tokens / args.per_prompt)
         for scorer, mode in (("detection", "logprob"), ("fuzzing", "logprob"), ("detection", "generate")):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from autointerp.coders import CoderSpec, SparsifyCoder, build_coder, load_sae
+from autointerp.coders import CoderSpec, build_coder, load_sae
 from autointerp.errors import AutointerpError
 
 

@@ -122,8 +122,8 @@ def test_prefix_reuse_gives_the_same_probabilities(tiny_llm):
 
 def test_token_losses_match_a_direct_forward(tiny_llm):
     [losses] = tiny_llm.token_losses(["A prompt about rivers:"], [" The Rhine flows north."])
-    ids_p = tiny_llm._ids("A prompt about rivers:")
-    ids_t = tiny_llm._ids(" The Rhine flows north.")
+    ids_p = tiny_llm.token_ids("A prompt about rivers:")
+    ids_t = tiny_llm.token_ids(" The Rhine flows north.")
     with torch.no_grad():
         logits = tiny_llm.model(input_ids=torch.tensor([ids_p + ids_t])).logits[0]
     expected = torch.nn.functional.cross_entropy(logits[len(ids_p) - 1:-1], torch.tensor(ids_t), reduction="none")
@@ -201,3 +201,19 @@ def test_smollm2_explains_and_scores_a_real_latent(tmp_path, smollm2_dir, tiny_r
         pytest.fail(f"SmolLM2's answer did not parse: {rows[0]['raw']!r}")
     scores = run_score(cfg, client=client)
     assert scores[0]["n"] >= 10 and scores[0]["n_failed"] == 0 and 0 <= scores[0]["auroc"] <= 1
+
+
+def test_vllm_backend_without_vllm_is_a_one_line_error(smollm2_dir, tmp_path, monkeypatch):
+    """The main venv has no vllm (it lives in .venv-vllm): pointing the backend at it must fail
+    with one line that names the fix, the worker's traceback kept in its log file."""
+    import sys
+
+    from autointerp.llm.vllm_backend import VLLMClient
+
+    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path))
+    monkeypatch.setattr("autointerp.subject.embedded_model_dir", lambda alias="smollm2": smollm2_dir)
+    with pytest.raises(AutointerpError, match="make vllm-venv") as e:
+        VLLMClient(LLMConfig(backend="vllm", model="smollm2", vllm_python=sys.executable))
+    assert "\n" not in str(e.value)
+    log = next((tmp_path / "logs").glob("vllm-worker-*.log")).read_text()
+    assert "ModuleNotFoundError" in log and "vllm" in log

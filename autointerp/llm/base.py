@@ -52,11 +52,11 @@ class TokenizerSide:
         """The chat-templated prompt, ending inside the assistant turn (after assistant_prefix)."""
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_prefix
 
-    def _ids(self, text: str) -> list[int]:
+    def token_ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def answer_token_ids(self, answers: list[str]) -> list[int]:
-        ids = [self._ids(a)[0] for a in answers]
+        ids = [self.token_ids(a)[0] for a in answers]
         if len(set(ids)) != len(ids):
             raise ValueError(f"answers {answers} share a first token; choose answers that differ in it")
         return ids
@@ -64,7 +64,7 @@ class TokenizerSide:
     def answer_probs(self, prompts: list[list[Message]], answers: list[str],
                      assistant_prefixes: list[str] | None = None) -> list[list[float]]:
         texts = [self.chat_text(m, (assistant_prefixes or [""] * len(prompts))[i]) for i, m in enumerate(prompts)]
-        return self.next_token_probs([self._ids(t) for t in texts], self.answer_token_ids(answers))
+        return self.next_token_probs([self.token_ids(t) for t in texts], self.answer_token_ids(answers))
 
     def next_token_probs(self, seqs: list[list[int]], answer_ids: list[int]) -> list[list[float]]:
         raise NotImplementedError

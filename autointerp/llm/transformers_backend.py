@@ -100,7 +100,7 @@ class TransformersClient(TokenizerSide):
         out: list[list[float]] = []
         for i in range(0, len(prompts), self.cfg.batch_size):
             pairs = list(zip(prompts[i:i + self.cfg.batch_size], texts[i:i + self.cfg.batch_size]))
-            seqs = [(self._ids(p), self._ids(t)) for p, t in pairs]
+            seqs = [(self.token_ids(p), self.token_ids(t)) for p, t in pairs]
             width = max(len(p) + len(t) for p, t in seqs)
             ids = torch.full((len(seqs), width), self.tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autointerp.errors import AutointerpError
 from autointerp.llm.base import LLMConfig, Message, TokenizerSide
-from autointerp.paths import PROJECT_ROOT
+from autointerp.paths import PROJECT_ROOT, data_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,27 @@ class VLLMClient(TokenizerSide):
         self.cfg, self.name = cfg, f"vllm:{cfg.model}"
         self.tok = AutoTokenizer.from_pretrained(source)
         python = vllm_python(cfg)
-        self.proc = subprocess.Popen([python, str(Path(__file__).with_name("vllm_worker.py")), str(source)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sys.stderr, text=True,
-                                     start_new_session=True)
+        # vLLM's own logging (and any traceback) goes to a file the errors point at, not the console.
+        self.log_path = data_dir() / "logs" / f"vllm-worker-{os.getpid()}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log_file:
+            self.proc = subprocess.Popen([python, str(Path(__file__).with_name("vllm_worker.py")), str(source)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True,
+                                         start_new_session=True)
         first = self.proc.stdout.readline()
         if not first:
             code = self.proc.wait()
-            raise AutointerpError(f"the vLLM worker under {python} exited ({code}) before it was ready: install "
-                                  f"vllm there (`make vllm-venv` on CPU machines) or set AUTOINTERP_VLLM_PYTHON")
-        log.info("vLLM engine ready (%s)", python)
+            raise AutointerpError(f"the vLLM worker under {python} exited ({code}) before it was ready (log: "
+                                  f"{self.log_path}): install vllm there (`make vllm-venv` on CPU machines) or set "
+                                  f"AUTOINTERP_VLLM_PYTHON")
+        log.info("vLLM engine ready (%s; log %s)", python, self.log_path)
 
     def _call(self, req: dict) -> dict:
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise AutointerpError(f"the vLLM worker died (exit {self.proc.wait()}); see its log above")
+            raise AutointerpError(f"the vLLM worker died (exit {self.proc.wait()}); see {self.log_path}")
         reply = json.loads(line)
         if "error" in reply:
             raise AutointerpError(f"vLLM worker: {reply['error']}".splitlines()[0])
@@ -78,7 +83,7 @@ class VLLMClient(TokenizerSide):
             pass
 
     def generate(self, prompts: list[list[Message]], max_tokens: int = 200, temperature: float = 0.0) -> list[str]:
-        ids = [self._ids(self.chat_text(m)) for m in prompts]
+        ids = [self.token_ids(self.chat_text(m)) for m in prompts]
         return self._call({"op": "generate", "prompts": ids, "max_tokens": max_tokens,
                            "temperature": temperature})["texts"]
 
@@ -91,6 +96,6 @@ class VLLMClient(TokenizerSide):
         return out
 
     def token_losses(self, prompts: list[str], texts: list[str]) -> list[list[float]]:
-        pairs = [(self._ids(p), self._ids(t)) for p, t in zip(prompts, texts)]
+        pairs = [(self.token_ids(p), self.token_ids(t)) for p, t in zip(prompts, texts)]
         lps = self._call({"op": "token_logprobs", "prompts": [p + t for p, t in pairs]})["logprobs"]
         return [[-x for x in lp[len(p):]] for lp, (p, _) in zip(lps, pairs)]

@@ -24,12 +24,12 @@ def _layout(client, explanation: str, example: Example) -> tuple[list[int], list
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": f"Neuron explanation: {explanation}\n"
                                             f"Predict the activation of each token."}]
-    ids = client._ids(client.chat_text(messages, "<start>\n"))
+    ids = client.token_ids(client.chat_text(messages, "<start>\n"))
     positions = []
     for tok in example.tokens:
-        ids += client._ids(tok.replace("\n", "\\n") + "\t")
+        ids += client.token_ids(tok.replace("\n", "\\n") + "\t")
         positions.append(len(ids) - 1)
-        ids += client._ids("unknown\n")
+        ids += client.token_ids("unknown\n")
     return ids, positions
 
 
