@@ -9,7 +9,7 @@ import logging
 import sys
 import typing
 
-from autointerp.config import CacheConfig, DemoConfig, InterpretConfig, TrainConfig
+from autointerp.config import CacheConfig, DemoConfig, ExportConfig, InterpretConfig, TrainConfig
 from autointerp.errors import AutointerpError
 
 log = logging.getLogger("autointerp")
@@ -77,6 +77,15 @@ def cmd_score(args) -> None:
               f"failures={r['n_failed']}")
 
 
+def cmd_export(args) -> None:
+    from autointerp.export import export_run
+
+    written = export_run(config_from_args(ExportConfig, args))
+    for path in written:
+        print(path)
+    print(f"{len(written)} files written" + (f" to {written[0].parent}" if written else ""))
+
+
 def cmd_models(args) -> None:
     from autointerp.subject import EMBEDDED_MODELS, embedded_model_dir
 
@@ -97,6 +106,7 @@ COMMANDS = {
     "demo": (cmd_demo, DemoConfig, "build the demo run end to end: model, SAEs, cache (idempotent)"),
     "explain": (cmd_explain, InterpretConfig, "explain chosen latents with an LLM (append-only, resumable)"),
     "score": (cmd_score, InterpretConfig, "score explanations: detection, fuzzing, embedding"),
+    "export": (cmd_export, ExportConfig, "write a run's figures (png/svg/pdf) and tables (CSV) to a folder"),
     "models": (cmd_models, None, "prepare the embedded models (assemble, hash-check, convert once)"),
     "runs": (cmd_runs, None, "list cached runs"),
 }

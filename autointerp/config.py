@@ -98,3 +98,12 @@ class InterpretConfig:
     chunk: int = _help("latents per written result part (the unit of resume)", default=4)
     force: bool = _help("redo latents that already have results", default=False)
     seed: int = _help("random seed", default=0)
+
+
+@dataclass
+class ExportConfig:
+    run: str = _help("run name or folder", default="demo")
+    out: str = _help("output folder ('' = data/exports/<run>)", default="")
+    formats: list[str] = _help("figure formats: png svg pdf", default_factory=lambda: ["png", "svg", "pdf"])
+    hookpoint: str = _help("only this latent set ('' = every set of the run)", default="")
+    top_latents: int = _help("activation histograms of the N most frequent latents of each set", default=3)

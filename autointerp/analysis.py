@@ -1,0 +1,103 @@
+"""Scorer analyses over a run's stored results: pandas/scipy only, all reads through RunStore.
+
+The paper compares scorers by the Spearman correlation of their per-latent scores (its Table 1)
+and explanation quality by activation decile (its Fig. 3); these functions compute both from the
+latest score per (hookpoint, latent, scorer), so a rerun replaces rather than double-counts.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from autointerp.scorers import SCORERS
+from autointerp.store import RunStore
+
+KEYS = ["hookpoint", "latent"]
+# the number each scorer is judged by; classifiers without probabilities have no AUROC
+HEADLINE = {"detection": ("auroc", "balanced_accuracy"), "fuzzing": ("auroc", "balanced_accuracy"),
+            "surprisal": ("auroc", "balanced_accuracy"), "embedding": ("auroc", "balanced_accuracy"),
+            "simulation": ("correlation",)}
+DEFAULT_HEADLINE = ("auroc", "balanced_accuracy", "correlation")
+HEADLINE_LABEL = "AUROC (balanced accuracy where a scorer gave no probabilities); simulation: Pearson r"
+
+
+def headline(scores: pd.DataFrame) -> pd.Series:
+    """Each score row's headline metric: the first non-null of its scorer's metrics."""
+    out = pd.Series(np.nan, index=scores.index, dtype=float)
+    for scorer, rows in scores.groupby("scorer"):
+        value = pd.Series(np.nan, index=rows.index, dtype=float)
+        for metric in HEADLINE.get(scorer, DEFAULT_HEADLINE):
+            value = value.fillna(rows[metric].astype(float))
+        out.loc[rows.index] = value
+    return out
+
+
+def _scorer_order(names) -> list[str]:
+    known = [s for s in SCORERS if s in set(names)]
+    return known + sorted(set(names) - set(known))
+
+
+def score_table(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
+    """One row per scored (hookpoint, latent), one column per scorer with its headline metric
+    (NaN where that scorer failed or has not run)."""
+    scores = store.scores(hookpoint)
+    if scores.empty:
+        return pd.DataFrame(columns=KEYS)
+    scores = scores.assign(value=headline(scores))
+    table = scores.set_index([*KEYS, "scorer"])["value"].unstack("scorer")  # keys are unique: latest wins
+    table = table.reindex(columns=_scorer_order(scores.scorer.unique()))
+    table.columns.name = None
+    return table.reset_index().sort_values(KEYS, ignore_index=True)
+
+
+def scorer_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c not in KEYS]
+
+
+def scorer_correlations(table: pd.DataFrame, min_n: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(Spearman rho, n) between every pair of scorers over the latents both scored. rho is NaN
+    below min_n shared latents or when one side is constant (no ranking to correlate)."""
+    cols = scorer_columns(table)
+    rho = pd.DataFrame(np.nan, index=cols, columns=cols, dtype=float)
+    n = pd.DataFrame(0, index=cols, columns=cols, dtype=int)
+    values = table[cols].astype(float)
+    for i, a in enumerate(cols):
+        for b in cols[i:]:
+            x, y = values[a], values[b]
+            both = x.notna() & y.notna()
+            n.loc[a, b] = n.loc[b, a] = int(both.sum())
+            if both.sum() < min_n:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                r = stats.spearmanr(x[both].to_numpy(), y[both].to_numpy()).statistic
+            rho.loc[a, b] = rho.loc[b, a] = float(r)
+    return rho, n
+
+
+def accuracy_per_decile(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
+    """Mean accuracy per scorer (rows) and activation decile (columns; 0 = non-activating,
+    1..10 weakest to strongest), averaged over latents so each latent counts once."""
+    scores = store.scores(hookpoint)
+    rows = []
+    for r in scores[["scorer", "accuracy_per_decile"]].itertuples(index=False):
+        per = json.loads(r.accuracy_per_decile) if isinstance(r.accuracy_per_decile, str) else {}
+        rows += [(r.scorer, int(q), acc) for q, acc in per.items() if acc is not None]
+    if not rows:
+        return pd.DataFrame(dtype=float)
+    long = pd.DataFrame(rows, columns=["scorer", "decile", "accuracy"])
+    wide = long.pivot_table(index="scorer", columns="decile", values="accuracy", aggfunc="mean")
+    wide = wide.reindex(index=_scorer_order(wide.index), columns=sorted(wide.columns))
+    wide.index.name, wide.columns.name = "scorer", "decile"
+    return wide
+
+
+def histogram_table(store: RunStore, hookpoint: str, latent: int) -> pd.DataFrame:
+    """A latent's stored activation histogram as a table (bin_lo, bin_hi, count)."""
+    edges, counts = store.histogram(hookpoint, latent)
+    return pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": counts.astype(int)})

@@ -1,0 +1,210 @@
+"""Plotly figures shared by the app and `autointerp export`, and their static export.
+
+Builders are pure (data -> go.Figure). Export renders through kaleido 1.x, which drives a
+headless Chromium: starting it costs ~1.5-2 s, a render on a started one ~0.15 s, so one
+browser is started on first use and kept for the process (the app and export render many).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from autointerp.analysis import HEADLINE_LABEL, scorer_columns
+from autointerp.errors import AutointerpError
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "plotly_white"
+FORMATS = ("png", "svg", "pdf")
+WIDTH, HEIGHT = 900, 550
+RENDER_TIMEOUT_S = 60.0
+INSTALL_HINT = "run `apt-get install chromium` (or set BROWSER_PATH to a Chrome/Chromium binary)"
+
+
+# ---------------------------------------------------------------------------------------------
+# builders
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    fig.update_layout(template=TEMPLATE, title=title, xaxis_title=x, yaxis_title=y,
+                      margin={"l": 70, "r": 30, "t": 70, "b": 60})
+    return fig
+
+
+def activation_histogram(hist: pd.DataFrame, title: str = "Activation histogram",
+                         log_y: bool = False) -> go.Figure:
+    """Bars of a latent's activation histogram (a table from analysis.histogram_table)."""
+    lo, hi = hist["bin_lo"].to_numpy(float), hist["bin_hi"].to_numpy(float)
+    fig = go.Figure(go.Bar(x=(lo + hi) / 2, y=hist["count"], width=hi - lo, marker_line_width=0.5,
+                           marker_line_color="white",
+                           customdata=np.stack([lo, hi], axis=1) if len(hist) else None,
+                           hovertemplate="%{customdata[0]:.3g} to %{customdata[1]:.3g}: %{y} tokens<extra></extra>"))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return _layout(fig, title, "activation", "tokens" + (" (log scale)" if log_y else ""))
+
+
+def score_distributions(table: pd.DataFrame, title: str = "Score distribution per scorer") -> go.Figure:
+    """One box (every latent shown as a point) per scorer of a score table."""
+    fig = go.Figure()
+    for scorer in scorer_columns(table):
+        values = table[scorer].astype(float).dropna()
+        fig.add_trace(go.Box(y=values, name=f"{scorer} (n={len(values)})", boxpoints="all", jitter=0.4,
+                             pointpos=0, text=table.loc[values.index, "latent"].astype(str),
+                             hovertemplate="latent %{text}: %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="AUROC chance",
+                  annotation_position="bottom right")
+    fig.update_layout(showlegend=False)
+    return _layout(fig, f"{title}<br><sup>{HEADLINE_LABEL}</sup>", "scorer", "score")
+
+
+def correlation_heatmap(rho: pd.DataFrame, n: pd.DataFrame,
+                        title: str = "Spearman correlation between scorers") -> go.Figure:
+    """Heatmap of rho on a fixed -1..1 scale; each cell says rho and the number of shared latents."""
+    text = [[("–" if pd.isna(rho.iloc[i, j]) else f"{rho.iloc[i, j]:.2f}") + f"<br>n={int(n.iloc[i, j])}"
+             for j in range(rho.shape[1])] for i in range(rho.shape[0])]
+    z = rho.to_numpy(float)
+    fig = go.Figure(go.Heatmap(z=np.where(np.isnan(z), None, z), x=list(rho.columns), y=list(rho.index),
+                               zmin=-1, zmax=1, colorscale="RdBu", text=text, texttemplate="%{text}",
+                               colorbar={"title": "rho"}, hovertemplate="%{y} vs %{x}: %{text}<extra></extra>"))
+    fig.update_xaxes(showgrid=False)
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    return _layout(fig, title, "scorer", "scorer")
+
+
+def decile_accuracy(df: pd.DataFrame, title: str = "Accuracy per activation decile") -> go.Figure:
+    """One line per scorer over deciles (a table from analysis.accuracy_per_decile)."""
+    fig = go.Figure()
+    for scorer, row in df.iterrows():
+        row = row.dropna()
+        fig.add_trace(go.Scatter(x=[int(d) for d in row.index], y=row.to_numpy(float), mode="lines+markers",
+                                 name=str(scorer)))
+    ticks = sorted(int(d) for d in df.columns)
+    fig.update_xaxes(tickvals=ticks, ticktext=["non-act." if d == 0 else str(d) for d in ticks])
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, title, "activation decile (0 = non-activating, 10 = strongest)",
+                   "mean accuracy over latents")
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def find_chromium() -> str:
+    """The browser kaleido will drive: $BROWSER_PATH if set, else Chromium/Chrome on PATH or in
+    the usual places. Checked up front because a browser that fails to start inside kaleido's
+    worker thread surfaces as a hang or a long traceback, not an error a user can act on."""
+    env = os.environ.get("BROWSER_PATH")
+    if env:
+        if Path(env).is_file() and os.access(env, os.X_OK):
+            return env
+        raise AutointerpError(f"BROWSER_PATH={env!r} is not an executable browser: {INSTALL_HINT}")
+    from choreographer.browsers.chromium import Chromium
+
+    path = Chromium.find_browser(skip_local=False)
+    if not path:
+        raise AutointerpError(f"figure export needs Chromium and none was found: {INSTALL_HINT}")
+    return path
+
+
+def _quiet_browser_logs() -> None:
+    """kaleido and choreographer log every tab and temp folder at INFO; keep ours readable
+    unless someone configured them on purpose."""
+    for name in ("kaleido", "choreographer", "logistro"):
+        lg = logging.getLogger(name)
+        if lg.level == logging.NOTSET:
+            lg.setLevel(logging.WARNING)
+
+
+class _Renderer:
+    """One kaleido browser on an event loop in a daemon thread; any thread may submit renders."""
+
+    def __init__(self, browser: str):
+        import kaleido
+
+        _quiet_browser_logs()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kaleido", daemon=True)
+        self._thread.start()
+
+        async def start():  # the browser's asyncio objects must be made on its own loop
+            k = kaleido.Kaleido(n=1, path=browser, mathjax=False, timeout=RENDER_TIMEOUT_S)  # no CDN offline
+            await k.open()
+            return k
+
+        try:
+            self._k = self._call(start(), RENDER_TIMEOUT_S)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro, timeout: float):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def render(self, fig: go.Figure, opts: dict) -> bytes:
+        return self._call(self._k.calc_fig(fig, opts=opts), RENDER_TIMEOUT_S + 5)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def close(self) -> None:
+        try:
+            self._call(self._k.close(), 20)
+        finally:
+            self._stop_loop()
+
+
+_renderer: _Renderer | None = None
+_renderer_lock = threading.Lock()
+
+
+def _get_renderer() -> _Renderer:
+    global _renderer
+    with _renderer_lock:
+        if _renderer is None:
+            browser = find_chromium()
+            try:
+                _renderer = _Renderer(browser)
+            except Exception as e:
+                raise AutointerpError(f"Chromium at {browser} did not start for figure export "
+                                      f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}): "
+                                      f"{INSTALL_HINT}") from e
+            log.debug("kaleido started with %s", browser)
+        return _renderer
+
+
+@atexit.register
+def close_renderer() -> None:
+    """Stop the export browser (it restarts on the next export)."""
+    global _renderer
+    with _renderer_lock:
+        if _renderer is not None:
+            r, _renderer = _renderer, None
+            try:
+                r.close()
+            except Exception as e:  # noqa: BLE001 - shutting down; nothing left to save
+                log.debug("closing kaleido: %s", e)
+
+
+def figure_bytes(fig: go.Figure, fmt: str, width: int = WIDTH, height: int = HEIGHT, scale: float = 1.0) -> bytes:
+    """The figure as a png, svg or pdf file's bytes (png is width*scale x height*scale pixels)."""
+    if fmt not in FORMATS:
+        raise AutointerpError(f"cannot export a figure as {fmt!r}: use one of {', '.join(FORMATS)}")
+    renderer = _get_renderer()
+    try:
+        return renderer.render(fig, {"format": fmt, "width": width, "height": height, "scale": scale})
+    except Exception as e:
+        close_renderer()  # a crashed or hung browser is replaced on the next call
+        raise AutointerpError(f"rendering a {fmt} figure failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else 'no message'}): try again; "
+                              f"if it persists, check that Chromium runs (`chromium --version`)") from e
