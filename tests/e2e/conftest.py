@@ -1,0 +1,306 @@
+"""End-to-end browser fixtures: a small real run, the real Streamlit server, headless Chromium.
+
+* `e2e_data` (session): SmolLM2-135M + the committed demo SAE on resid_post.15, cached over a few
+  hundred real Wikipedia summaries plus documents holding hostile HTML; yields an `E2EData` with the
+  data folder, the run and, per hostile payload, a latent whose top examples show it.
+* `app_server` (session): `streamlit run app.py` on a free 127.0.0.1 port with AUTOINTERP_DATA set to
+  that data folder; yields its URL. Its log is printed when a test fails.
+* `browser` (session): Playwright's Chromium driver on Debian's /usr/bin/chromium (never
+  `playwright install`).
+* `page` (function): a fresh context and page; any `pageerror` or console error fails the test at
+  teardown.
+* `app` (function): an `AppPage` around `page` that opens the app and waits for script runs.
+* `screenshot` (function): `screenshot(page, name)` writes docs/screenshots/<name>.png when
+  AUTOINTERP_SCREENSHOTS=1.
+
+Waiting for Streamlit: the root element `[data-testid="stApp"]` carries `data-test-script-state`
+(`initial` -> `running` -> `notRunning`) and `data-test-connection-state` (`CONNECTED`). A
+MutationObserver injected before the app's scripts counts every change to `notRunning`, so an
+interaction waits for *its own* run to finish instead of seeing the previous run's `notRunning`.
+Elements whose code is loaded lazily (st.html, charts) show a `stSkeleton` placeholder for a moment
+after the run has finished, so a settled page also has no skeleton left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+SAE_DIR = ROOT / "data" / "saes" / "smollm2-4096x32" / "resid_post.15"
+HOOKPOINT = "resid_post.15"
+N_WIKI_DOCS = 200
+# Untrusted corpus text that must reach the browser as inert text.
+HOSTILE_DOCS = [
+    "A comment field on the web page held <script>window.__xss=1</script> and nothing else.",
+    'An attacker pasted the tag <img src=x onerror="window.__xss=2"> into the profile form.',
+    "Stray closing tags such as </div><b>bold</b> break a page layout when they are not escaped.",
+    'Markup test: <script>window.__xss=1</script> <img src=x onerror="window.__xss=2"> </div><b>bold</b> end.',
+]
+HOSTILE_COPIES = 4
+# What each payload looks like in a window's text (tokens joined).
+PAYLOADS = {"script": "<script>window.__xss=1", "img": 'onerror="window.__xss=2"', "tags": "</div><b>bold</b>"}
+
+# Counts finished script runs: every change of stApp's data-test-script-state to notRunning.
+RUN_COUNTER_JS = """
+(() => {
+  window.__stRuns = 0;
+  let last = null;
+  const check = () => {
+    const el = document.querySelector('[data-testid="stApp"]');
+    const state = el ? el.getAttribute('data-test-script-state') : null;
+    if (state !== last) {
+      if (state === 'notRunning') window.__stRuns += 1;
+      last = state;
+    }
+  };
+  new MutationObserver(check).observe(document, {subtree: true, childList: true, attributes: true,
+                                                 attributeFilter: ['data-test-script-state']});
+})();
+"""
+SETTLED_JS = """n => {
+  const el = document.querySelector('[data-testid="stApp"]');
+  return window.__stRuns > n && el && el.getAttribute('data-test-script-state') === 'notRunning'
+         && el.getAttribute('data-test-connection-state') === 'CONNECTED';
+}"""
+
+
+@dataclass
+class E2EData:
+    data_dir: Path  # AUTOINTERP_DATA for the server
+    run_dir: Path
+    run: str
+    hookpoint: str
+    hostile_latents: dict[str, int]  # payload kind -> a latent whose shown top examples contain it
+    n_tokens: int
+    build_s: float
+    hostile_docs: tuple[str, ...] = tuple(HOSTILE_DOCS)
+    payloads: dict[str, str] = field(default_factory=lambda: dict(PAYLOADS))  # kind -> text in a window
+
+    @property
+    def xss_latent(self) -> int:
+        """The latent whose shown top examples contain `<script>window.__xss=1`."""
+        return self.hostile_latents["script"]
+
+
+def _hostile_latents(run_dir: Path, hookpoint: str, n_shown: int = 10) -> dict[str, int]:
+    """For each payload in PAYLOADS, a latent whose `n_shown` top examples (what the app shows)
+    contain it; latents covering several payloads are preferred, so usually one or two latents."""
+    import pyarrow.parquet as pq
+
+    from autointerp.store import RunStore
+
+    store = RunStore(run_dir)
+    strings = store.token_strings
+    hostile = [d for d, row in enumerate(store.tokens)
+               if any(p in "".join(strings.get(int(t), "") for t in row) for p in PAYLOADS.values())]
+    acts = pq.read_table(run_dir / "acts" / hookpoint / "acts.parquet").to_pandas()
+    stats, _ = store.latent_table(hookpoint, sort="latent", descending=False, limit=store.n_latents(hookpoint))
+    # Latents whose strongest activation is (close to) inside a hostile context come first.
+    ratio = (acts[acts.doc_id.isin(hostile)].groupby("latent").value.max()
+             / stats.set_index("latent").max_act).dropna().sort_values(ascending=False)
+    shown: dict[int, set[str]] = {}
+    for latent in ratio.index[:150]:
+        texts = ["".join(e.tokens) for e in store.top_examples(hookpoint, int(latent), n=n_shown)]
+        kinds = {k for k, p in PAYLOADS.items() if any(p in t for t in texts)}
+        if kinds:
+            shown[int(latent)] = kinds
+    chosen: dict[str, int] = {}
+    for latent, kinds in sorted(shown.items(), key=lambda kv: -len(kv[1])):
+        for k in kinds - chosen.keys():
+            chosen[k] = latent
+    missing = PAYLOADS.keys() - chosen.keys()
+    assert not missing, f"no latent's top {n_shown} examples show {sorted(missing)}; found {shown}"
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def e2e_data(tmp_path_factory, smollm2) -> E2EData:
+    """A small real run (SmolLM2 + demo SAE, ~30k tokens of Wikipedia plus hostile HTML documents)."""
+    from autointerp.cache import cache_run
+    from autointerp.config import CacheConfig
+    from autointerp.corpus import load_texts
+
+    if not (SAE_DIR / "sae_weights.safetensors").exists():
+        pytest.fail(f"demo SAE missing at {SAE_DIR}: it is committed in data/saes (or run `autointerp demo`)")
+    t0 = time.perf_counter()
+    data = tmp_path_factory.mktemp("e2e-data")
+    for shared in ("models", "saes"):  # pages that load a model or SAE find the real ones
+        if (ROOT / "data" / shared).exists():
+            (data / shared).symlink_to(ROOT / "data" / shared, target_is_directory=True)
+    docs = load_texts("wiki")[:N_WIKI_DOCS] + HOSTILE_DOCS * HOSTILE_COPIES
+    corpus = data / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    # The whole corpus, cut into full contexts (documents are joined with an EOS token each).
+    n_tokens = sum(len(ids) + 1 for ids in smollm2.tokenizer(docs, add_special_tokens=False)["input_ids"])
+    ctx_len = 64
+    run_dir = data / "runs" / "e2e"
+    cfg = CacheConfig(run=str(run_dir), model="smollm2", corpus=str(corpus), coders=[f"sae:{SAE_DIR}"],
+                      tokens=(n_tokens // ctx_len) * ctx_len, ctx_len=ctx_len, part_contexts=256)
+    cache_run(cfg, subject=smollm2)
+    latents = _hostile_latents(run_dir, HOOKPOINT)
+    return E2EData(data, run_dir, "e2e", HOOKPOINT, latents, cfg.tokens, time.perf_counter() - t0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e-server") / "streamlit.log"
+
+
+@pytest.fixture(scope="session")
+def app_server(e2e_data, server_log):
+    """The real `streamlit run app.py` over the e2e data folder; yields its base URL."""
+    port = _free_port()
+    env = {**os.environ, "AUTOINTERP_DATA": str(e2e_data.data_dir), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    # No file watcher: engineers editing app.py or pages/ during a run must not rerun the app under test.
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    with open(server_log, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{server_log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200 and r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit not healthy after 60 s:\n{server_log.read_text()[-4000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium chromium-driver)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, request, server_log):
+    """A fresh browser page; fails the test on any page error or console error."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_init_script(RUN_COUNTER_JS)
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    pg.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text} @ {msg.location}")
+          if msg.type == "error" else None)
+    yield pg
+    context.close()
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    if (failed or errors) and server_log.exists():
+        print(f"--- streamlit log (tail) ---\n{server_log.read_text()[-6000:]}", file=sys.stderr)
+    assert not errors, "browser reported errors:\n" + "\n".join(errors)
+
+
+def _screenshot(pg, name: str) -> Path | None:
+    """docs/screenshots/<name>.png of the whole app when AUTOINTERP_SCREENSHOTS=1. Streamlit scrolls
+    inside its main container, so the viewport is stretched to the content's height first."""
+    if os.environ.get("AUTOINTERP_SCREENSHOTS") != "1":
+        return None
+    out = ROOT / "docs" / "screenshots" / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size = pg.viewport_size
+    height = pg.evaluate("""() => Math.max(document.body.scrollHeight, ...['stMain', 'stSidebarContent'].map(
+        id => document.querySelector(`[data-testid="${id}"]`)?.scrollHeight || 0))""")
+    pg.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 8000)})
+    try:
+        pg.wait_for_timeout(500)  # let the data grid repaint at the new size
+        pg.screenshot(path=str(out))
+    finally:
+        pg.set_viewport_size(size)
+    return out
+
+
+@pytest.fixture
+def screenshot():
+    return _screenshot
+
+
+class AppPage:
+    """The app in a browser page, with waits that follow Streamlit's script runs."""
+
+    def __init__(self, page, url: str):
+        self.page, self.url = page, url
+
+    def _runs(self) -> int:
+        return self.page.evaluate("window.__stRuns || 0")
+
+    def open(self, path: str = "", timeout: float = 60_000) -> AppPage:
+        self.page.goto(self.url + "/" + path.lstrip("/"))
+        self.page.wait_for_function(SETTLED_JS, arg=0, timeout=timeout)
+        return self
+
+    def rerun(self, action, timeout: float = 60_000) -> AppPage:
+        """Do `action()` (a widget change) and wait until the script run it starts has finished."""
+        before = self._runs()
+        action()
+        self.page.wait_for_function(SETTLED_JS, arg=before, timeout=timeout)
+        return self
+
+    def set_number(self, label: str, value: int) -> AppPage:
+        box = self.page.get_by_label(label, exact=True)
+        return self.rerun(lambda: (box.fill(str(value)), box.press("Enter")))
+
+    def screenshot(self, name: str) -> Path | None:
+        return _screenshot(self.page, name)
+
+
+@pytest.fixture
+def app(page, app_server) -> AppPage:
+    return AppPage(page, app_server)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/e2e/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.slow)
+
