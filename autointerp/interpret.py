@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
 from autointerp.explain import ExplainConfig, explain_latents
+from autointerp.jobs import report_progress
 from autointerp.llm import make_client
 from autointerp.llm.base import LLMConfig
 from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples, scoring_examples
@@ -75,11 +76,13 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
     ecfg = ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
     rows: list[dict] = []
     with tqdm(total=len(latents), desc=f"explain {cfg.hookpoint}", unit="latent") as bar:
+        report_progress(0, len(latents))  # a job's progress.json (no-op outside a job)
         for chunk in _chunks(latents, cfg.chunk):
             part = explain_latents(client, store, cfg.hookpoint, chunk, _sampling(cfg), ecfg)
             append_results(store.run_dir, "explanations", part)
             rows += part
             bar.update(len(chunk))
+            report_progress(bar.n, len(latents))
     failed = sum(r["explanation"] is None for r in rows)
     log.info("explained %d latents (%d failures)", len(rows), failed)
     return rows
@@ -151,6 +154,7 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         embedder = load_embedder()
     rows: list[dict] = []
     with tqdm(total=len(latents), desc=f"score {cfg.hookpoint}", unit="latent") as bar:
+        report_progress(0, len(latents))
         for chunk in _chunks(latents, cfg.chunk):
             scores, decisions = [], []
             for latent in chunk:
@@ -158,6 +162,7 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
                 scores += s
                 decisions += d
                 bar.update(1)
+                report_progress(bar.n, len(latents))
             # decisions first: a score row is only visible once its decisions are in place
             append_results(store.run_dir, "decisions", decisions)
             append_results(store.run_dir, "scores", scores)
