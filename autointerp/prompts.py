@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from autointerp.store import Example
 
 EXPLAINER_SYSTEM = """You are a meticulous AI researcher studying one feature (latent) of a language model.
-You see text examples in which the feature activates. Tokens where it activates are wrapped in << >>.
-Look at the highlighted tokens and the words around them, and find what they have in common.
-Give one short explanation (a phrase, under 15 words) of what makes the feature activate.
-Do not list the examples and do not mention the << >> markers.
-End your answer with a final line of the form:
+You see text examples in which the feature activates; the tokens where it activates are wrapped in << >>,
+and the most common highlighted tokens are listed after the examples.
+Find what the highlighted tokens have in common (their meaning, their form, or the context they occur in).
+Answer with one specific explanation, under 12 words, on a final line of the form:
 [EXPLANATION]: <your explanation>"""
 
 EXPLAINER_SYSTEM_COT = EXPLAINER_SYSTEM.replace(
-    "Give one short explanation",
-    "First think step by step: list the highlighted tokens, then what they share, then the context. "
-    "Then give one short explanation")
+    "Answer with one specific explanation",
+    "First think step by step: what the highlighted tokens are, what they share, what surrounds them. "
+    "Then answer with one specific explanation")
 
+# Few-shot answers about features unlike the demo's: Qwen2.5-1.5B copied an earlier "rivers, lakes
+# and seas" shot into unrelated explanations (measured), which made true and random explanations
+# score alike. The highlighted-token list gives small explainers the evidence in one line.
 FEW_SHOT = [
-    ("Example 1:  and he was over the <<moon>> to find\n"
-     "Example 2:  we'll be laughing <<till the cows come home>>! Pro\n"
-     "Example 3:  thought Scotland was boring, but really there's more <<than meets the eye>>! I'd",
-     "[EXPLANATION]: Common idioms in text conveying positive sentiment."),
-    ("Example 1:  the <<Danube>> flows through ten countries\n"
-     "Example 2:  fishing on <<Lake Geneva>> in summer\n"
-     "Example 3:  ships crossed the <<Baltic>> Sea",
-     "[EXPLANATION]: Names of rivers, lakes and seas."),
+    ("Example 1:  the war ended in<< 1945>> after six years\n"
+     "Example 2:  founded in<< 1998>> by two engineers\n"
+     "Example 3:  born on 12 March<< 1867>> in Vienna\n\n"
+     'Highlighted tokens: "1945", "1998", "1867"',
+     '[EXPLANATION]: Four-digit years, usually after "in" or a date.'),
+    ("Example 1:  she<< could not>> believe it\n"
+     "Example 2:  they<< did not>> agree to the terms\n"
+     "Example 3:  it<< was not>> until 1990 that\n\n"
+     'Highlighted tokens: "could not", "did not", "was not"',
+     '[EXPLANATION]: Negated verb phrases with "not".'),
 ]
 
 DETECTION_SYSTEM = """You are an intelligent and meticulous linguistics researcher.
@@ -68,6 +74,26 @@ def plain(example: Example) -> str:
     return "".join(example.tokens)
 
 
+def highlighted_spans(example: Example, threshold: float = 0.3) -> list[str]:
+    """The text of each run of consecutive highlighted tokens, stripped."""
+    spans, current = [], []
+    for tok, act in zip(example.tokens, example.acts):
+        if act > 0 and act >= threshold * example.max_act:
+            current.append(tok)
+        elif current:
+            spans.append("".join(current).strip())
+            current = []
+    if current:
+        spans.append("".join(current).strip())
+    return [s for s in spans if s]
+
+
+def highlighted_summary(examples: list[Example], threshold: float = 0.3, top: int = 12) -> str:
+    """The most common highlighted spans over the examples, with counts: `"much" (12), "Much" (8)`."""
+    counts = Counter(s for e in examples for s in highlighted_spans(e, threshold))
+    return ", ".join(f'"{s}" ({n})' if n > 1 else f'"{s}"' for s, n in counts.most_common(top))
+
+
 def explainer_messages(examples: list[Example], threshold: float = 0.3, show_activations: bool = False,
                        cot: bool = False) -> list[dict]:
     lines = []
@@ -77,6 +103,7 @@ def explainer_messages(examples: list[Example], threshold: float = 0.3, show_act
             acts = [f"({t.strip() or repr(t)}, {round(a / (e.max_act or 1) * 10)})"
                     for t, a in zip(e.tokens, e.acts) if a > 0 and a >= threshold * e.max_act]
             lines.append("Activations: " + ", ".join(acts))
+    lines.append("\nHighlighted tokens: " + highlighted_summary(examples, threshold))
     messages = [{"role": "system", "content": EXPLAINER_SYSTEM_COT if cot else EXPLAINER_SYSTEM}]
     for shot, answer in FEW_SHOT:
         messages += [{"role": "user", "content": shot}, {"role": "assistant", "content": answer}]

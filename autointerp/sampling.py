@@ -55,9 +55,10 @@ def explanation_examples(store: RunStore, hookpoint: str, latent: int, cfg: Samp
                                                    -(-n // cfg.n_quantiles) + 1, seed=cfg.seed)
                 if _key(e) not in seen]
         out = top + rest[: n - len(top)]
-    if len(out) < cfg.min_examples:
+    # Asking for fewer examples than min_examples is the caller's choice, not a rare latent.
+    if len(out) < min(cfg.min_examples, n):
         raise TooFewExamples(f"latent {latent} of {hookpoint} has {len(out)} activating windows; "
-                             f"at least {cfg.min_examples} are needed to explain it")
+                             f"at least {min(cfg.min_examples, n)} are needed to explain it")
     return out
 
 

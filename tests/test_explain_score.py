@@ -13,7 +13,7 @@ from autointerp.interpret import run_explain, run_score, select_latents
 from autointerp.llm.base import LLMConfig
 from autointerp.llm.transformers_backend import TransformersClient
 from autointerp.metrics import Decision, auroc, summarize
-from autointerp.prompts import highlight
+from autointerp.prompts import explainer_messages, highlight, highlighted_summary
 from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples, scoring_examples
 from autointerp.store import Example, RunStore, append_results
 
@@ -53,6 +53,11 @@ def test_highlight_merges_consecutive_tokens():
     assert highlight(ex, threshold=0.3) == "The<< river Rhine>> flows."
     assert highlight(ex, threshold=0.1) == "The<< river Rhine flows>>."
     assert highlight(ex, positions={0, 4}) == "<<The>> river Rhine flows<<.>>"
+    other = Example(0, 1, [0] * 3, [" Rhine", " and", " Danube"], [3.0, 0.0, 3.0])
+    assert highlighted_summary([ex, other]) == '"river Rhine", "Rhine", "Danube"'
+    messages = explainer_messages([ex, other])
+    assert messages[-1]["content"].endswith('Highlighted tokens: "river Rhine", "Rhine", "Danube"')
+    assert "Example 2: << Rhine>> and<< Danube>>" in messages[-1]["content"]
 
 
 def test_sampling_strategies_and_disjoint_test_sets(store):
@@ -80,7 +85,10 @@ def test_rare_latent_is_a_recorded_failure_not_a_crash(store, tiny_run):
     counts, _ = store.latent_table(SET, sort="count", descending=False, min_frequency=1e-9, limit=1)
     rare = int(counts.latent[0])
     with pytest.raises(TooFewExamples, match="at least 50"):
-        explanation_examples(store, SET, rare, SamplingConfig(min_examples=50))
+        explanation_examples(store, SET, rare, SamplingConfig(min_examples=50, n_explain=100))
+    # asking for fewer examples than min_examples is allowed: only a shortfall is a failure
+    page, _ = store.latent_table(SET, sort="frequency", limit=1)
+    assert len(explanation_examples(store, SET, int(page.latent[0]), SamplingConfig(n_explain=3))) == 3
 
 
 def test_hard_negatives_are_silent_and_closer_than_random(store):
