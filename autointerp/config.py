@@ -63,6 +63,11 @@ class DemoConfig:
     k: int = _help("active latents per token (also the top-k neuron baseline's k)", default=32)
     hookpoints: list[str] = _help("SAE hookpoints", default_factory=lambda: list(DEMO_HOOKPOINTS))
     neuron_baseline: str = _help("hookpoint of the top-k neuron baseline ('' for none)", default="mlp_neurons.15")
+    interpret: int = _help("random latents per latent set to explain and score in a background job after "
+                           "caching (0: none)", default=6)
+    interpret_model: str = _help("explainer/scorer of that job", default="qwen1.5b")
+    interpret_scorers: list[str] = _help("scorers of that job",
+                                         default_factory=lambda: ["detection", "fuzzing", "embedding"])
 
 
 @dataclass

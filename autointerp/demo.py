@@ -2,7 +2,9 @@
 
 Steps: convert SmolLM2-135M-Instruct from its shipped GGUF (once) -> train the demo SAEs (skipped
 when their folders exist) -> cache them plus a top-k neuron baseline over the Wikipedia corpus
-(resumes or returns at once when complete).
+(resumes or returns at once when complete) -> launch a background job that explains and scores
+a few random latents of every latent set (skipped when they have scores or the job is running),
+so the app is browsable at once and its score views fill in over minutes.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import logging
 import time
 from pathlib import Path
 
+from autointerp import jobs
 from autointerp.cache import cache_run
-from autointerp.config import CacheConfig, DemoConfig, TrainConfig
+from autointerp.config import CacheConfig, DemoConfig, InterpretConfig, TrainConfig
 from autointerp.paths import data_dir
+from autointerp.store import RunStore
 from autointerp.subject import load_subject
 from autointerp.train import train_saes
 
@@ -41,4 +45,30 @@ def run_demo(cfg: DemoConfig) -> Path:
     run_dir = cache_run(CacheConfig(run=cfg.run, model="smollm2", coders=coders, tokens=cfg.tokens),
                         subject=subject)
     log.info("demo ready in %.0f s: %s", time.time() - t0, run_dir)
+    job = launch_demo_job(cfg, RunStore(run_dir))
+    if job is not None:
+        log.info("explaining and scoring %d latents per set in the background: job %s (see the app's Jobs page, "
+                 "log %s)", cfg.interpret, job.id, job.log_path)
     return run_dir
+
+
+DEMO_JOB_TITLE = "demo: explain + score"
+
+
+def launch_demo_job(cfg: DemoConfig, store: RunStore) -> jobs.Job | None:
+    """One job: explain then score `cfg.interpret` random latents of each set, the SAE sets of
+    the middle layer first. None when disabled, already running, or every set has scores."""
+    if cfg.interpret <= 0:
+        return None
+    if any(j.title == DEMO_JOB_TITLE and j.state == "running" for j in jobs.list_jobs()):
+        return None
+    scored = set(store.scores().hookpoint)
+    sets = sorted((s for s in store.hookpoints() if s not in scored), key=lambda s: (".15" not in s, s))
+    if not sets:
+        return None
+    steps = []
+    for s in sets:
+        args = jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=s, random=cfg.interpret,
+                                                   model=cfg.interpret_model, scorers=list(cfg.interpret_scorers)))
+        steps += [("explain", args), ("score", args)]
+    return jobs.launch_steps(steps, DEMO_JOB_TITLE)

@@ -28,6 +28,7 @@ def example_html(example: Example, scale: float | None = None) -> str:
             'margin-bottom: 0.4em">' + "".join(spans) + "</div>")
 
 
-def examples_html(examples: list[Example]) -> str:
-    scale = max((e.max_act for e in examples), default=1.0) or 1.0
+def examples_html(examples: list[Example], scale: float | None = None) -> str:
+    """Several examples on one colour scale (default: the strongest of them)."""
+    scale = scale or max((e.max_act for e in examples), default=1.0) or 1.0
     return "".join(example_html(e, scale) for e in examples)

@@ -255,6 +255,19 @@ class ResultsMixin:
         """Latest score per (hookpoint, latent, scorer)."""
         return self._latest("scores", "hookpoint, latent, scorer", hookpoint)
 
+    def results_version(self) -> float:
+        """Changes whenever a results part lands (for caches that must see new results)."""
+        parts = list((self.run_dir / "results").glob("*/part-*.parquet"))
+        return len(parts) + max((p.stat().st_mtime for p in parts), default=0.0)
+
+    def latent_results(self, kind: str, hookpoint: str, latent: int) -> pd.DataFrame:
+        """Every explanation or score record of one latent, newest first (its history)."""
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return _empty(kind)
+        return self._sql(f"SELECT * FROM read_parquet('{src}', union_by_name = true) "
+                         f"WHERE hookpoint = ? AND latent = ? ORDER BY created_at DESC", [hookpoint, int(latent)])
+
     def decisions(self, score_id: str) -> pd.DataFrame:
         src = _results_glob(self.run_dir, "decisions")
         if src is None:

@@ -4,6 +4,7 @@ through the command line, on a few thousand tokens."""
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -64,16 +65,31 @@ def test_minilm_embeds_offline():
 def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, monkeypatch, smollm2_dir):
     """`autointerp demo` at a tiny size: real SmolLM2, SAE training, cache; then idempotent."""
     from autointerp.config import DemoConfig
-    from autointerp.demo import demo_sae_dir, run_demo
+    from autointerp import jobs
+    from autointerp.demo import DEMO_JOB_TITLE, demo_sae_dir, run_demo
 
     monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path))
     (tmp_path / "models").symlink_to(smollm2_dir.parent)  # reuse the converted model
     cfg = DemoConfig(tokens=2048, train_tokens=3000, epochs=1, n_latents=256, k=8,
-                     hookpoints=["resid_post.14", "mlp_out.15"])
+                     hookpoints=["resid_post.14", "mlp_out.15"], interpret=1, interpret_model="smollm2",
+                     interpret_scorers=["detection", "embedding"])
     run = run_demo(cfg)
     store = RunStore(run)
     assert store.hookpoints() == ["mlp_neurons.15-topk8", "mlp_out.15", "resid_post.14"]
+    # the background job explains and scores one random latent of every set, the .15 sets first
+    (job,) = jobs.list_jobs()
+    assert job.title == DEMO_JOB_TITLE and [s[0] for s in job.steps] == ["explain", "score"] * 3
+    assert [s[s.index("--hookpoint") + 1] for s in job.steps[::2]] == ["mlp_neurons.15-topk8", "mlp_out.15",
+                                                                       "resid_post.14"]
+    deadline = time.time() + 600
+    while job.state == "running" and time.time() < deadline:
+        time.sleep(1)
+    assert job.state == "done", job.log_tail()
+    scores = store.scores()
+    assert set(scores.hookpoint) == set(store.hookpoints())
+    assert set(scores.scorer) == {"detection", "embedding"}
     stamps = {p: p.stat().st_mtime_ns for p in [*demo_sae_dir(cfg).rglob("*.safetensors"), *run.rglob("*.parquet")]}
     assert len(stamps) >= 2 + 2 + 3 * 2
     assert run_demo(cfg) == run
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(jobs.list_jobs()) == 1  # every set has scores: no second job

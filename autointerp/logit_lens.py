@@ -1,0 +1,70 @@
+"""Logit lens of a latent's decoder direction: the output tokens it promotes and suppresses most
+when written into the residual stream (final norm's gain, then the unembedding), as on
+Neuronpedia's feature page. Neuron latents are mapped to the residual stream through the MLP's
+down projection first; random-direction baselines have no decoder and no logit lens."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from autointerp.coders import CoderSpec, build_coder
+from autointerp.errors import AutointerpError
+from autointerp.subject import Hookpoint, _decoder_layers, _down_projection, load_causal_lm
+
+
+@dataclass
+class LogitLens:
+    top: list[tuple[str, float]]
+    bottom: list[tuple[str, float]]
+
+
+@functools.lru_cache(maxsize=2)
+def _model(spec: str):
+    model, tok = load_causal_lm(spec, "float32")
+    return model.eval(), tok
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(spec: str) -> torch.Tensor:
+    return build_coder(CoderSpec.parse(spec)).decoder_directions()
+
+
+def _final_norm_gain(model) -> torch.Tensor | None:
+    base = getattr(model, model.base_model_prefix)
+    for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm"):
+        if hasattr(base, name) and getattr(getattr(base, name), "weight", None) is not None:
+            return getattr(base, name).weight.detach().float()
+    return None
+
+
+@torch.no_grad()
+def residual_direction(run_info: dict, latent_set: str, latent: int) -> torch.Tensor:
+    """The latent's direction in the residual stream (d_model)."""
+    coder = run_info.get("coders", {}).get(latent_set)
+    if coder is None:
+        raise AutointerpError(f"latent set {latent_set!r} is not in run {run_info.get('name')}")
+    if coder["kind"] in ("sae", "sparsify"):
+        return _decoder(coder["spec"])[int(latent)].float()
+    if coder["kind"] in ("neurons", "topk"):
+        model, _ = _model(run_info["model"])
+        down = _down_projection(_decoder_layers(model)[Hookpoint.parse(coder["hookpoint"]).layer].mlp)
+        w = down.weight.detach().float()
+        return w[:, int(latent)] if isinstance(down, torch.nn.Linear) else w[int(latent)]
+    raise AutointerpError(f"{coder['kind']} latents have no decoder direction, so no logit lens")
+
+
+@torch.no_grad()
+def logit_lens(run_info: dict, latent_set: str, latent: int, k: int = 10) -> LogitLens:
+    model, tok = _model(run_info["model"])
+    direction = residual_direction(run_info, latent_set, latent)
+    gain = _final_norm_gain(model)
+    if gain is not None:
+        direction = direction * gain
+    logits = model.get_output_embeddings().weight.detach().float() @ direction
+    top, bottom = logits.topk(k), (-logits).topk(k)
+    name = tok.convert_ids_to_tokens
+    return LogitLens([(tok.convert_tokens_to_string([name(int(i))]), float(v)) for v, i in zip(*top)],
+                     [(tok.convert_tokens_to_string([name(int(i))]), float(-v)) for v, i in zip(*bottom)])

@@ -1,0 +1,152 @@
+"""Streamlit pieces shared by the app's pages: the run / latent-set pickers (kept in the URL so a
+latent page can be linked and survives reloads), figure and table downloads, and the form that
+launches explain/score jobs. Pages import these and only lay out."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import streamlit as st
+
+from autointerp import jobs
+from autointerp.config import InterpretConfig
+from autointerp.errors import AutointerpError
+from autointerp.scorers import SCORERS
+from autointerp.store import RunStore, list_runs
+
+BACKENDS = ("transformers", "vllm", "openai")
+
+
+@st.cache_resource(show_spinner=False)
+def open_store(path: str) -> RunStore:
+    return RunStore(path)
+
+
+def _param(name: str, default: str | None = None) -> str | None:
+    return st.query_params.get(name, st.session_state.get(f"ai_{name}", default))
+
+
+def _remember(name: str, value) -> None:
+    st.session_state[f"ai_{name}"] = str(value)
+    st.query_params[name] = str(value)
+
+
+def pick_run() -> tuple[dict, RunStore]:
+    """Sidebar run picker; stops the page with a hint when there is no run."""
+    runs = list_runs()
+    if not runs:
+        st.info("No runs yet. Build the demo with `make app` (or `autointerp demo`).")
+        st.stop()
+    names = [r["name"] for r in runs]
+    wanted = _param("run", names[0])
+    run = st.sidebar.selectbox("Run", runs, index=names.index(wanted) if wanted in names else 0,
+                               format_func=lambda r: f"{r['name']} ({r.get('status', '?')})")
+    _remember("run", run["name"])
+    try:
+        store = open_store(run["path"])
+        store.refresh()
+    except AutointerpError as e:
+        st.error(str(e))
+        st.stop()
+    return run, store
+
+
+def pick_set(store: RunStore, label: str = "Latent set (hookpoint)") -> str:
+    sets = store.hookpoints()
+    if not sets:
+        st.info("This run is still caching; latent sets appear here as they are finalized.")
+        st.stop()
+    wanted = _param("set", sets[0])
+    hookpoint = st.sidebar.selectbox(label, sets, index=sets.index(wanted) if wanted in sets else 0)
+    _remember("set", hookpoint)
+    return hookpoint
+
+
+def current_latent(default: int = 0) -> int:
+    try:
+        return int(_param("latent", str(default)))
+    except ValueError:
+        return default
+
+
+def open_latent(run: str, hookpoint: str, latent: int) -> None:
+    """Go to the Latent page for one latent."""
+    for k, v in (("run", run), ("set", hookpoint), ("latent", latent)):
+        st.session_state[f"ai_{k}"] = str(v)
+    st.switch_page("pages/2_Latent.py", query_params={"run": run, "set": hookpoint, "latent": str(latent)})
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "figure"
+
+
+def figure_downloads(fig, name: str, key: str) -> None:
+    """PNG / SVG / PDF buttons; rendered only when clicked (kaleido costs ~0.2 s per format)."""
+    from autointerp.figures import FORMATS, figure_bytes
+
+    cols = st.columns(len(FORMATS) + 4)
+    for col, fmt in zip(cols, FORMATS):
+        col.download_button(fmt.upper(), data=lambda f=fmt: figure_bytes(fig, f), file_name=f"{_slug(name)}.{fmt}",
+                            mime={"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}[fmt],
+                            key=f"{key}-{fmt}", on_click="ignore")
+
+
+def table_download(df: pd.DataFrame, name: str, key: str, label: str = "CSV") -> None:
+    st.download_button(label, data=lambda: df.to_csv(index=False).encode(), file_name=f"{_slug(name)}.csv",
+                       mime="text/csv", key=key, on_click="ignore")
+
+
+def job_form(run: str, hookpoint: str, latents: list[int], key: str) -> jobs.Job | None:
+    """Backend and options for re-explaining and/or rescoring `latents`; launches a background
+    job (a subprocess of the pipeline) and returns it."""
+    defaults = InterpretConfig()
+    with st.form(key):
+        c1, c2, c3 = st.columns(3)
+        explain = c1.checkbox("Re-explain", value=True, key=f"{key}-explain")
+        score = c1.checkbox("Score", value=True, key=f"{key}-score")
+        backend = c2.selectbox("Backend", BACKENDS, key=f"{key}-backend")
+        model = c2.text_input("Model", value=defaults.model, key=f"{key}-model",
+                              help="qwen1.5b (CPU default), smollm2 (fast, weak), a local folder, a .gguf file, "
+                                   "or the server's model name")
+        base_url = c3.text_input("Server base URL (openai)", value="", key=f"{key}-url",
+                                 placeholder="http://127.0.0.1:8000/v1")
+        api_key = c3.text_input("API key (openai)", value="", type="password", key=f"{key}-apikey")
+        c4, c5, c6 = st.columns(3)
+        scorers = c4.multiselect("Scorers", SCORERS, default=defaults.scorers, key=f"{key}-scorers")
+        n_explain = c5.number_input("Examples shown to the explainer", 5, 100, defaults.n_explain,
+                                    key=f"{key}-nexplain")
+        per_prompt = c5.number_input("Examples per detection/fuzzing prompt", 1, 20, defaults.per_prompt,
+                                     key=f"{key}-pp")
+        mode = c6.selectbox("Detection/fuzzing read-out", ("logprob", "generate"), key=f"{key}-mode")
+        strategy = c6.selectbox("Explanation examples", ("top", "random", "quantiles", "mix"), key=f"{key}-strat")
+        submitted = st.form_submit_button(f"Launch on {len(latents)} latent(s)", disabled=not latents)
+    if not submitted:
+        return None
+    if not (explain or score):
+        st.warning("Choose re-explain, score or both.")
+        return None
+    cfg = InterpretConfig(run=run, hookpoint=hookpoint, latents=[int(x) for x in latents], backend=backend,
+                          model=model, base_url=base_url, strategy=strategy, n_explain=int(n_explain),
+                          scorers=list(scorers) or defaults.scorers, mode=mode, per_prompt=int(per_prompt),
+                          force=True)
+    args = jobs.interpret_args(cfg)
+    steps = ([("explain", args)] if explain else []) + ([("score", args)] if score else [])
+    what = " + ".join(s for s, _ in steps)
+    env = {"OPENAI_API_KEY": api_key} if api_key else None  # never on a command line or in job.json
+    job = jobs.launch_steps(steps, title=f"{what} {hookpoint} {_latent_list(latents)} ({backend}:{model})",
+                            env=env)
+    st.success(f"Launched job {job.id}: follow it on the Jobs page.")
+    return job
+
+
+def _latent_list(latents: list[int]) -> str:
+    shown = ", ".join(str(x) for x in latents[:5])
+    return f"latents {shown}" + (f" +{len(latents) - 5}" if len(latents) > 5 else "")
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    s = int(s)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"

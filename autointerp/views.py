@@ -1,0 +1,129 @@
+"""The data behind each app page, built without Streamlit so it can be tested and timed
+(bench/app.py). Pages call these and only lay the results out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from autointerp.analysis import histogram_table, score_table, scorer_columns
+from autointerp.store import Example, RunStore
+
+# What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.
+VALIDITY_NOTE = ("How far to trust these scores: on the demo, the CPU scorer (Qwen2.5-Coder-1.5B) is being "
+                 "validated against random explanations; see docs/benchmarks.md. For trustworthy scores run "
+                 "a bigger model with --backend vllm or --backend openai.")
+
+
+def set_summary(store: RunStore) -> pd.DataFrame:
+    """One row per latent set: coder, size, how many latents are explained / failed / scored, and
+    the mean headline score of each scorer."""
+    coders = store.info.get("coders", {})
+    expl = store.explanations()
+    table = score_table(store)
+    rows = []
+    for hp in store.hookpoints():
+        c = coders.get(hp, {})
+        e = expl[expl.hookpoint == hp]
+        t = table[table.hookpoint == hp] if len(table) else table
+        row = {"latent set": hp, "coder": c.get("kind", "?"), "hookpoint": c.get("hookpoint", hp),
+               "latents": store.n_latents(hp), "k": c.get("k"),
+               "explained": int(e.explanation.notna().sum()), "explain failures": int(e.explanation.isna().sum()),
+               "scored": len(t)}
+        for s in scorer_columns(table):
+            row[f"mean {s}"] = float(t[s].mean()) if len(t) and t[s].notna().any() else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
+    """Every latent of a set with its stats, latest explanation and one column per scorer."""
+    stats, _ = store.latent_table(hookpoint, sort="latent", descending=False, limit=store.n_latents(hookpoint))
+    expl = store.explanations(hookpoint)
+    df = stats.merge(expl[["latent", "explanation"]], on="latent", how="left") if len(expl) else \
+        stats.assign(explanation=None)
+    scores = score_table(store, hookpoint)
+    if len(scores):
+        df = df.merge(scores.drop(columns="hookpoint"), on="latent", how="left")
+    return df
+
+
+@dataclass
+class BrowseFilter:
+    """What the Browse page narrows the table to; None / empty means no constraint."""
+
+    text: str = ""  # case-insensitive substring of the explanation
+    min_frequency: float | None = None
+    max_frequency: float | None = None
+    explained_only: bool = False
+    score_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    latents: list[int] | None = None  # e.g. the semantic-search hits, in their order
+
+
+def filter_latents(df: pd.DataFrame, f: BrowseFilter) -> pd.DataFrame:
+    keep = pd.Series(True, index=df.index)
+    if f.text:
+        keep &= df.explanation.fillna("").str.contains(f.text, case=False, regex=False)
+    if f.min_frequency is not None:
+        keep &= df.frequency >= f.min_frequency
+    if f.max_frequency is not None:
+        keep &= df.frequency <= f.max_frequency
+    if f.explained_only:
+        keep &= df.explanation.notna()
+    for scorer, (lo, hi) in f.score_ranges.items():
+        if scorer in df:
+            keep &= df[scorer].between(lo, hi)
+    out = df[keep]
+    if f.latents is not None:
+        order = {x: i for i, x in enumerate(f.latents)}
+        out = out[out.latent.isin(order)].sort_values("latent", key=lambda s: s.map(order))
+    return out
+
+
+def page_of(df: pd.DataFrame, sort: str, descending: bool, page: int, size: int) -> pd.DataFrame:
+    """One page (1-based) sorted by a column, missing values last, ties by latent id."""
+    ordered = df.sort_values([sort, "latent"], ascending=[not descending, True], na_position="last",
+                             kind="stable")
+    return ordered.iloc[(page - 1) * size: page * size]
+
+
+@dataclass
+class LatentPage:
+    """Everything the Latent page shows, except the logit lens (which needs the subject model)."""
+
+    hookpoint: str
+    latent: int
+    stats: dict
+    histogram: pd.DataFrame  # bin_lo, bin_hi, count
+    top: list[Example]
+    quantiles: list[Example]  # Example.quantile 1..n (n = strongest)
+    explanations: pd.DataFrame  # history, newest first
+    scores: pd.DataFrame  # latest per scorer for the current explanation, failures included
+    score_history: pd.DataFrame
+
+
+def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n_quantiles: int = 10,
+                per_quantile: int = 2) -> LatentPage:
+    stats = store.latent_stats(hookpoint, latent)
+    hist = histogram_table(store, hookpoint, latent)
+    expl = store.latent_results("explanations", hookpoint, latent)
+    history = store.latent_results("scores", hookpoint, latent)
+    current = expl.explanation.iloc[0] if len(expl) else None
+    latest = history[history.explanation == current] if current is not None else history.iloc[0:0]
+    latest = latest.drop_duplicates("scorer")  # newest first, so the first row per scorer wins
+    return LatentPage(hookpoint, int(latent), stats, hist, store.top_examples(hookpoint, latent, n_top),
+                      store.quantile_examples(hookpoint, latent, n_quantiles, per_quantile),
+                      expl, latest.reset_index(drop=True), history)
+
+
+def decisions_view(store: RunStore, score_id: str) -> pd.DataFrame:
+    """A score's per-example decisions with an outcome column: right, wrong or failed."""
+    d = store.decisions(score_id)
+    if d.empty:
+        return d
+    failed = d.failed.fillna(True).astype(bool).to_numpy()
+    same = (d.prediction.astype("boolean") == d.activating.astype("boolean")).fillna(False).to_numpy(dtype=bool)
+    outcome = ["failed" if f else ("right" if ok else "wrong") for f, ok in zip(failed, same)]
+    return d.assign(outcome=outcome)[["outcome", "activating", "quantile", "prediction", "probability", "shown",
+                                      "raw", "doc_id", "start"]]

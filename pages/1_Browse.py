@@ -1,0 +1,96 @@
+"""Browse a latent set: sortable, filterable, paged table of latents with explanation and every
+score; semantic search over explanations; launch explain/score on a selection; open a latent."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import streamlit as st  # noqa: E402
+
+from autointerp import ui, views  # noqa: E402
+from autointerp.scorers import SCORERS  # noqa: E402
+from autointerp.search import ExplanationIndex  # noqa: E402
+
+st.set_page_config(page_title="Browse · autointerp", layout="wide")
+run, store = ui.pick_run()
+hookpoint = ui.pick_set(store)
+st.title(f"Browse {hookpoint}")
+
+
+@st.cache_data(show_spinner=False, ttl=5)
+def frame(path: str, hookpoint: str, version: float):
+    return views.latent_frame(ui.open_store(path), hookpoint)
+
+
+@st.cache_resource(show_spinner="Embedding explanations (MiniLM)…")
+def index(path: str, hookpoint: str, n_explanations: int) -> ExplanationIndex:
+    return ExplanationIndex(ui.open_store(path).explanations(hookpoint))
+
+
+df = frame(run["path"], hookpoint, store.results_version())
+scorers = [s for s in SCORERS if s in df.columns]
+
+with st.sidebar:
+    st.header("Filters")
+    text = st.text_input("Explanation contains", key="text")
+    query = st.text_input("Semantic search", key="search", help="MiniLM similarity between your words and each explanation")
+    lo, hi = float(df.frequency.min()), float(df.frequency.max())
+    freq = st.slider("Frequency (fraction of tokens)", 0.0, max(hi, 1e-6), (0.0, max(hi, 1e-6)), format="%.4f")
+    explained_only = st.checkbox("Explained only", value=False)
+    ranges = {}
+    for s in scorers:
+        r = st.slider(f"{s} score", -1.0 if s == "simulation" else 0.0, 1.0,
+                      (-1.0 if s == "simulation" else 0.0, 1.0), step=0.05, key=f"range-{s}")
+        if r != (-1.0 if s == "simulation" else 0.0, 1.0):
+            ranges[s] = r
+
+hits = None
+if query.strip():
+    n_expl = int(df.explanation.notna().sum())
+    found = index(run["path"], hookpoint, n_expl).search(query, k=100)
+    hits = found.latent.tolist()
+    st.caption(f"Semantic search: the {len(hits)} explanations closest to {query!r}, closest first.")
+f = views.BrowseFilter(text=text, min_frequency=freq[0] if freq[0] > 0 else None,
+                       max_frequency=freq[1] if freq[1] < hi else None, explained_only=explained_only,
+                       score_ranges=ranges, latents=hits)
+filtered = views.filter_latents(df, f)
+
+c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+sort_options = ["frequency", "max_act", "mean_act", "count", "latent", *scorers]
+# a search orders by relevance until the researcher picks another column
+sort = (c1.selectbox("Sort by", sort_options, key="sort") if hits is None
+        else c1.selectbox("Sort by", ["relevance", *sort_options], key="sort-search"))
+descending = c2.toggle("Descending", value=True)
+page_size = int(c3.selectbox("Rows per page", [25, 50, 100, 200], index=1))
+n_pages = max(1, -(-len(filtered) // page_size))
+page_no = int(c4.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, key="page"))
+if sort == "relevance":
+    page = filtered.iloc[(page_no - 1) * page_size: page_no * page_size]
+else:
+    page = views.page_of(filtered, sort, descending, page_no, page_size)
+
+st.write(f"**{len(filtered):,}** of {len(df):,} latents match.")
+columns = {"frequency": st.column_config.NumberColumn(format="%.5f"),
+           "max_act": st.column_config.NumberColumn("max activation", format="%.3f"),
+           "mean_act": st.column_config.NumberColumn("mean activation", format="%.3f"),
+           "explanation": st.column_config.TextColumn(width="large")}
+columns.update({s: st.column_config.NumberColumn(format="%.3f") for s in scorers})
+event = st.dataframe(page, hide_index=True, width="stretch", column_config=columns, key="latents",
+                     on_select="rerun", selection_mode="multi-row")
+ui.table_download(filtered, f"{run['name']}-{hookpoint}-latents", key="dl-latents", label="CSV (all matching)")
+chosen = page.latent.iloc[event.selection.rows].tolist() if event.selection.rows else []
+
+left, right = st.columns([1, 2])
+with left:
+    st.subheader("Open a latent")
+    default = int(chosen[0]) if chosen else int(page.latent.iloc[0]) if len(page) else 0
+    latent = st.number_input("Latent id", min_value=0, max_value=store.n_latents(hookpoint) - 1, value=default)
+    if st.button("Open latent page", type="primary"):
+        ui.open_latent(run["name"], hookpoint, int(latent))
+with right:
+    st.subheader(f"Explain / score the selection ({len(chosen)} selected)")
+    st.caption("Select rows in the table (the checkbox column), then launch. The job runs in the background; "
+               "results appear here as its parts land.")
+    ui.job_form(run["name"], hookpoint, chosen, key="browse-job")

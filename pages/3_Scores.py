@@ -1,0 +1,60 @@
+"""Scores across latents: distributions per scorer, Spearman correlation between scorers with n
+(the paper's Table 1 on this run's data), and accuracy per activation decile."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import streamlit as st  # noqa: E402
+
+from autointerp import analysis, figures, ui, views  # noqa: E402
+
+st.set_page_config(page_title="Scores · autointerp", layout="wide")
+run, store = ui.pick_run()
+sets = store.hookpoints()
+scope = st.sidebar.selectbox("Latent sets", ["all", *sets])
+hookpoint = None if scope == "all" else scope
+st.title("Scores" + (f" · {hookpoint}" if hookpoint else " · all latent sets"))
+st.caption(analysis.HEADLINE_LABEL + ". " + views.VALIDITY_NOTE)
+
+table = analysis.score_table(store, hookpoint)
+if table.empty:
+    st.info("No scores yet: select latents on the Browse page and launch a job, or wait for the demo's job.")
+    st.stop()
+name = f"{run['name']}-{scope}"
+
+st.subheader(f"Score distributions ({len(table)} latents)")
+fig = figures.score_distributions(table)
+st.plotly_chart(fig, width="stretch", key="dist")
+ui.figure_downloads(fig, f"{name}-score-distributions", key="dl-dist")
+ui.table_download(table, f"{name}-scores", key="dl-scores")
+
+st.subheader("Spearman correlation between scorers")
+rho, n = analysis.scorer_correlations(table)
+if len(rho) >= 2:
+    fig = figures.correlation_heatmap(rho, n)
+    st.plotly_chart(fig, width="stretch", key="corr")
+    ui.figure_downloads(fig, f"{name}-scorer-correlations", key="dl-corr")
+    a, b = st.columns(2)
+    a.caption("rho")
+    a.dataframe(rho.round(3))
+    b.caption("n (latents both scorers scored)")
+    b.dataframe(n)
+    ui.table_download(rho.reset_index(names="scorer"), f"{name}-scorer-correlations-rho", key="dl-rho",
+                      label="CSV (rho)")
+    ui.table_download(n.reset_index(names="scorer"), f"{name}-scorer-correlations-n", key="dl-n", label="CSV (n)")
+else:
+    st.write("Only one scorer has run so far.")
+
+st.subheader("Accuracy per activation decile")
+dec = analysis.accuracy_per_decile(store, hookpoint)
+if dec.empty:
+    st.write("No per-decile accuracies yet.")
+else:
+    fig = figures.decile_accuracy(dec)
+    st.plotly_chart(fig, width="stretch", key="dec")
+    ui.figure_downloads(fig, f"{name}-accuracy-per-decile", key="dl-dec")
+    st.dataframe(dec.round(3))
+    ui.table_download(dec.reset_index(names="scorer"), f"{name}-accuracy-per-decile", key="dl-deccsv")
