@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# Headless Chromium for the browser tests in tests/e2e: Playwright drives Debian's /usr/bin/chromium
-# (never `playwright install`). Installed only when missing; CI runs as root on Debian.
+# Headless Chromium: the app's figure export (kaleido) and the browser tests in tests/e2e (Playwright drives Debian's /usr/bin/chromium,
+# never `playwright install`). Installed only when missing; CI runs as root on Debian.
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
@@ -38,7 +38,7 @@ models: install
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp demo
 
-app: demo models
+app: browser models demo
 	HF_HUB_OFFLINE=1 $(VENV)/bin/streamlit run app.py --server.headless true --server.address 127.0.0.1 \
 		--server.port $(PORT) --browser.gatherUsageStats false
 

@@ -76,7 +76,8 @@ class InterpretConfig:
     hookpoint: str = _help("latent set to work on", default="resid_post.15")
     latents: list[int] = _help("latent ids (or use --top-frequent / --random)", default_factory=list)
     top_frequent: int = _help("take the N most frequent latents", default=0)
-    random: int = _help("take N random latents that fire at least --min-examples times", default=0)
+    random: int = _help("take N random latents active on enough tokens to explain and score "
+                        "(n_explain + 10 x test_per_quantile)", default=0)
     backend: str = _help("LLM backend: transformers (CPU default), vllm (offline engine), openai (a server)",
                          default="transformers")
     base_url: str = _help("openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1", default="")

@@ -38,8 +38,10 @@ def select_latents(store: RunStore, cfg: InterpretConfig) -> list[int]:
         page, _ = store.latent_table(cfg.hookpoint, sort="frequency", limit=cfg.top_frequent)
         chosen += page.latent.tolist()
     if cfg.random:
-        active, _ = store.latent_table(cfg.hookpoint, min_frequency=cfg.min_examples / store.info["n_tokens"],
-                                       limit=n_lat)
+        # Enough activations to explain and to leave a held-out test set: a latent with fewer
+        # would only be recorded as a failure.
+        need = max(cfg.min_examples, cfg.n_explain + 10 * cfg.test_per_quantile)
+        active, _ = store.latent_table(cfg.hookpoint, min_frequency=need / store.info["n_tokens"], limit=n_lat)
         rng = np.random.default_rng(cfg.seed)
         pool = active.latent.to_numpy()
         chosen += rng.choice(pool, size=min(cfg.random, len(pool)), replace=False).tolist()
@@ -134,8 +136,12 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         raise AutointerpError(f"unknown scorers {unknown}: choose from {', '.join(SCORERS)}")
     store = RunStore(run_path(cfg.run))
     latents = select_latents(store, cfg)
-    expl = store.explanations(cfg.hookpoint)
-    expl = {int(r.latent): r.explanation for r in expl.itertuples() if r.explanation}
+    records = store.explanations(cfg.hookpoint)
+    expl = {int(r.latent): r.explanation for r in records.itertuples() if r.explanation}
+    failed = [x for x in latents if x not in expl and x in set(records.latent.tolist())]
+    if failed:  # their failure is already recorded; scoring the rest keeps a long job going
+        log.warning("skipping %d latents whose explanation failed: %s", len(failed), failed[:10])
+        latents = [x for x in latents if x not in failed]
     missing = [x for x in latents if x not in expl]
     if missing:
         raise AutointerpError(f"latents {missing[:10]} of {cfg.hookpoint} have no explanation: "

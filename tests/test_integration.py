@@ -84,7 +84,7 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     deadline = time.time() + 600
     while job.state == "running" and time.time() < deadline:
         time.sleep(1)
-    assert job.state == "done", job.log_tail()
+    assert job.state == "done", "\n".join(job.log_tail(40))
     scores = store.scores()
     assert set(scores.hookpoint) == set(store.hookpoints())
     assert set(scores.scorer) == {"detection", "embedding"}
