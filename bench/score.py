@@ -4,7 +4,8 @@
 
 For the N most frequent latents of the run: seconds per explanation; per scorer, prompt tokens per
 example and seconds per scored example; detection in logprob mode vs generate mode (cost ratio);
-latents per hour for explain + detection + fuzzing. One process, same latents and examples for
+latents per hour for explain + detection + fuzzing; embedding, surprisal and simulation cost
+per scored example. One process, same latents and examples for
 every measurement. Compare with the paper's 5-examples-per-prompt setup (--per-prompt) and the
 target of <= 0.3 s per example with the 1.5B model.
 """
@@ -27,7 +28,11 @@ from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
 from autointerp.prompts import DETECTION_SYSTEM, plain, scorer_messages  # noqa: E402
 from autointerp.sampling import SamplingConfig, explanation_examples, scoring_examples  # noqa: E402
+from autointerp.embedding import load_embedder  # noqa: E402
 from autointerp.scorers.classify import ClassifyConfig, score_classify  # noqa: E402
+from autointerp.scorers.embedding import score_embedding  # noqa: E402
+from autointerp.scorers.simulation import score_simulation  # noqa: E402
+from autointerp.scorers.surprisal import score_surprisal  # noqa: E402
 from autointerp.store import RunStore, run_path  # noqa: E402
 
 
@@ -47,6 +52,8 @@ def main() -> None:
     print(f"model {args.model}, {len(latents)} latents of {args.hookpoint}, {args.per_prompt} examples per prompt")
     print(f"explain: {explain_s:.1f} s per latent ({sum(r['explanation'] is None for r in rows)} failures)")
 
+    embedder = load_embedder()
+    embedder.encode(["warm-up"])
     cost: dict[str, list[float]] = {}
     n_examples = 0
     for row, latent in zip(rows, latents):
@@ -62,6 +69,12 @@ def main() -> None:
             t0 = time.perf_counter()
             score_classify(scorer, client, expl, act, neg, ClassifyConfig(per_prompt=args.per_prompt, mode=mode))
             cost.setdefault(f"{scorer} {mode}", []).append(time.perf_counter() - t0)
+        for scorer, run in (("embedding", lambda: score_embedding(expl, act, neg, embedder)),
+                            ("surprisal", lambda: score_surprisal(client, expl, act, neg)),
+                            ("simulation", lambda: score_simulation(client, expl, act, neg))):
+            t0 = time.perf_counter()
+            run()
+            cost.setdefault(scorer, []).append(time.perf_counter() - t0)
     per_ex = {k: sum(v) / n_examples for k, v in cost.items() if k != "prompt tokens per example"}
     print(f"prompt tokens per example (detection): {sum(cost['prompt tokens per example']) / len(latents):.0f}")
     for k, v in per_ex.items():

@@ -67,6 +67,7 @@ def test_overview_counts_explained_and_scored_latents(data):
     assert summary.loc[SET, "scored"] == 5 and summary.loc[SET, "mean detection"] == pytest.approx(0.7)
     assert summary.loc["mlp_neurons.1-topk4", "explained"] == 0
     assert any("5** of" in m.value for m in at.markdown)
+    assert at.warning[0].value == views.VALIDITY_NOTE  # the measured limits of the CPU scorer, stated
 
 
 def test_overview_with_no_runs_says_how_to_make_one(tmp_path, monkeypatch):
