@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
-from autointerp.analysis import histogram_table, score_table, scorer_columns
+from autointerp.analysis import score_table, scorer_columns
 from autointerp.store import Example, RunStore
 
 # What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.
@@ -107,7 +108,9 @@ class LatentPage:
 def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n_quantiles: int = 10,
                 per_quantile: int = 2) -> LatentPage:
     stats = store.latent_stats(hookpoint, latent)
-    hist = histogram_table(store, hookpoint, latent)
+    counts = np.asarray(stats["histogram"], dtype=int)
+    edges = np.linspace(stats["hist_lo"], stats["hist_hi"], len(counts) + 1)  # as store.histogram, one query less
+    hist = pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": counts})
     expl = store.latent_results("explanations", hookpoint, latent)
     history = store.latent_results("scores", hookpoint, latent)
     current = expl.explanation.iloc[0] if len(expl) else None
