@@ -1,17 +1,19 @@
 """End-to-end browser fixtures: a small real run, the real Streamlit server, headless Chromium.
 
-* `e2e_data` (session): SmolLM2-135M + the committed demo SAE on resid_post.15, cached over a few
-  hundred real Wikipedia summaries plus documents holding hostile HTML; yields an `E2EData` with the
-  data folder, the run and, per hostile payload, a latent whose top examples show it.
+* `e2e_data` (session): SmolLM2-135M + the committed demo SAE on resid_post.15 and the top-8 MLP
+  neurons of layer 15 (a second latent set), cached over a few hundred real Wikipedia summaries plus
+  documents holding hostile HTML, with fixture explanations and detection + embedding scores on five
+  SAE latents (one explanation holds hostile HTML); yields an `E2EData` with the data folder, the
+  run, those explanations and, per hostile payload, a latent whose top examples show it.
 * `app_server` (session): `streamlit run app.py` on a free 127.0.0.1 port with AUTOINTERP_DATA set to
   that data folder; yields its URL. Its log is printed when a test fails.
 * `browser` (session): Playwright's Chromium driver on Debian's /usr/bin/chromium (never
   `playwright install`).
-* `page` (function): a fresh context and page; any `pageerror` or console error fails the test at
-  teardown.
+* `page` (function): a fresh context and page; any `pageerror`, console error or Python exception
+  shown on the page fails the test at teardown (AppPage also checks for exceptions after every run).
 * `app` (function): an `AppPage` around `page` that opens the app and waits for script runs.
 * `screenshot` (function): `screenshot(page, name)` writes docs/screenshots/<name>.png when
-  AUTOINTERP_SCREENSHOTS=1.
+  AUTOINTERP_SCREENSHOTS=1 (also `AppPage.screenshot`).
 
 Waiting for Streamlit: the root element `[data-testid="stApp"]` carries `data-test-script-state`
 (`initial` -> `running` -> `notRunning`) and `data-test-connection-state` (`CONNECTED`). A
@@ -29,7 +31,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,8 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-d
                  "--disable-sync"]
 SAE_DIR = ROOT / "data" / "saes" / "smollm2-4096x32" / "resid_post.15"
 HOOKPOINT = "resid_post.15"
+# A second, cheap latent set (sorted first), so picking resid_post.15 in the sidebar is a real choice.
+NEURON_CODER, NEURON_SET = "topk:8@mlp_neurons.15", "mlp_neurons.15-topk8"
 N_WIKI_DOCS = 200
 # Untrusted corpus text that must reach the browser as inert text.
 HOSTILE_DOCS = [
@@ -51,6 +57,10 @@ HOSTILE_DOCS = [
     'Markup test: <script>window.__xss=1</script> <img src=x onerror="window.__xss=2"> </div><b>bold</b> end.',
 ]
 HOSTILE_COPIES = 4
+# An explanation (LLM output) holding markup: the Latent page must show it as literal text.
+HOSTILE_EXPLANATION = ('<script>window.__xss=3</script> <img src=x onerror="window.__xss=4"> '
+                       '</div><b>bold</b> **markdown** tags in web pages')
+EXPLANATIONS = ["common function words", "dates and years", "names of places", "punctuation after clauses"]
 # What each payload looks like in a window's text (tokens joined).
 PAYLOADS = {"script": "<script>window.__xss=1", "img": 'onerror="window.__xss=2"', "tags": "</div><b>bold</b>"}
 
@@ -59,22 +69,41 @@ RUN_COUNTER_JS = """
 (() => {
   window.__stRuns = 0;
   let last = null;
-  const check = () => {
-    const el = document.querySelector('[data-testid="stApp"]');
-    const state = el ? el.getAttribute('data-test-script-state') : null;
+  const step = state => {
     if (state !== last) {
       if (state === 'notRunning') window.__stRuns += 1;
       last = state;
     }
   };
-  new MutationObserver(check).observe(document, {subtree: true, childList: true, attributes: true,
-                                                 attributeFilter: ['data-test-script-state']});
+  new MutationObserver(records => {
+    // Each record's oldValue is a state the attribute held: a short run whose running and notRunning
+    // changes arrive in one batch is still counted.
+    for (const r of records) {
+      if (r.type === 'attributes' && r.target.getAttribute('data-testid') === 'stApp') step(r.oldValue);
+    }
+    const el = document.querySelector('[data-testid="stApp"]');
+    step(el ? el.getAttribute('data-test-script-state') : null);
+  }).observe(document, {subtree: true, childList: true, attributes: true, attributeOldValue: true,
+                        attributeFilter: ['data-test-script-state']});
 })();
 """
 SETTLED_JS = """n => {
   const el = document.querySelector('[data-testid="stApp"]');
   return window.__stRuns > n && el && el.getAttribute('data-test-script-state') === 'notRunning'
-         && el.getAttribute('data-test-connection-state') === 'CONNECTED';
+         && el.getAttribute('data-test-connection-state') === 'CONNECTED'
+         && !document.querySelector('[data-testid="stSkeleton"]');
+}"""
+
+SCREENSHOT_MAX_HEIGHT = 5000
+# Python exceptions a page shows (st.exception boxes: an uncaught error in a page script).
+EXCEPTIONS_JS = """() => [...document.querySelectorAll('[data-testid="stException"]')].map(e => e.innerText.slice(0, 800))"""
+# What a timed-out wait reports.
+STATE_JS = """() => {
+  const el = document.querySelector('[data-testid="stApp"]');
+  return {url: location.href, runs: window.__stRuns, script: el && el.getAttribute('data-test-script-state'),
+          connection: el && el.getAttribute('data-test-connection-state'),
+          skeletons: document.querySelectorAll('[data-testid="stSkeleton"]').length,
+          exceptions: [...document.querySelectorAll('[data-testid="stException"]')].map(e => e.innerText.slice(0, 500))};
 }"""
 
 
@@ -89,11 +118,19 @@ class E2EData:
     build_s: float
     hostile_docs: tuple[str, ...] = tuple(HOSTILE_DOCS)
     payloads: dict[str, str] = field(default_factory=lambda: dict(PAYLOADS))  # kind -> text in a window
+    explained: dict[int, str] = field(default_factory=dict)  # latent -> fixture explanation (scored twice)
+    hostile_explanation: str = HOSTILE_EXPLANATION  # the XSS latent's explanation
+    neuron_set: str = NEURON_SET  # the run's other latent set (sorted first)
 
     @property
     def xss_latent(self) -> int:
         """The latent whose shown top examples contain `<script>window.__xss=1`."""
         return self.hostile_latents["script"]
+
+    @property
+    def benign_latents(self) -> list[int]:
+        """Explained and scored latents other than the XSS one (most frequent first)."""
+        return [x for x in self.explained if x != self.xss_latent]
 
 
 def _hostile_latents(run_dir: Path, hookpoint: str, n_shown: int = 10) -> dict[str, int]:
@@ -127,9 +164,8 @@ def _hostile_latents(run_dir: Path, hookpoint: str, n_shown: int = 10) -> dict[s
     return chosen
 
 
-@pytest.fixture(scope="session")
-def e2e_data(tmp_path_factory, smollm2) -> E2EData:
-    """A small real run (SmolLM2 + demo SAE, ~30k tokens of Wikipedia plus hostile HTML documents)."""
+def build_e2e_data(data: Path, subject) -> E2EData:
+    """Cache the e2e run into the folder `data` (AUTOINTERP_DATA) and write its results."""
     from autointerp.cache import cache_run
     from autointerp.config import CacheConfig
     from autointerp.corpus import load_texts
@@ -137,7 +173,6 @@ def e2e_data(tmp_path_factory, smollm2) -> E2EData:
     if not (SAE_DIR / "sae_weights.safetensors").exists():
         pytest.fail(f"demo SAE missing at {SAE_DIR}: it is committed in data/saes (or run `autointerp demo`)")
     t0 = time.perf_counter()
-    data = tmp_path_factory.mktemp("e2e-data")
     for shared in ("models", "saes"):  # pages that load a model or SAE find the real ones
         if (ROOT / "data" / shared).exists():
             (data / shared).symlink_to(ROOT / "data" / shared, target_is_directory=True)
@@ -145,14 +180,46 @@ def e2e_data(tmp_path_factory, smollm2) -> E2EData:
     corpus = data / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
     # The whole corpus, cut into full contexts (documents are joined with an EOS token each).
-    n_tokens = sum(len(ids) + 1 for ids in smollm2.tokenizer(docs, add_special_tokens=False)["input_ids"])
+    n_tokens = sum(len(ids) + 1 for ids in subject.tokenizer(docs, add_special_tokens=False)["input_ids"])
     ctx_len = 64
     run_dir = data / "runs" / "e2e"
-    cfg = CacheConfig(run=str(run_dir), model="smollm2", corpus=str(corpus), coders=[f"sae:{SAE_DIR}"],
+    cfg = CacheConfig(run=str(run_dir), model="smollm2", corpus=str(corpus), coders=[f"sae:{SAE_DIR}", NEURON_CODER],
                       tokens=(n_tokens // ctx_len) * ctx_len, ctx_len=ctx_len, part_contexts=256)
-    cache_run(cfg, subject=smollm2)
+    cache_run(cfg, subject=subject)
     latents = _hostile_latents(run_dir, HOOKPOINT)
-    return E2EData(data, run_dir, "e2e", HOOKPOINT, latents, cfg.tokens, time.perf_counter() - t0)
+    explained = _write_results(run_dir, HOOKPOINT, latents["script"], set(latents.values()))
+    return E2EData(data, run_dir, "e2e", HOOKPOINT, latents, cfg.tokens, time.perf_counter() - t0,
+                   explained=explained)
+
+
+def _write_results(run_dir: Path, hookpoint: str, xss_latent: int, avoid: set[int]) -> dict[int, str]:
+    """Explanations and detection + embedding scores (rows as `autointerp explain/score` write them)
+    for the XSS latent, whose explanation is HOSTILE_EXPLANATION, and the most frequent other latents,
+    so the Scores page has distributions, a Spearman matrix and per-decile accuracies."""
+    from autointerp.store import RunStore, append_results
+
+    top, _ = RunStore(run_dir).latent_table(hookpoint, sort="frequency", limit=len(avoid) + len(EXPLANATIONS))
+    others = [int(x) for x in top.latent if int(x) not in avoid][:len(EXPLANATIONS)]
+    explained = {xss_latent: HOSTILE_EXPLANATION, **dict(zip(others, EXPLANATIONS))}
+    append_results(run_dir, "explanations", [
+        {"hookpoint": hookpoint, "latent": x, "explanation": t, "model": "fixture", "strategy": "top",
+         "n_examples": 20} for x, t in explained.items()])
+    scores = []
+    for i, (x, t) in enumerate(explained.items()):
+        for scorer, value in (("detection", 0.55 + 0.08 * i), ("embedding", 0.5 + 0.07 * i)):
+            scores.append({"score_id": uuid.uuid4().hex, "hookpoint": hookpoint, "latent": x, "scorer": scorer,
+                           "explanation": t, "auroc": value, "n": 40, "n_failed": i % 2, "model": "fixture",
+                           "mode": "logprob", "correlation_per_quantile": "{}",
+                           "accuracy_per_decile": json.dumps({"0": 0.8, "1": 0.4 + 0.05 * i, "5": 0.6, "10": 0.9})})
+    append_results(run_dir, "scores", scores)
+    return explained
+
+
+@pytest.fixture(scope="session")
+def e2e_data(tmp_path_factory, smollm2) -> E2EData:
+    """A small real run (SmolLM2 + demo SAE, ~30k tokens of Wikipedia plus hostile HTML documents)
+    with fixture explanations and scores on a few latents."""
+    return build_e2e_data(tmp_path_factory.mktemp("e2e-data"), smollm2)
 
 
 def _free_port() -> int:
@@ -222,9 +289,17 @@ def browser():
         b.close()
 
 
+def _streamlit_subpage_probe(url: str) -> bool:
+    """Opening a page's own URL (/Browse) makes Streamlit's frontend probe /Browse/_stcore/health and
+    /Browse/_stcore/host-config before the root's; those two 404s are Streamlit's, not the app's
+    (streamlit/streamlit#7074), so they alone are not counted as console errors."""
+    path = urllib.parse.urlsplit(url).path
+    return path.count("/") == 3 and path.endswith(("/_stcore/health", "/_stcore/host-config"))
+
+
 @pytest.fixture
 def page(browser, request, server_log):
-    """A fresh browser page; fails the test on any page error or console error."""
+    """A fresh browser page; fails the test on any page error, console error or shown exception."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.add_init_script(RUN_COUNTER_JS)
     pg = context.new_page()
@@ -232,8 +307,10 @@ def page(browser, request, server_log):
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
     pg.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text} @ {msg.location}")
-          if msg.type == "error" else None)
+          if msg.type == "error" and not _streamlit_subpage_probe(msg.location.get("url", "")) else None)
     yield pg
+    if not pg.is_closed():
+        errors += [f"Python exception shown: {e}" for e in pg.evaluate(EXCEPTIONS_JS)]
     context.close()
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
     if (failed or errors) and server_log.exists():
@@ -243,20 +320,29 @@ def page(browser, request, server_log):
 
 def _screenshot(pg, name: str) -> Path | None:
     """docs/screenshots/<name>.png of the whole app when AUTOINTERP_SCREENSHOTS=1. Streamlit scrolls
-    inside its main container, so the viewport is stretched to the content's height first."""
+    inside its main container, so the viewport is stretched to the content's height first (at most
+    SCREENSHOT_MAX_HEIGHT px). The focused widget is blurred first (no focus ring in the picture) and
+    the PNG is reduced to a 256-colour palette, which keeps a long page well under 400 KB."""
     if os.environ.get("AUTOINTERP_SCREENSHOTS") != "1":
         return None
+    import io
+
+    from PIL import Image
+
     out = ROOT / "docs" / "screenshots" / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     size = pg.viewport_size
+    pg.evaluate("() => document.activeElement?.blur()")
     height = pg.evaluate("""() => Math.max(document.body.scrollHeight, ...['stMain', 'stSidebarContent'].map(
         id => document.querySelector(`[data-testid="${id}"]`)?.scrollHeight || 0))""")
-    pg.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 8000)})
+    pg.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), SCREENSHOT_MAX_HEIGHT)})
     try:
         pg.wait_for_timeout(500)  # let the data grid repaint at the new size
-        pg.screenshot(path=str(out))
+        png = pg.screenshot()
     finally:
         pg.set_viewport_size(size)
+    with Image.open(io.BytesIO(png)) as im:
+        im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
     return out
 
 
@@ -274,21 +360,63 @@ class AppPage:
     def _runs(self) -> int:
         return self.page.evaluate("window.__stRuns || 0")
 
+    def _settle(self, after: int, timeout: float, what: str) -> None:
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            self.page.wait_for_function(SETTLED_JS, arg=after, timeout=timeout)
+        except PlaywrightTimeout:
+            state = self.page.evaluate(STATE_JS)
+            raise AssertionError(f"{what}: no finished script run after {after} within {timeout / 1000:.0f} s; "
+                                 f"page state {state}") from None
+        shown = self.page.evaluate(EXCEPTIONS_JS)
+        assert not shown, f"{what}: the page shows a Python exception:\n" + "\n".join(shown)
+
     def open(self, path: str = "", timeout: float = 60_000) -> AppPage:
         self.page.goto(self.url + "/" + path.lstrip("/"))
-        self.page.wait_for_function(SETTLED_JS, arg=0, timeout=timeout)
+        self._settle(0, timeout, f"open {path!r}")
         return self
 
     def rerun(self, action, timeout: float = 60_000) -> AppPage:
         """Do `action()` (a widget change) and wait until the script run it starts has finished."""
         before = self._runs()
         action()
-        self.page.wait_for_function(SETTLED_JS, arg=before, timeout=timeout)
+        self._settle(before, timeout, "rerun")
         return self
 
     def set_number(self, label: str, value: int) -> AppPage:
         box = self.page.get_by_label(label, exact=True)
         return self.rerun(lambda: (box.fill(str(value)), box.press("Enter")))
+
+    def set_text(self, label: str, value: str) -> AppPage:
+        box = self.page.get_by_label(label, exact=True)
+        return self.rerun(lambda: (box.fill(value), box.press("Enter")))
+
+    def select(self, label: str, option: str) -> AppPage:
+        """Pick `option` in the selectbox labelled `label` (it must not be the current choice)."""
+        self.page.get_by_role("combobox", name=label, exact=True).click()
+        return self.rerun(lambda: self.page.get_by_role("option", name=option, exact=True).click())
+
+    def table(self, n: int = 0):
+        """The rows st.dataframe number `n` has rendered (its grid draws only the rows in view) as a
+        DataFrame of strings, read from the grid's accessible table; a row-selection column is left out."""
+        import pandas as pd
+
+        grid = self.page.locator('[data-testid="stDataFrame"]').nth(n)
+        grid.locator("tbody td").first.wait_for(state="attached")
+        head = grid.locator('th[role="columnheader"]').all_inner_texts()
+        rows = grid.locator("tbody tr").evaluate_all(
+            "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent))")
+        width = len(rows[0]) if rows else len(head)
+        return pd.DataFrame(rows, columns=head[len(head) - width:])
+
+    def download(self, button, folder: Path) -> Path:
+        """Click a download button (a Locator) and save what the browser downloads into `folder`."""
+        with self.page.expect_download() as info:
+            button.click()
+        out = folder / info.value.suggested_filename
+        info.value.save_as(out)
+        return out
 
     def screenshot(self, name: str) -> Path | None:
         return _screenshot(self.page, name)
