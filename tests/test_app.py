@@ -30,7 +30,7 @@ def data(tmp_path, tiny_run, monkeypatch):
     """A copy of the tiny run with 6 explained latents (one failed), detection + embedding scores
     on 5 of them (AUROC rising with the latent's rank), and decisions for one score."""
     run = tmp_path / "data" / "runs" / "tiny"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("results"))  # other tests write results into the shared run
     monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path / "data"))
     store = RunStore(run)
     top, _ = store.latent_table(SET, sort="frequency", limit=6)

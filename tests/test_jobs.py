@@ -27,7 +27,7 @@ def data(tmp_path, tiny_run, smollm2_dir, monkeypatch):
     """A data folder of our own: a copy of the tiny run, and the converted SmolLM2 linked in so
     that `--model smollm2` finds it instead of converting again."""
     d = tmp_path / "data"
-    shutil.copytree(tiny_run, d / "runs" / "tiny")
+    shutil.copytree(tiny_run, d / "runs" / "tiny", ignore=shutil.ignore_patterns("results"))  # other tests write results into the shared run
     (d / "models").mkdir()
     (d / "models" / smollm2_dir.name).symlink_to(smollm2_dir)
     monkeypatch.setenv("AUTOINTERP_DATA", str(d))
