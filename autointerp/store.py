@@ -385,9 +385,9 @@ class RunStore(ResultsMixin):
     def n_latents(self, hookpoint: str) -> int:
         return int(self._sql(f"SELECT count(*) AS n FROM {self._latents(hookpoint)}").n[0])
 
-    def histogram(self, hookpoint: str, latent: int) -> tuple[np.ndarray, np.ndarray]:
-        """(bin edges, counts) of the latent's non-zero activations."""
-        s = self.latent_stats(hookpoint, latent)
+    def histogram(self, hookpoint: str, latent: int, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(bin edges, counts) of the latent's non-zero activations; pass its latent_stats to skip a query."""
+        s = stats or self.latent_stats(hookpoint, latent)
         counts = np.asarray(s["histogram"])
         return np.linspace(s["hist_lo"], s["hist_hi"], len(counts) + 1), counts
 

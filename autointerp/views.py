@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from autointerp.analysis import score_table, scorer_columns
@@ -108,9 +107,8 @@ class LatentPage:
 def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n_quantiles: int = 10,
                 per_quantile: int = 2) -> LatentPage:
     stats = store.latent_stats(hookpoint, latent)
-    counts = np.asarray(stats["histogram"], dtype=int)
-    edges = np.linspace(stats["hist_lo"], stats["hist_hi"], len(counts) + 1)  # as store.histogram, one query less
-    hist = pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": counts})
+    edges, counts = store.histogram(hookpoint, latent, stats)
+    hist = pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": counts.astype(int)})
     expl = store.latent_results("explanations", hookpoint, latent)
     history = store.latent_results("scores", hookpoint, latent)
     current = expl.explanation.iloc[0] if len(expl) else None

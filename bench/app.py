@@ -9,7 +9,6 @@ scores for every latent are added once so the result joins are exercised). Targe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from store import make_synthetic  # noqa: E402
+from store import make_synthetic, run_bench_parser  # noqa: E402
 
 from autointerp import views  # noqa: E402
 from autointerp.store import RunStore, append_results, run_path  # noqa: E402
@@ -78,12 +77,7 @@ def report(title: str, res: dict[str, tuple[float, float]]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=100)
-    ap.add_argument("--rows", type=int, default=100_000_000)
-    ap.add_argument("--synthetic-dir", default="/tmp/autointerp-synthetic")
-    ap.add_argument("--demo-run", default="demo")
-    args = ap.parse_args()
+    args = run_bench_parser(__doc__).parse_args()
     demo = run_path(args.demo_run)
     if (demo / "run.json").exists():
         store = RunStore(demo)

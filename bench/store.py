@@ -102,13 +102,18 @@ def report(title: str, res: dict[str, tuple[float, float]]) -> None:
         print(f"  {q:26s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_bench_parser(doc: str) -> argparse.ArgumentParser:
+    """Flags shared with bench/app.py: the demo run and the synthetic >= 100M-row run."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000_000)
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--synthetic-dir", default="/tmp/autointerp-synthetic")
     ap.add_argument("--demo-run", default="demo")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = run_bench_parser(__doc__).parse_args()
     demo = run_path(args.demo_run)
     if (demo / "run.json").exists():
         store = RunStore(demo)
