@@ -25,8 +25,9 @@ from autointerp.coders import CoderSpec, SparseCoder, build_coder
 from autointerp.config import CacheConfig
 from autointerp.corpus import load_texts, tokenize_contexts
 from autointerp.errors import AutointerpError
-from autointerp.store import (ACT_SCHEMA, atomic_write_bytes, atomic_write_json, finalize_latent_set, run_path,
-                              write_parquet_atomic)
+from autointerp.faults import fault_point
+from autointerp.store import (ACT_SCHEMA, atomic_write_bytes, atomic_write_json, finalize_latent_set,
+                              remove_stale_temp, run_path, write_parquet_atomic)
 from autointerp.subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,14 @@ def code_to_table(code, doc_ids: np.ndarray, ctx_len: int) -> pa.Table:
 
 
 def _token_strings(tokenizer, ids: np.ndarray) -> pa.Table:
+    """Each token id's text, and whether it is one of the subject's special (control) tokens: the
+    store shows those as one neutral marker, whatever their form (`<|im_end|>`, `<eos>`, ...)."""
     uniq = np.unique(ids)
     strings = [tokenizer.decode([int(t)]) for t in uniq]
-    return pa.table({"token_id": pa.array(uniq.astype(np.int32)), "token": pa.array(strings)})
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    return pa.table({"token_id": pa.array(uniq.astype(np.int32)), "token": pa.array(strings),
+                     "special": pa.array(np.isin(uniq, sorted(special)))})
 
 
 def _tokens_table(contexts: np.ndarray) -> pa.Table:
@@ -106,6 +112,8 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
         "subject": {"n_layers": subject.n_layers, "d_model": subject.d_model, "d_mlp": subject.d_mlp},
         "config": asdict(cfg),
     }
+    for folder in (run_dir, run_dir / "progress", *(run_dir / "acts" / n / "parts" for n in names)):
+        remove_stale_temp(folder)
     manifest = _prepare_run(run_dir, manifest, contexts, subject.tokenizer)
     if manifest.get("status") == "complete":
         log.info("run %s is already complete", run_dir)
@@ -140,9 +148,11 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
                 n_new += (stop - start) * cfg.ctx_len
             if pending is not None:
                 pending.result()
+                fault_point("cache-part-written")
             pending = writer.submit(_write_part, run_dir, names, tables, p)
         if pending is not None:
             pending.result()
+            fault_point("cache-part-written")
         stream_s = time.perf_counter() - t_start
         manifest["stream_stats"] = {"tokens": n_new, "seconds": round(stream_s, 2),
                                     "tok_per_s": round(n_new / stream_s) if n_new else None}

@@ -21,7 +21,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")  # ArgumentDefaultsHelpFormatter appends "(default: …)"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         if cls is not None:
             add_config_flags(p, cls)
         if name == "models":
-            p.add_argument("aliases", nargs="*", help="smollm2 and/or qwen1.5b (default: both)")
+            p.add_argument("aliases", nargs="*", default=[], help="smollm2 and/or qwen1.5b; both when none is named")
         p.set_defaults(func=fn)
     return parser
 

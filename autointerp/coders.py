@@ -72,12 +72,48 @@ def _check_width(x: torch.Tensor, d_in: int, what: str) -> None:
         )
 
 
+# sae-lens architectures whose `encode` this module reproduces exactly, checked against sae-lens's
+# own encode on random weights in tests/test_coders.py. Every other architecture in sae-lens's
+# registry is refused at load: the cache, store, sampling and app assume one non-negative value per
+# (token, latent) computed from that token alone, at the hookpoint the decoder writes to.
+SAE_LENS_EXACT = ("standard", "gated", "jumprelu", "topk", "matching_pursuit")
+_SAE_LENS_WHY = {
+    "abstopk": "its latents are signed (top-k by magnitude) but runs rank examples by non-negative activation",
+    "temporal": "it encodes each token from the tokens before it, but coders here see one token at a time",
+}
+
+
+def _sae_lens_refusal(architecture: str) -> str | None:
+    """Why an SAE of this sae-lens architecture cannot be used here; None when it encodes exactly."""
+    if architecture in SAE_LENS_EXACT:
+        return None
+    if architecture in _SAE_LENS_WHY:
+        return _SAE_LENS_WHY[architecture]
+    from sae_lens import Transcoder, __version__
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    if architecture not in SAE_CLASS_REGISTRY:
+        return f"sae-lens {__version__} does not know it"
+    if issubclass(SAE_CLASS_REGISTRY[architecture][0], Transcoder):
+        return "a transcoder reads one hookpoint and writes another, but a coder here encodes and decodes at one"
+    return "its encoding has not been checked against sae-lens's own here"
+
+
+def _check_sae_lens_architecture(architecture: str, source: str) -> None:
+    reason = _sae_lens_refusal(architecture)
+    if reason is not None:
+        raise AutointerpError(f"SAE {source} has sae-lens architecture {architecture!r}, which is not supported "
+                              f"({reason}): use one of {', '.join(SAE_LENS_EXACT)}")
+
+
 class SaeLensCoder:
-    """An SAE loaded through sae-lens; encoding is sae-lens's own `encode`."""
+    """An SAE loaded through sae-lens; encoding is sae-lens's own `encode` (refused at construction
+    for architectures outside SAE_LENS_EXACT)."""
 
     kind = "sae"
 
     def __init__(self, sae, hookpoint: str, source: str):
+        _check_sae_lens_architecture(sae.cfg.architecture(), source)
         self.sae = sae.eval()
         self.hookpoint = hookpoint
         self.source = source
@@ -90,7 +126,7 @@ class SaeLensCoder:
     def encode(self, x: torch.Tensor) -> SparseCode:
         _check_width(x, self.d_in, f"SAE {self.source}")
         sae = self.sae
-        if type(sae).__name__ != "TopKSAE":
+        if sae.cfg.architecture() != "topk":  # values are >= 0 (SAE_LENS_EXACT), so the top k loses nothing
             return _sparse_from_dense(sae.encode(x.to(sae.dtype)), self.k)
         # sae-lens's TopKSAE.encode step by step, minus scattering the top k into a dense
         # [n, n_latents] tensor (the same ops on the same dtype, so the same result).
@@ -128,6 +164,12 @@ def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu", dty
                                       f"`autointerp train-sae` or sae-lens's save_model")
         try:
             cfg = json.loads(cfg_file.read_text())
+        except ValueError as e:
+            raise AutointerpError(f"SAE config {cfg_file} is not valid JSON: the file is corrupt; "
+                                  f"re-train it or copy it again") from e
+        if isinstance(cfg, dict) and "architecture" in cfg:  # refuse before loading weights
+            _check_sae_lens_architecture(str(cfg["architecture"]), source)
+        try:
             sae = SAE.load_from_disk(str(path), device=device, dtype=dtype)
         except Exception as e:  # safetensors/json raise many types for a damaged file
             raise AutointerpError(f"SAE in {path} could not be read ({type(e).__name__}): the file is corrupt; "
@@ -150,9 +192,37 @@ def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu", dty
     return SaeLensCoder(sae, hp, source)
 
 
+# sparsify cfg.json fields (eai-sparsify 1.3.3 SparseCoderConfig) that leave the latents as
+# SparsifyCoder computes them: multi_topk is a training loss, skip_connection adds x @ W_skip to the
+# reconstruction only, normalize_decoder/expansion_factor act at initialisation.
+_SPARSIFY_HARMLESS = ("d_in", "k", "num_latents", "expansion_factor", "normalize_decoder", "multi_topk",
+                      "skip_connection")
+SPARSIFY_ACTIVATIONS = ("topk", "groupmax")
+_SPARSIFY_DEFAULTS = {"activation": "topk", "k": 32}  # sparsify's own, for fields a cfg.json leaves out
+_SPARSIFY_SUPPORTED = (f"use activation {' or '.join(SPARSIFY_ACTIVATIONS)}, optionally with multi_topk "
+                       f"or skip_connection")
+
+
+def _check_sparsify_cfg(cfg: dict, n_latents: int, source: str) -> None:
+    """Refuse a sparsify config whose encoding this coder would not reproduce (one line each)."""
+    activation, k = cfg["activation"], int(cfg["k"])
+    if activation not in SPARSIFY_ACTIVATIONS:
+        problem = f"activation {activation!r}"
+    elif cfg.get("transcode"):
+        problem = "transcode=true (a transcoder reads one hookpoint and writes another)"
+    elif unknown := sorted(f for f, v in cfg.items() if v and f not in (*_SPARSIFY_HARMLESS, "activation")):
+        problem = f"unknown cfg fields {', '.join(unknown)}"
+    elif activation == "groupmax" and n_latents % k:
+        problem = f"groupmax with {n_latents} latents, not divisible into k={k} groups"
+    else:
+        return
+    raise AutointerpError(f"sparsify SAE {source} has {problem}, which is not supported: {_SPARSIFY_SUPPORTED}")
+
+
 class SparsifyCoder:
     """An EleutherAI sparsify SAE folder: cfg.json + sae.safetensors (encoder.weight/bias, W_dec, b_dec).
-    Encoding follows sparsify: ReLU(encoder(x - b_dec)) then top-k."""
+    Encoding is sparsify's SparseCoder.encode op for op, in the stored dtype: ReLU(encoder(x - b_dec)),
+    then the top k (activation "topk") or the max of each of k equal groups of latents ("groupmax")."""
 
     kind = "sparsify"
 
@@ -169,28 +239,35 @@ class SparsifyCoder:
         except Exception as e:
             raise AutointerpError(f"sparsify SAE in {path} could not be read ({type(e).__name__}): "
                                   f"the file is corrupt; copy it again") from e
-        self.W_enc = w["encoder.weight"].float()  # [n_latents, d_in]
-        self.b_enc = w["encoder.bias"].float()
-        self.W_dec = w["W_dec"].float()  # [n_latents, d_in]
-        self.b_dec = w["b_dec"].float()
+        self.W_enc = w["encoder.weight"]  # [n_latents, d_in]
+        self.b_enc = w["encoder.bias"]
+        self.W_dec = w["W_dec"]  # [n_latents, d_in]
+        self.b_dec = w["b_dec"]
+        self.n_latents, self.d_in = self.W_enc.shape
+        cfg = {**_SPARSIFY_DEFAULTS, **cfg}
+        _check_sparsify_cfg(cfg, self.n_latents, str(path))
         self.k = int(cfg["k"])
+        self.activation: str = cfg["activation"]
         self.hookpoint = hookpoint
         self.source = str(path)
-        self.n_latents, self.d_in = self.W_enc.shape
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> SparseCode:
         _check_width(x, self.d_in, f"sparsify SAE {self.source}")
-        pre = torch.relu((x.float() - self.b_dec) @ self.W_enc.T + self.b_enc)
-        values, indices = pre.topk(self.k, dim=1, sorted=False)
-        return SparseCode(values, indices)
+        pre = torch.relu(torch.nn.functional.linear(x.to(self.W_enc.dtype) - self.b_dec, self.W_enc, self.b_enc))
+        if self.activation == "topk":
+            values, indices = pre.topk(self.k, dim=1, sorted=False)
+        else:  # groupmax: the largest latent of each of k consecutive groups
+            values, indices = pre.unflatten(-1, (self.k, -1)).max(dim=-1)
+            indices = indices + torch.arange(0, self.n_latents, self.n_latents // self.k)
+        return SparseCode(values.float(), indices)
 
     def decoder_directions(self) -> torch.Tensor:
-        return self.W_dec
+        return self.W_dec.float()
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "hookpoint": self.hookpoint, "source": self.source,
-                "d_in": self.d_in, "n_latents": self.n_latents, "k": self.k}
+        return {"kind": self.kind, "hookpoint": self.hookpoint, "source": self.source, "d_in": self.d_in,
+                "n_latents": self.n_latents, "k": self.k, "activation": self.activation}
 
 
 class NeuronCoder:

@@ -3,6 +3,7 @@ An answer we cannot parse is stored as a failure with its raw text, never as an 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ def parse_explanation(raw: str) -> str | None:
 
 def explain_latents(client, store: RunStore, hookpoint: str, latents: list[int], sampling: SamplingConfig,
                     cfg: ExplainConfig) -> list[dict]:
-    """One record per latent: explanation (None on failure), raw answer, error, settings."""
+    """One record per latent: explanation (None on failure), raw answer, error, settings, and the
+    windows shown (JSON [[doc_id, start], ...])."""
     prompts, rows = [], []
     for latent in latents:
         row = {"hookpoint": hookpoint, "latent": int(latent), "explanation": None, "raw": "", "error": None,
@@ -51,6 +53,8 @@ def explain_latents(client, store: RunStore, hookpoint: str, latents: list[int],
             rows.append(row)
             continue
         row["n_examples"] = len(examples)
+        # Scoring excludes exactly these windows instead of recomputing them from its own settings.
+        row["shown"] = json.dumps([[e.doc_id, e.start] for e in examples])
         prompts.append((len(rows), explainer_messages(examples, cfg.threshold, cfg.show_activations, cfg.cot)))
         rows.append(row)
     if prompts:

@@ -13,17 +13,20 @@ from tqdm.auto import tqdm
 
 from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
+from autointerp.faults import fault_point
 from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.jobs import report_progress
 from autointerp.llm import make_client
 from autointerp.llm.base import LLMConfig
-from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples, scoring_examples
+from autointerp.sampling import (SamplingConfig, TooFewExamples, explanation_examples, scoring_examples,
+                                 shown_windows)
 from autointerp.scorers import SCORERS
 from autointerp.scorers.classify import ClassifyConfig, score_classify
 from autointerp.scorers.embedding import score_embedding
 from autointerp.scorers.simulation import score_simulation
 from autointerp.scorers.surprisal import score_surprisal
-from autointerp.store import RunStore, append_results, run_path
+from autointerp.store import (RunStore, append_results, latent_seed, present, remove_stale_result_temp,
+                              run_path)
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +72,13 @@ def _chunks(items: list, size: int):
 
 def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
     store = RunStore(run_path(cfg.run))
+    remove_stale_result_temp(store.run_dir)
     latents = select_latents(store, cfg)
     done = store.explanations(cfg.hookpoint)
     if not cfg.force and len(done):
-        have = set(done[done.explanation.notna()].latent.tolist())
+        # A rerun resumes: latents with a record, explanation or recorded failure, are done (a
+        # deterministic explainer would fail the same way again); --force redoes them.
+        have = set(done.latent.tolist())
         latents = [x for x in latents if x not in have]
     client = client or _client(cfg)
     ecfg = ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
@@ -82,21 +88,27 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
         for chunk in _chunks(latents, cfg.chunk):
             part = explain_latents(client, store, cfg.hookpoint, chunk, _sampling(cfg), ecfg)
             append_results(store.run_dir, "explanations", part)
+            fault_point("explain-chunk-written")
             rows += part
             bar.update(len(chunk))
-            report_progress(bar.n, len(latents))
+            report_progress(bar.n, len(latents), failed=sum(r["explanation"] is None for r in rows))
     failed = sum(r["explanation"] is None for r in rows)
     log.info("explained %d latents (%d failures)", len(rows), failed)
     return rows
 
 
 def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanation: str, cfg: InterpretConfig,
-                 embedder=None) -> tuple[list[dict], list[dict]]:
-    """(score rows, decision rows) for every scorer on one latent's explanation."""
+                 embedder=None, shown: list[tuple[int, int]] | None = None) -> tuple[list[dict], list[dict]]:
+    """(score rows, decision rows) for every scorer on one latent's explanation. The test set
+    leaves out `shown`, the (doc_id, start) windows the explainer saw: by default those stored with
+    the explanation, recomputed from the settings only for records that predate storing them."""
     sampling = _sampling(cfg)
     base = {"hookpoint": hookpoint, "latent": int(latent), "explanation": explanation}
     try:
-        shown = explanation_examples(store, hookpoint, latent, sampling)
+        if shown is None:
+            shown = shown_windows(store, hookpoint, latent, explanation)
+        if shown is None:
+            shown = explanation_examples(store, hookpoint, latent, sampling)
         activating, negatives = scoring_examples(store, hookpoint, latent, sampling, exclude=shown,
                                                  embedder=embedder)
     except TooFewExamples as e:
@@ -117,7 +129,8 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         else:
             summary, records = score_classify(scorer, client, explanation, activating, negatives,
                                               ClassifyConfig(per_prompt=cfg.per_prompt, mode=cfg.mode,
-                                                             threshold=cfg.threshold, seed=cfg.seed))
+                                                             threshold=cfg.threshold,
+                                                             seed=latent_seed(cfg.seed, hookpoint, latent)))
             mode = cfg.mode
         sid = uuid.uuid4().hex
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
@@ -135,9 +148,10 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
     if unknown:
         raise AutointerpError(f"unknown scorers {unknown}: choose from {', '.join(SCORERS)}")
     store = RunStore(run_path(cfg.run))
+    remove_stale_result_temp(store.run_dir)
     latents = select_latents(store, cfg)
     records = store.explanations(cfg.hookpoint)
-    expl = {int(r.latent): r.explanation for r in records.itertuples() if r.explanation}
+    expl = {int(r.latent): r.explanation for r in records.itertuples() if present(r.explanation)}
     failed = [x for x in latents if x not in expl and x in set(records.latent.tolist())]
     if failed:  # their failure is already recorded; scoring the rest keeps a long job going
         log.warning("skipping %d latents whose explanation failed: %s", len(failed), failed[:10])
@@ -159,18 +173,24 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
 
         embedder = load_embedder()
     rows: list[dict] = []
+    n_failed = len(failed)  # latents that cannot be scored: failed explanations, too few examples
     with tqdm(total=len(latents), desc=f"score {cfg.hookpoint}", unit="latent") as bar:
-        report_progress(0, len(latents))
+        report_progress(0, len(latents), failed=n_failed)
         for chunk in _chunks(latents, cfg.chunk):
             scores, decisions = [], []
             for latent in chunk:
                 s, d = score_latent(client, store, cfg.hookpoint, latent, expl[latent], cfg, embedder)
                 scores += s
                 decisions += d
+                n_failed += any(r.get("error") for r in s)
                 bar.update(1)
-                report_progress(bar.n, len(latents))
+                report_progress(bar.n, len(latents), failed=n_failed)
             # decisions first: a score row is only visible once its decisions are in place
             append_results(store.run_dir, "decisions", decisions)
+            fault_point("score-between-writes")
             append_results(store.run_dir, "scores", scores)
+            fault_point("score-chunk-written")
             rows += scores
+    log.info("scored %d latents (%d could not be scored)", len(latents) - (n_failed - len(failed)),
+             n_failed)
     return rows

@@ -162,6 +162,12 @@ class Job:
         return _read_json(self.dir / "progress.json")
 
     @property
+    def failures(self) -> int:
+        """Units (latents) of all steps so far that could not be done; they are recorded, not lost."""
+        p = self.progress
+        return int(p.get("failed_total", 0)) if p else 0
+
+    @property
     def finished(self) -> float | None:
         status = self.status
         if status is not None:
@@ -332,12 +338,15 @@ def interpret_args(cfg) -> list[str]:
 
 _progress_started: float | None = None
 _step = (1, 1)
+_failed_by_step: dict[int, int] = {}
 _terminated = False
 
 
-def report_progress(done: int, total: int, unit: str = "latent") -> None:
+def report_progress(done: int, total: int, unit: str = "latent", failed: int = 0) -> None:
     """Called by the pipeline after each unit of work; a no-op outside a job. `done == 0` marks the
-    start of the timed work (after model loading), which is what the ETA's rate is measured from."""
+    start of the timed work (after model loading), which is what the ETA's rate is measured from.
+    `failed` counts this step's units that could not be done (e.g. unparseable explanations); the
+    job's total over all steps is kept in progress.json too."""
     job_dir = os.environ.get(JOB_DIR_ENV)
     if not job_dir:
         return
@@ -345,10 +354,12 @@ def report_progress(done: int, total: int, unit: str = "latent") -> None:
     now = time.time()
     if done == 0 or _progress_started is None:
         _progress_started = now
+    _failed_by_step[_step[0]] = int(failed)
     try:
         _atomic_json(Path(job_dir) / "progress.json",
                      {"done": int(done), "total": int(total), "unit": unit, "updated": now,
-                      "started": _progress_started, "step": _step[0], "n_steps": _step[1]})
+                      "started": _progress_started, "step": _step[0], "n_steps": _step[1],
+                      "failed": int(failed), "failed_total": sum(_failed_by_step.values())})
     except OSError as e:  # progress is advisory: never let it break the work
         log.warning("could not write job progress: %s", e)
 

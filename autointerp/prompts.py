@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from autointerp.store import Example
@@ -47,6 +48,28 @@ per example, in the form "Example 1: Yes" or "Example 1: No"."""
 
 ANSWERS = (" Yes", " No")  # read right after the assistant prefix "Example i:"
 
+# Worked examples for the simulation scorer in its own `token<TAB>activation` format, 0-9, as Bills
+# et al. show theirs. Features unlike the demo's Wikipedia topics, so that a small scorer has
+# nothing to copy into its predictions (the explainer's few-shots once were).
+SIMULATION_FEW_SHOT = [
+    ("closing brackets in code",
+     [("x", 0), (" =", 0), (" max", 0), ("(", 0), ("len", 0), ("(", 0), ("items", 0), ("),", 9), (" 3", 0),
+      (")", 8), ("\n", 0), ("print", 0), ("(", 0), ("x", 0), (")", 9)]),
+    ("words written in capital letters for emphasis",
+     [("She", 0), (" said", 0), (" it", 0), (" was", 0), (" VERY", 9), (" important", 1), (",", 0),
+      (" and", 0), (" NOT", 8), (" optional", 0), (".", 0)]),
+]
+
+# Text a scorer's tokenizer would read as one of its control tokens (ChatML `<|im_end|>`, Llama 3
+# `<|eot_id|>`, Gemma `<end_of_turn>`, `</s>`): corpus text is data, never the end of a turn.
+_CONTROL_LIKE = re.compile(r"<(\|[^<>|\s]{1,64}\||/?s|bos|eos|pad|unk|mask|start_of_turn|end_of_turn)>")
+
+
+def defuse(text: str) -> str:
+    """Example text safe to paste into any prompt: control-token-like strings get ‹ › instead of
+    < >, which no tokenizer maps to a special token (the text stays readable). Idempotent."""
+    return _CONTROL_LIKE.sub(lambda m: f"‹{m.group(1)}›", text)
+
 
 def highlight(example: Example, threshold: float = 0.3, max_act: float | None = None,
               positions: set[int] | None = None) -> str:
@@ -67,11 +90,11 @@ def highlight(example: Example, threshold: float = 0.3, max_act: float | None = 
         out.append(tok)
     if open_:
         out.append(">>")
-    return "".join(out)
+    return defuse("".join(out))
 
 
 def plain(example: Example) -> str:
-    return "".join(example.tokens)
+    return defuse("".join(example.tokens))
 
 
 def highlighted_spans(example: Example, threshold: float = 0.3) -> list[str]:
@@ -107,12 +130,30 @@ def explainer_messages(examples: list[Example], threshold: float = 0.3, show_act
     messages = [{"role": "system", "content": EXPLAINER_SYSTEM_COT if cot else EXPLAINER_SYSTEM}]
     for shot, answer in FEW_SHOT:
         messages += [{"role": "user", "content": shot}, {"role": "assistant", "content": answer}]
-    messages.append({"role": "user", "content": "\n".join(lines)})
+    messages.append({"role": "user", "content": defuse("\n".join(lines))})  # summary and activations too
     return messages
 
 
 def scorer_messages(system: str, explanation: str, texts: list[str]) -> list[dict]:
-    shown = "\n".join(f"Example {i}: {t}" for i, t in enumerate(texts, 1))
+    shown = "\n".join(f"Example {i}: {defuse(t)}" for i, t in enumerate(texts, 1))
     return [{"role": "system", "content": system},
-            {"role": "user", "content": f"Explanation: {explanation}\n\n{shown}\n\n"
+            {"role": "user", "content": f"Explanation: {defuse(explanation)}\n\n{shown}\n\n"
                                         f"Answer for each of the {len(texts)} examples."}]
+
+
+def simulation_line(token: str, value: str) -> str:
+    """One `token<TAB>value` line of the simulation layout (newlines in a token written as \\n)."""
+    return defuse(token).replace("\n", "\\n") + "\t" + value + "\n"
+
+
+def simulation_messages(system: str, explanation: str) -> list[dict]:
+    """The simulation prompt up to the scored text: the worked examples, then the explanation."""
+    def ask(text: str) -> dict:
+        return {"role": "user",
+                "content": f"Neuron explanation: {defuse(text)}\nPredict the activation of each token."}
+
+    messages = [{"role": "system", "content": system}]
+    for explanation_, shot in SIMULATION_FEW_SHOT:
+        answer = "<start>\n" + "".join(simulation_line(t, str(a)) for t, a in shot) + "<end>"
+        messages += [ask(explanation_), {"role": "assistant", "content": answer}]
+    return messages + [ask(explanation)]

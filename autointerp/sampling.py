@@ -4,11 +4,13 @@ Explanation examples: `top` (strongest windows), `random` (any activating window
 (equal-count slices by max activation, default 10), or `mix` (half top, half quantiles).
 Test sets: activating windows from every decile (disjoint from the explanation examples) plus
 non-activating windows, either random or hard negatives: windows whose text is close in MiniLM
-embedding space to the activating ones but where the latent is silent.
+embedding space to the activating ones but where the latent is silent. Non-activating windows are
+seeded per latent (store.latent_seed), so latents are not all tested on the same silent windows.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -34,8 +36,22 @@ class SamplingConfig:
     min_examples: int = 5
 
 
-def _key(e: Example) -> tuple[int, int]:
-    return e.doc_id, e.start
+def _key(e: Example | tuple[int, int]) -> tuple[int, int]:
+    return (int(e[0]), int(e[1])) if isinstance(e, tuple | list) else (e.doc_id, e.start)
+
+
+def shown_windows(store: RunStore, hookpoint: str, latent: int, explanation: str) -> list[tuple[int, int]] | None:
+    """The (doc_id, start) windows the explainer saw, as stored with the explanation: its newest
+    record with this text, else (a random-explanation baseline, a hand-written one) the latent's
+    newest record that has them, so both are tested on the same windows. None when only records
+    from before windows were stored exist: the caller recomputes them."""
+    df = store.latent_results("explanations", hookpoint, latent)  # newest first
+    if "shown" not in df.columns:
+        return None
+    df = df[df.shown.notna()]
+    same = df[df.explanation == explanation]
+    rows = same if len(same) else df
+    return [_key(k) for k in json.loads(rows.shown.iloc[0])] if len(rows) else None
 
 
 def explanation_examples(store: RunStore, hookpoint: str, latent: int, cfg: SamplingConfig) -> list[Example]:
@@ -67,18 +83,15 @@ class TooFewExamples(AutointerpError):
 
 
 def scoring_examples(store: RunStore, hookpoint: str, latent: int, cfg: SamplingConfig,
-                  exclude: list[Example] | None = None, embedder=None) -> tuple[list[Example], list[Example]]:
+                     exclude: list[Example] | list[tuple[int, int]] | None = None,
+                     embedder=None) -> tuple[list[Example], list[Example]]:
     """(activating, non_activating). Activating examples carry `quantile` 1..n_quantiles (10 =
-    strongest); explanation examples are excluded so scoring never tests on what was explained."""
-    skip = {_key(e) for e in exclude or []}
-    pool = store.quantile_examples(hookpoint, latent, cfg.n_quantiles, cfg.test_per_quantile + 4, seed=cfg.seed + 1)
-    activating: list[Example] = []
-    per_q: dict[int, int] = {}
-    for e in pool:
-        if _key(e) in skip or per_q.get(e.quantile, 0) >= cfg.test_per_quantile:
-            continue
-        per_q[e.quantile] = per_q.get(e.quantile, 0) + 1
-        activating.append(e)
+    strongest); explanation examples (or (doc_id, start) keys) are excluded so scoring never tests
+    on what was explained. They are left out before sampling: with `top` explanations the strongest
+    deciles would otherwise lose most of their test windows."""
+    skip = sorted({_key(e) for e in exclude or []})
+    activating = store.quantile_examples(hookpoint, latent, cfg.n_quantiles, cfg.test_per_quantile,
+                                         seed=cfg.seed + 1, exclude=skip)
     if len(activating) < cfg.min_examples:
         raise TooFewExamples(f"latent {latent} of {hookpoint} has {len(activating)} held-out activating windows; "
                              f"at least {cfg.min_examples} are needed to score it")
@@ -93,7 +106,8 @@ def scoring_examples(store: RunStore, hookpoint: str, latent: int, cfg: Sampling
 
 def hard_negatives(store: RunStore, hookpoint: str, latent: int, activating: list[Example], cfg: SamplingConfig,
                    embedder=None) -> list[Example]:
-    """Silent windows whose MiniLM embedding is closest to the mean of the activating ones."""
+    """Silent windows whose MiniLM embedding is closest to the mean of the activating ones, from a
+    pool the store seeds per latent."""
     from autointerp.embedding import load_embedder
 
     embedder = embedder or load_embedder()

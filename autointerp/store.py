@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import weakref
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import psutil
 import pyarrow.parquet as pq
 
 from autointerp.errors import AutointerpError
+from autointerp.faults import fault_point
 from autointerp.paths import data_dir
 
 log = logging.getLogger(__name__)
@@ -50,14 +53,34 @@ LATENT_SORT_COLUMNS = ("latent", "count", "frequency", "max_act", "mean_act")
 # writing
 
 
+def _tmp_prefix() -> str:
+    # The writer's pid in the name lets remove_stale_temp tell a killed writer's leftovers from a
+    # live writer's file in flight.
+    return f".tmp-{os.getpid()}-"
+
+
+def remove_stale_temp(folder: Path) -> int:
+    """Delete temporary files in `folder` left by writers that no longer run (a kill -9 mid-write)."""
+    removed = 0
+    for tmp in folder.glob(".tmp-*") if folder.is_dir() else []:
+        pid = tmp.name.split("-")[1]
+        if tmp.is_file() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d temporary files left by killed writers in %s", removed, folder)
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("mid-write")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,10 +93,11 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int = ROW_GROUP_ROWS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), suffix=".parquet", dir=path.parent)
     os.close(fd)
     try:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        fault_point("mid-write")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -156,6 +180,19 @@ def write_latent_stats(set_dir: Path, n_latents: int, n_tokens: int, bins: int =
 # reading
 
 
+def latent_seed(seed: int, hookpoint: str, latent: int) -> int:
+    """A seed of its own for each (seed, latent set, latent), the same in every process (Python's
+    hash() of a string is not), so latents are not all tested on the same windows or layouts."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, zlib.crc32(hookpoint.encode()), int(latent)])
+               .generate_state(1)[0])
+
+
+# The subject's special tokens (the EOS that joins documents, or control tokens the corpus text
+# itself contained) are shown as this one neutral marker, in prompts and in the app alike: pasted
+# as `<|im_end|>`, a ChatML scorer reads its own end of turn.
+SPECIAL_TOKEN_MARK = "⟨sep⟩"
+
+
 @dataclass
 class Example:
     """A window of tokens with one latent's activation on each token."""
@@ -198,7 +235,8 @@ RESULT_SCHEMAS = {
     "explanations": pa.schema([
         ("hookpoint", pa.string()), ("latent", pa.int32()), ("explanation", pa.string()), ("raw", pa.string()),
         ("error", pa.string()), ("model", pa.string()), ("strategy", pa.string()), ("n_examples", pa.int32()),
-        ("created_at", pa.timestamp("us"))]),
+        ("created_at", pa.timestamp("us")),
+        ("shown", pa.string())]),  # JSON [[doc_id, start], ...]: the windows the explainer saw
     "scores": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("explanation", pa.string()), ("model", pa.string()), ("mode", pa.string()), ("error", pa.string()),
@@ -210,7 +248,8 @@ RESULT_SCHEMAS = {
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
         ("prediction", pa.bool_()), ("probability", pa.float64()), ("failed", pa.bool_()), ("raw", pa.string()),
-        ("shown", pa.string())]),
+        ("shown", pa.string()),
+        ("prompt", pa.int32()), ("slot", pa.int32())]),  # detection/fuzzing: which prompt, which place in it
 }
 
 
@@ -226,13 +265,66 @@ def append_results(run_dir: Path, kind: str, rows: list[dict]) -> Path | None:
     return path
 
 
+def remove_stale_result_temp(run_dir: Path) -> None:
+    """Clear killed writers' temporary files from every results folder (called when a job starts)."""
+    for kind in RESULT_SCHEMAS:
+        remove_stale_temp(run_dir / "results" / kind)
+
+
+# (path, size, mtime_ns) -> whether its Parquet footer reads; a part is checked once per version.
+_PART_READABLE: dict[tuple[str, int, int], bool] = {}
+
+
+def _part_readable(path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:  # compacted away between the glob and now
+        return False
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _PART_READABLE:
+        try:
+            pq.read_metadata(path)
+            _PART_READABLE[key] = True
+        except (OSError, pa.ArrowException):
+            log.warning("skipping unreadable result part %s: move it aside (e.g. rename it to end in .corrupt); "
+                        "the rest of the run's results are read without it", path)
+            _PART_READABLE[key] = False
+    return _PART_READABLE[key]
+
+
+def corrupt_result_parts(run_dir: Path) -> list[Path]:
+    """Result parts whose Parquet footer does not read; every query skips them."""
+    return [p for kind in RESULT_SCHEMAS for p in sorted((run_dir / "results" / kind).glob("part-*.parquet"))
+            if not _part_readable(p)]
+
+
 def _results_glob(run_dir: Path, kind: str) -> str | None:
+    """A DuckDB list of the readable parts of results/<kind>/, or None when there are none. Parts
+    are append-only logs: one corrupt part is skipped with a warning, never the whole run."""
     d = run_dir / "results" / kind
-    return str(d / "part-*.parquet") if d.is_dir() and any(d.glob("part-*.parquet")) else None
+    parts = [p for p in sorted(d.glob("part-*.parquet")) if _part_readable(p)] if d.is_dir() else []
+    if not parts:
+        return None
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts) + "]"
 
 
 def _empty(kind: str) -> pd.DataFrame:
     return RESULT_SCHEMAS[kind].empty_table().to_pandas()
+
+
+def _nulls_to_none(df: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Missing strings as None, never NaN: NaN is truthy, so `if row.explanation` once took a failed
+    explanation for a real one and crashed scoring."""
+    for f in RESULT_SCHEMAS[kind]:
+        if pa.types.is_string(f.type) and f.name in df.columns:
+            col = df[f.name].astype(object)
+            df[f.name] = col.where(col.notna(), None)
+    return df
+
+
+def present(value) -> bool:
+    """A stored string that is there and not empty (None, NaN and pd.NA are all absent)."""
+    return isinstance(value, str) and bool(value.strip())
 
 
 class ResultsMixin:
@@ -243,9 +335,9 @@ class ResultsMixin:
         if src is None:
             return _empty(kind)
         where = "WHERE hookpoint = ?" if hookpoint else ""
-        return self._sql(f"""SELECT * FROM read_parquet('{src}', union_by_name = true) {where}
+        return _nulls_to_none(self._sql(f"""SELECT * FROM read_parquet({src}, union_by_name = true) {where}
                              QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY created_at DESC) = 1
-                             ORDER BY {keys}""", [hookpoint] if hookpoint else [])
+                             ORDER BY {keys}""", [hookpoint] if hookpoint else []), kind)
 
     def explanations(self, hookpoint: str | None = None) -> pd.DataFrame:
         """Latest explanation record per (hookpoint, latent), failures included (explanation NULL)."""
@@ -254,6 +346,10 @@ class ResultsMixin:
     def scores(self, hookpoint: str | None = None) -> pd.DataFrame:
         """Latest score per (hookpoint, latent, scorer)."""
         return self._latest("scores", "hookpoint, latent, scorer", hookpoint)
+
+    def corrupt_parts(self) -> list[Path]:
+        """Result parts that every query skips because they do not read (shown by the app)."""
+        return corrupt_result_parts(self.run_dir)
 
     def results_version(self) -> float:
         """Changes whenever a results part lands (for caches that must see new results)."""
@@ -265,15 +361,17 @@ class ResultsMixin:
         src = _results_glob(self.run_dir, kind)
         if src is None:
             return _empty(kind)
-        return self._sql(f"SELECT * FROM read_parquet('{src}', union_by_name = true) "
-                         f"WHERE hookpoint = ? AND latent = ? ORDER BY created_at DESC", [hookpoint, int(latent)])
+        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
+                                        f"WHERE hookpoint = ? AND latent = ? ORDER BY created_at DESC",
+                                        [hookpoint, int(latent)]), kind)
 
     def decisions(self, score_id: str) -> pd.DataFrame:
         src = _results_glob(self.run_dir, "decisions")
         if src is None:
             return _empty("decisions")
-        return self._sql(f"SELECT * FROM read_parquet('{src}', union_by_name = true) WHERE score_id = ? "
-                         f"ORDER BY activating DESC, quantile DESC, doc_id, start", [score_id])
+        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
+                                        f"WHERE score_id = ? ORDER BY activating DESC, quantile DESC, doc_id, start",
+                                        [score_id]), "decisions")
 
 
 class RunStore(ResultsMixin):
@@ -307,8 +405,12 @@ class RunStore(ResultsMixin):
             try:
                 return self._con.execute(query, params or []).df()
             except (duckdb.IOException, duckdb.InvalidInputException) as e:
+                first = str(e).splitlines()[0][:200]
+                if str(self.run_dir / "results") in str(e):
+                    raise AutointerpError(f"run {self.run_dir.name}: a result part is unreadable ({first}): "
+                                          f"move that file aside and reload") from e
                 raise AutointerpError(f"run {self.run_dir.name}: a data file is unreadable "
-                                      f"({str(e).splitlines()[0][:160]}): re-run `autointerp cache`") from e
+                                      f"({first}): re-run `autointerp cache`") from e
 
     def _acts(self, hookpoint: str) -> str:
         if hookpoint not in self._sets:
@@ -332,9 +434,15 @@ class RunStore(ResultsMixin):
 
     @property
     def token_strings(self) -> dict[int, str]:
+        """Each token id's text, the subject's special tokens as SPECIAL_TOKEN_MARK. Mapped here, at
+        read time, so runs cached before the mapping are fixed too: runs without the `special`
+        column (recorded at cache time) recognise special tokens by their `<|...|>` form."""
         if self._strings is None:
-            df = self._sql(f"SELECT token_id, token FROM read_parquet('{self.run_dir / 'token_strings.parquet'}')")
-            self._strings = dict(zip(df.token_id.tolist(), df.token.tolist()))
+            df = self._sql(f"SELECT * FROM read_parquet('{self.run_dir / 'token_strings.parquet'}')")
+            special = (df.special.fillna(False).astype(bool) if "special" in df.columns
+                       else df.token.str.fullmatch(r"<\|[^|\s]+\|>").fillna(False))
+            tokens = df.token.where(~special, SPECIAL_TOKEN_MARK)
+            self._strings = dict(zip(df.token_id.tolist(), tokens.tolist()))
         return self._strings
 
     # -- run level ------------------------------------------------------------------------------
@@ -394,10 +502,14 @@ class RunStore(ResultsMixin):
     # -- examples -------------------------------------------------------------------------------
 
     def _windows(self, hookpoint: str, latent: int, order: str, limit: int | None,
-                 n_quantiles: int | None = None, seed: int = 0) -> pd.DataFrame:
+                 n_quantiles: int | None = None, seed: int = 0,
+                 exclude: list[tuple[int, int]] | None = None) -> pd.DataFrame:
         """Activating windows of a latent (doc_id, w, mx, q) chosen by `order`, with every
-        activation in them (pos, value)."""
+        activation in them (pos, value). `exclude` ((doc_id, start) keys, quantiles only) is left
+        out after the quantiles are cut and before sampling, so each quantile keeps its quota."""
         w = self.window
+        skip = sorted({int(d) * 65536 + (int(s) - 1) // w for d, s in exclude or []})  # w < 2**16 (int16 pos)
+        keep = "WHERE NOT list_contains(?::BIGINT[], doc_id::BIGINT * 65536 + w)" if skip else ""
         # DuckDB's multi-argument hash keeps the order for nearby seeds; a hashed string mixes well.
         shuffle = f"hash(doc_id::VARCHAR || ':' || w::VARCHAR || ':{int(seed)}')"
         if order == "top":
@@ -407,7 +519,8 @@ class RunStore(ResultsMixin):
         elif order == "quantiles":
             pick = f"""SELECT doc_id, w, mx, q FROM (
                            SELECT *, row_number() OVER (PARTITION BY q ORDER BY {shuffle}) AS r
-                           FROM (SELECT *, ntile({int(n_quantiles)}) OVER (ORDER BY mx, doc_id, w) AS q FROM win))
+                           FROM (SELECT *, ntile({int(n_quantiles)}) OVER (ORDER BY mx, doc_id, w) AS q FROM win)
+                           {keep})
                        WHERE r <= {int(limit)}"""
         else:
             raise ValueError(order)
@@ -417,7 +530,7 @@ class RunStore(ResultsMixin):
                  win AS (SELECT doc_id, w, max(value) AS mx FROM a GROUP BY doc_id, w),
                  chosen AS ({pick})
             SELECT c.doc_id, c.w, c.mx, c.q, a.pos, a.value FROM chosen c JOIN a USING (doc_id, w)""",
-                         [int(latent)])
+                         [int(latent)] + ([skip] if skip and order == "quantiles" else []))
 
     def _to_examples(self, df: pd.DataFrame) -> list[Example]:
         out = []
@@ -446,22 +559,24 @@ class RunStore(ResultsMixin):
         return sorted(ex, key=lambda e: (e.doc_id, e.start))
 
     def quantile_examples(self, hookpoint: str, latent: int, n_quantiles: int = 10, per_quantile: int = 5,
-                          seed: int = 0) -> list[Example]:
+                          seed: int = 0, exclude: list[tuple[int, int]] | None = None) -> list[Example]:
         """Activating windows sorted by max activation, cut into n_quantiles equal-count slices,
-        per_quantile sampled from each (seeded). Example.quantile: 1 = weakest slice."""
+        per_quantile sampled from each (seeded) among those not in `exclude` ((doc_id, start)
+        keys). Example.quantile: 1 = weakest slice."""
         ex = self._to_examples(self._windows(hookpoint, latent, "quantiles", per_quantile,
-                                             n_quantiles=n_quantiles, seed=seed))
+                                             n_quantiles=n_quantiles, seed=seed, exclude=exclude))
         return sorted(ex, key=lambda e: (-(e.quantile or 0), -e.max_act, e.doc_id))
 
     def non_activating_examples(self, hookpoint: str, latent: int, n: int = 20, seed: int = 0) -> list[Example]:
-        """Random windows (seeded) where the latent never fires."""
+        """Random windows where the latent never fires, seeded per (seed, hookpoint, latent) so
+        each latent gets its own."""
         active = self._sql(f"SELECT DISTINCT doc_id, (pos - 1) // {self.window} AS w "
                            f"FROM {self._acts(hookpoint)} WHERE latent = ?", [int(latent)])
         n_ctx, width = self.tokens.shape
         per_ctx = -(-(width - 1) // self.window)
         taken = set((active.doc_id * per_ctx + active.w).tolist())
         free = n_ctx * per_ctx - len(taken)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(latent_seed(seed, hookpoint, latent))
         chosen: list[int] = []
         seen = set(taken)
         while len(chosen) < min(n, free):

@@ -49,6 +49,9 @@ def pick_run() -> tuple[dict, RunStore]:
     except AutointerpError as e:
         st.error(str(e))
         st.stop()
+    for part in store.corrupt_parts():
+        st.warning(f"Skipping an unreadable result part: {part}. Move it aside (e.g. rename it to end in "
+                   f"`.corrupt`); everything else in this run is shown without it.", icon="⚠️")
     return run, store
 
 

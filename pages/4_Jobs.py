@@ -33,7 +33,9 @@ def job_list() -> None:
                 step = f"step {p.get('step', 1)}/{p.get('n_steps', 1)} · " if p.get("n_steps", 1) > 1 else ""
                 head.progress(min(1.0, p["done"] / p["total"]),
                               text=f"{step}{p['done']}/{p['total']} {p.get('unit', '')}s")
-            head.caption(f"elapsed {ui.fmt_seconds(job.elapsed_s)} · ETA {ui.fmt_seconds(job.eta_s)}")
+            failures = (f" · {job.failures} failures summed over steps (recorded, see the log)"
+                        if job.failures else "")
+            head.caption(f"elapsed {ui.fmt_seconds(job.elapsed_s)} · ETA {ui.fmt_seconds(job.eta_s)}{failures}")
             if state == "failed" and job.error:
                 head.error(job.error)
             if state == "running" and side.button("Cancel", key=f"cancel-{job.id}"):

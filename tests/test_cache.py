@@ -1,9 +1,4 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -80,39 +75,3 @@ def test_empty_corpus_is_a_one_line_error(tmp_path, tiny_subject):
         cache_run(cfg, subject=tiny_subject)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "r").exists()
-
-
-def _cache_cmd(run: Path, model: Path, sae: Path) -> list[str]:
-    return [sys.executable, "-m", "autointerp.cli", "cache", "--run", str(run), "--model", str(model),
-            "--coders", f"sae:{sae}", "topk:4@mlp_neurons.1", "--tokens", str(64 * 160),
-            "--part-contexts", "8", "--batch-contexts", "4"]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path, tiny_model_dir, tiny_sae_dir, tiny_run, sig):
-    """Kill a real `autointerp cache` process midway (kill -9 or Ctrl-C), start it again, and compare
-    with an uninterrupted run of the same settings."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    ref, run = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cache_cmd(ref, tiny_model_dir, tiny_sae_dir), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_cache_cmd(run, tiny_model_dir, tiny_sae_dir), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((run / "progress").glob("*.done"))) < 4:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    n_done = len(list((run / "progress").glob("*.done")))
-    assert 4 <= n_done < 20, f"kill landed outside the caching phase ({n_done} parts done)"
-    assert json.loads((run / "run.json").read_text())["status"] == "caching"
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and b"resume" in err
-    resumed = subprocess.run(_cache_cmd(run, tiny_model_dir, tiny_sae_dir), env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    for name in ("resid_post.2", "mlp_neurons.1-topk4"):
-        a = _rows(ref, name).sort_values(["latent", "doc_id", "pos"]).reset_index(drop=True)
-        b = _rows(run, name).sort_values(["latent", "doc_id", "pos"]).reset_index(drop=True)
-        assert len(b) == len(a) > 0
-        assert not b.duplicated(["latent", "doc_id", "pos"]).any()
-        pd.testing.assert_frame_equal(a, b)
-    assert not list(run.rglob(".tmp-*"))

@@ -29,6 +29,15 @@ def test_flags_come_from_the_dataclass_configs():
     assert args.autocast is False and args.lr == 0.01
 
 
+def test_every_help_line_states_its_default_once():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        text = " ".join(p.format_help().split())  # argparse wraps long lines
+        assert text.count("(default:") == sum(1 for a in p._actions if a.help and a.default is not None
+                                              and a.dest != "help"), name
+
+
 @pytest.mark.parametrize("coder, message", [
     ("topk:4@resid_post.9", "names layer 9"),
     ("topk:4@attn_out.1", "unknown hookpoint"),

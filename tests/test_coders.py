@@ -1,41 +1,102 @@
+import dataclasses
 import json
+import typing
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from sae_lens import Transcoder
+from sae_lens.registry import SAE_CLASS_REGISTRY
 
-from autointerp.coders import CoderSpec, build_coder, load_sae
+from autointerp.coders import SAE_LENS_EXACT, CoderSpec, SaeLensCoder, build_coder, load_sae
 from autointerp.errors import AutointerpError
 
+# Every architecture sae-lens can load, plus top-k variants with decoder-norm rescaling (as our
+# trained SAEs): each must encode exactly as sae-lens does or be refused at load.
+SAE_LENS_VARIANTS = [(a, {}) for a in sorted(SAE_CLASS_REGISTRY)] + \
+    [(a, {"rescale_acts_by_decoder_norm": True}) for a in ("topk", "abstopk")]
+# Each sparsify cfg flag set away from its default, and each activation (checked against sparsify's
+# SparseCoderConfig in test_sparsify_variants_cover_its_config).
+SPARSIFY_VARIANTS = {"topk": {}, "groupmax": {"activation": "groupmax"}, "multi_topk": {"multi_topk": True},
+                     "skip_connection": {"skip_connection": True}, "transcode": {"transcode": True},
+                     "normalize_decoder=false": {"normalize_decoder": False}}
 
-def _sae_lens_sae(architecture: str, d_in: int = 64, d_sae: int = 128, hook: str = "blocks.2.hook_resid_post"):
-    from sae_lens import SAE
 
+def _report(library: str, variant: str, dtype: str, result: str) -> None:
+    """One row of docs/reliability.md's coder exactness table (shown with pytest -s)."""
+    print(f"\nEXACTNESS | {library} | {variant} | {dtype} | {result}")
+
+
+def _randomize(module: torch.nn.Module, seed: int = 1) -> None:
+    """Random weights (biases and thresholds too), so that every parameter matters to the encoding."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+
+
+def _sae_lens_cfg(architecture: str, d_in: int, d_sae: int, hook: str) -> dict:
     cfg = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": True, "normalize_activations": "none", "metadata": {"hook_name": hook}}
-    if architecture == "topk":
-        cfg.update(k=8, rescale_acts_by_decoder_norm=True)  # as our trained SAEs
-    sae = SAE.from_dict(cfg)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
+    if architecture in ("topk", "abstopk"):
+        cfg["k"] = 8
+    if architecture == "temporal":  # its defaults need d_in divisible by n_heads * bottleneck_factor
+        cfg.update(n_heads=2, bottleneck_factor=8, kval_topk=8)
+    if issubclass(SAE_CLASS_REGISTRY[architecture][0], Transcoder):
+        cfg.update(apply_b_dec_to_input=False, d_out=d_in)
+        cfg["metadata"]["hook_name_out"] = hook.replace("resid_post", "resid_mid")
+    return cfg
+
+
+def _sae_lens_sae(architecture: str, d_in: int = 64, d_sae: int = 128, hook: str = "blocks.2.hook_resid_post",
+                  **extra):
+    from sae_lens import SAE
+
+    sae = SAE.from_dict({**_sae_lens_cfg(architecture, d_in, d_sae, hook), **extra})
+    _randomize(sae)
     return sae
 
 
+def _acts(subject, n_docs: int = 3, seq: int = 12) -> torch.Tensor:
+    ids = torch.randint(0, 1000, (n_docs, seq))
+    return subject.activations(ids, ["resid_post.2"])["resid_post.2"].reshape(-1, 64)
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def test_sae_lens_exact_list_names_registered_architectures():
+    assert set(SAE_LENS_EXACT) <= set(SAE_CLASS_REGISTRY)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("architecture", ["topk", "standard", "jumprelu"])
-def test_our_encoding_equals_sae_lens_encode(tmp_path, tiny_subject, architecture, dtype):
+@pytest.mark.parametrize("architecture,extra", SAE_LENS_VARIANTS,
+                         ids=[a + ("+rescale" if e else "") for a, e in SAE_LENS_VARIANTS])
+def test_every_sae_lens_architecture_encodes_exactly_or_is_refused(tmp_path, tiny_subject, architecture, extra,
+                                                                   dtype):
     from sae_lens import SAE
 
-    _sae_lens_sae(architecture).save_model(tmp_path / "sae")
-    coder = build_coder(CoderSpec.parse(f"sae:{tmp_path / 'sae'}"), tiny_subject, dtype=dtype)
+    variant = architecture + ("+rescale" if extra else "")
+    sae = _sae_lens_sae(architecture, **extra)
+    sae.save_model(tmp_path / "sae")
+    spec = CoderSpec.parse(f"sae:{tmp_path / 'sae'}")
+    if architecture not in SAE_LENS_EXACT:
+        with pytest.raises(AutointerpError, match=f"architecture '{architecture}'.*use one of standard") as e:
+            build_coder(spec, tiny_subject, dtype=dtype)
+        assert "\n" not in str(e.value)
+        with pytest.raises(AutointerpError, match=f"'{architecture}'"):  # loaded by other means (release/id)
+            SaeLensCoder(sae, "resid_post.2", "in-memory")
+        _report("sae-lens", variant, dtype, f"refused: {e.value}")
+        return
+    coder = build_coder(spec, tiny_subject, dtype=dtype)
     reference = SAE.load_from_disk(str(tmp_path / "sae"), dtype=dtype)  # sae-lens's own, loaded separately
     assert coder.hookpoint == "resid_post.2"
-    x = tiny_subject.activations(torch.randint(0, 1000, (3, 12)), ["resid_post.2"])["resid_post.2"].reshape(-1, 64)
+    x = _acts(tiny_subject) * 4  # larger inputs: more latents fire, and the code is signed if it can be
     code = coder.encode(x)
-    expected = reference.encode(x.to(reference.dtype)).float()
+    with torch.no_grad():
+        expected = reference.encode(x.to(reference.dtype)).float()
     assert int((expected != 0).sum()) > 0
+    _report("sae-lens", variant, dtype, f"{_max_abs_diff(code.to_dense(128), expected):g}")
     torch.testing.assert_close(code.to_dense(128), expected, rtol=0, atol=0)
     if architecture == "topk":
         assert code.values.shape == (36, 8)
@@ -52,21 +113,63 @@ def test_trained_demo_style_sae_loads_with_sae_lens_and_matches(tiny_sae_dir, ti
     torch.testing.assert_close(coder.encode(x).to_dense(256), sae.encode(x))
 
 
-def test_sparsify_folder_encodes_like_sparsify(tmp_path, tiny_subject):
-    torch.manual_seed(0)
-    d, n, k = 64, 96, 5
-    w = {"encoder.weight": torch.randn(n, d), "encoder.bias": torch.randn(n), "W_dec": torch.randn(n, d),
-         "b_dec": torch.randn(d)}
-    (tmp_path / "cfg.json").write_text(json.dumps({"k": k, "num_latents": n, "d_in": d}))
-    save_file(w, tmp_path / "sae.safetensors")
-    coder = build_coder(CoderSpec.parse(f"sparsify:{tmp_path}@resid_post.1"), tiny_subject)
-    x = torch.randn(10, d)
+def test_sparsify_variants_cover_its_config():
+    from sparsify import SparseCoderConfig
+
+    fields = {f.name: f for f in dataclasses.fields(SparseCoderConfig)}
+    flags = {name for name, f in fields.items() if f.type in (bool, "bool")}
+    activations = set(typing.get_args(typing.get_type_hints(SparseCoderConfig)["activation"]))
+    assert flags <= {next(iter(v)) for v in SPARSIFY_VARIANTS.values() if v and "activation" not in v}
+    assert activations == {v.get("activation", "topk") for v in SPARSIFY_VARIANTS.values()}
+
+
+def _sparsify_dir(tmp_path, dtype: torch.dtype = torch.float32, num_latents: int = 128, k: int = 8, **cfg):
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    sae = SparseCoder(64, SparseCoderConfig(num_latents=num_latents, k=k, **cfg), dtype=dtype)
+    _randomize(sae)
+    sae.save_to_disk(tmp_path / "sparsify")
+    return tmp_path / "sparsify"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("variant", list(SPARSIFY_VARIANTS))
+def test_every_sparsify_config_encodes_exactly_or_is_refused(tmp_path, tiny_subject, variant, dtype):
+    from sparsify import SparseCoder
+
+    folder = _sparsify_dir(tmp_path, getattr(torch, dtype), **SPARSIFY_VARIANTS[variant])
+    spec = CoderSpec.parse(f"sparsify:{folder}@resid_post.2")
+    if variant == "transcode":
+        with pytest.raises(AutointerpError, match="transcode.*use activation topk or groupmax") as e:
+            build_coder(spec, tiny_subject)
+        assert "\n" not in str(e.value)
+        _report("eai-sparsify", variant, dtype, f"refused: {e.value}")
+        return
+    coder = build_coder(spec, tiny_subject)
+    reference = SparseCoder.load_from_disk(folder)  # sparsify's own
+    x = _acts(tiny_subject) * 4
     code = coder.encode(x)
-    pre = torch.relu((x - w["b_dec"]) @ w["encoder.weight"].T + w["encoder.bias"])
-    top = pre.topk(k, dim=1)
-    dense = torch.zeros(10, n).scatter(1, top.indices, top.values)
-    torch.testing.assert_close(code.to_dense(n), dense)
-    assert coder.decoder_directions().shape == (n, d)
+    with torch.no_grad():
+        out = reference.encode(x.to(reference.dtype))
+    expected = torch.zeros(x.shape[0], 128).scatter(1, out.top_indices, out.top_acts.float())
+    assert int((expected != 0).sum()) > 0
+    _report("eai-sparsify", variant, dtype, f"{_max_abs_diff(code.to_dense(128), expected):g}")
+    torch.testing.assert_close(code.to_dense(128), expected, rtol=0, atol=0)
+    torch.testing.assert_close(coder.decoder_directions(), reference.W_dec.float())
+
+
+def test_sparsify_folders_we_cannot_encode_are_refused(tmp_path, tiny_subject):
+    folder = _sparsify_dir(tmp_path / "a", num_latents=100, activation="groupmax")
+    with pytest.raises(AutointerpError, match="groupmax with 100 latents, not divisible into k=8"):
+        build_coder(CoderSpec.parse(f"sparsify:{folder}@resid_post.2"), tiny_subject)
+    folder = _sparsify_dir(tmp_path / "b")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "signed": True, "activation": "abstopk"}))
+    with pytest.raises(AutointerpError, match="activation 'abstopk'"):
+        build_coder(CoderSpec.parse(f"sparsify:{folder}@resid_post.2"), tiny_subject)
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "signed": True}))
+    with pytest.raises(AutointerpError, match="unknown cfg fields signed"):
+        build_coder(CoderSpec.parse(f"sparsify:{folder}@resid_post.2"), tiny_subject)
 
 
 def test_neuron_topk_and_random_coders(tiny_subject):
@@ -106,6 +209,15 @@ def test_missing_or_corrupt_sae_files_are_clear_errors(tmp_path, tiny_subject):
         load_sae(str(sae_dir))
     with pytest.raises(AutointerpError, match="no cfg.json"):
         load_sae(str(tmp_path / "absent"))
+
+
+def test_sae_architecture_unknown_to_sae_lens_is_refused_before_loading(tmp_path):
+    sae_dir = tmp_path / "sae"
+    _sae_lens_sae("topk").save_model(sae_dir)
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    (sae_dir / "cfg.json").write_text(json.dumps({**cfg, "architecture": "batchtopk"}))  # a training-only one
+    with pytest.raises(AutointerpError, match="'batchtopk'.*does not know it.*use one of standard"):
+        load_sae(str(sae_dir))
 
 
 def test_coder_specs_reject_bad_text():

@@ -10,14 +10,18 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import psutil
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from autointerp import jobs
 from autointerp.cli import build_parser, config_from_args
 from autointerp.config import InterpretConfig
 from autointerp.store import RunStore
 
+ROOT = Path(__file__).resolve().parent.parent
 SET = "resid_post.2"
 pytestmark = pytest.mark.slow
 
@@ -137,3 +141,38 @@ def test_jobs_are_found_again_from_a_fresh_process(data):
     assert '"name": "tiny"' in listed[1][3][0]  # `autointerp runs` printed the copied run
     assert jobs.get_job(done.id).state == "done" and jobs.get_job("../x") is None
     assert [j.id for j in jobs.list_jobs(data)] == [failed.id, done.id]
+
+
+def test_one_failed_explanation_is_skipped_and_counted_by_a_real_explain_then_score_job(data):
+    """A latent too rare to explain is stored as a failed explanation (NULL); the score step must
+    skip and count it, not take the NULL for an explanation (NaN is truthy) and crash."""
+    store = RunStore(data / "runs" / "tiny")
+    frequent, _ = store.latent_table(SET, sort="frequency", limit=2)
+    rare, _ = store.latent_table(SET, sort="count", descending=False, min_frequency=1e-9, limit=1)
+    assert int(rare["count"][0]) < 5  # fewer activations than min_examples: its explanation fails
+    latents = [*frequent.latent.tolist(), int(rare.latent[0])]
+    cfg = InterpretConfig(run="tiny", hookpoint=SET, latents=latents, model="smollm2", n_explain=6,
+                          test_per_quantile=1, n_negative=6, scorers=["embedding"], chunk=1)
+    args = jobs.interpret_args(cfg)
+    job = jobs.launch_steps([("explain", args), ("score", args)], title="explain then score, one fails")
+    _wait(job, lambda j: j.state != "running")
+    assert job.state == "done", job.log_tail(40)
+    log_text = "\n".join(job.log_tail(200))
+    assert "Traceback" not in log_text
+    assert "skipping 1 latents whose explanation failed" in log_text and "(1 could not be scored)" in log_text
+    assert job.progress["failed"] == 1 and job.failures == 2  # the same latent, in the explain and the score step
+    expl = RunStore(data / "runs" / "tiny").explanations(SET).set_index("latent")
+    assert expl.loc[int(rare.latent[0]), "explanation"] is None
+    assert expl.loc[int(rare.latent[0]), "error"].startswith(f"latent {int(rare.latent[0])} of {SET} has")
+    scores = RunStore(data / "runs" / "tiny").scores(SET)
+    assert sorted(scores.latent) == sorted(frequent.latent.tolist())  # the others are scored
+    assert scores.auroc.notna().all() and scores.error.isna().all()
+    # and the CLI alone, on the same stored failure
+    out = subprocess.run([sys.executable, "-m", "autointerp.cli", "score", *args, "--force"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert out.returncode == 0, out.stderr
+    assert "skipping 1 latents whose explanation failed" in out.stderr and "Traceback" not in out.stderr
+    # the Jobs page shows the count
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Jobs.py"), default_timeout=120).run()
+    assert not at.exception
+    assert any("2 failures summed over steps" in c.value for c in at.caption), [c.value for c in at.caption]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pytest
@@ -100,3 +102,39 @@ def test_bad_requests_and_corrupt_files_are_one_line_errors(store, tiny_run, tmp
     with pytest.raises(AutointerpError, match="unreadable") as e:
         RunStore(broken).top_examples(SET, 0)
     assert "\n" not in str(e.value)
+
+
+def test_one_corrupt_result_part_is_skipped_with_a_warning_and_the_run_still_opens(tiny_run, tmp_path, caplog,
+                                                                                    monkeypatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from autointerp.store import append_results
+
+    run = tmp_path / "data" / "runs" / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("results"))
+    append_results(run, "explanations", [{"hookpoint": SET, "latent": 1, "explanation": "kept", "model": "m"}])
+    append_results(run, "scores", [{"score_id": "a", "hookpoint": SET, "latent": 1, "scorer": "embedding",
+                                    "explanation": "kept", "auroc": 0.7, "n": 10, "n_failed": 0}])
+    bad = run / "results" / "scores" / "part-0-garbage.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet at all")
+    store = RunStore(run)
+    with caplog.at_level("WARNING", logger="autointerp.store"):
+        scores = store.scores(SET)
+    assert scores.auroc.tolist() == [0.7]  # the good part is read, the bad one skipped
+    assert str(bad) in caplog.text and "move it aside" in caplog.text
+    assert store.explanations(SET).explanation.tolist() == ["kept"]
+    assert store.corrupt_parts() == [bad]
+    # the app opens the run and says which file it skipped
+    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path / "data"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert any(str(bad) in w.value and "Move it aside" in w.value for w in at.warning)
+    # moved aside, it is gone from every notice
+    bad.rename(bad.with_name(bad.name + ".corrupt"))
+    assert RunStore(run).corrupt_parts() == []
+    # a corrupt activation file keeps its one-line error with the cache advice
+    (run / "acts" / SET / "acts.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(AutointerpError, match="re-run `autointerp cache`"):
+        RunStore(run).top_examples(SET, 0)

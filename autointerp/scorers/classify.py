@@ -1,7 +1,11 @@
 """Detection and fuzzing: several examples per prompt (default 5, as in the paper), one decision
 each. In logprob mode the probability of " Yes" vs " No" is read right after "Example i:" in the
 assistant turn (one forward per example, all sharing the prompt's KV cache); in generate mode the
-answer is generated and parsed, and an example without a parseable line is a failure."""
+answer is generated and parsed, and an example without a parseable line is a failure.
+
+Layout: every slot of a prompt holds activating examples in proportion to the whole test set, so no
+slot is systematically the activating one; the layout is seeded per latent (not per explanation),
+so a true and a random explanation of one latent are judged on the same prompts."""
 
 from __future__ import annotations
 
@@ -19,18 +23,70 @@ class ClassifyConfig:
     per_prompt: int = 5
     mode: str = "logprob"  # logprob | generate
     threshold: float = 0.3
-    seed: int = 0
+    seed: int = 0  # layout and false highlights; pass store.latent_seed(seed, hookpoint, latent)
 
 
-def _shown_text(scorer: str, example: Example, activating: bool, rng: random.Random, n_marks: int,
-                threshold: float) -> str:
+def slot_layout(n_act: int, n_neg: int, per_prompt: int, rng: random.Random) -> list[list[bool]]:
+    """Per prompt, per slot: does it hold an activating example? Each slot position (a column
+    across prompts) gets activating examples in proportion to its size (largest remainder, ties
+    broken at random); which prompts get them within a column is random."""
+    total = n_act + n_neg
+    sizes = [min(per_prompt, total - i) for i in range(0, total, per_prompt)]
+    columns = [[g for g, size in enumerate(sizes) if size > s] for s in range(max(sizes, default=0))]
+    quota = [divmod(n_act * len(c), total) for c in columns]  # (whole part, remainder) of n_act*|c|/total
+    extra = sorted(range(len(columns)), key=lambda s: (-quota[s][1], rng.random()))
+    k = [q for q, _ in quota]
+    for s in extra[: n_act - sum(k)]:
+        k[s] += 1
+    layout = [[False] * size for size in sizes]
+    for s, column in enumerate(columns):
+        for g in rng.sample(column, k[s]):
+            layout[g][s] = True
+    return layout
+
+
+def _spans(marked: list[bool]) -> list[tuple[int, int]]:
+    """(start, length) of each run of marked tokens."""
+    out: list[tuple[int, int]] = []
+    for i, m in enumerate(marked):
+        if m and (i == 0 or not marked[i - 1]):
+            out.append((i, 1))
+        elif m:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+    return out
+
+
+def false_highlight(n_tokens: int, template: Example, threshold: float, rng: random.Random) -> set[int]:
+    """Positions to mark in a silent window: the span layout (number and lengths of spans) of a
+    real activating example, placed at random, not overlapping or touching (so spans stay apart).
+    Spans that do not fit a shorter window are dropped."""
+    lengths = [n for _, n in _spans([a > 0 and a >= threshold * template.max_act for a in template.acts])]
+    rng.shuffle(lengths)
+    while lengths and sum(lengths) + len(lengths) - 1 > n_tokens:
+        lengths.pop()
+    k = len(lengths)
+    if not k:
+        return set()
+    slack = n_tokens - sum(lengths) - (k - 1)
+    bars = sorted(rng.sample(range(slack + k), k))  # stars and bars: slack split into k + 1 gaps
+    gaps = [bars[0]] + [b - a - 1 for a, b in zip(bars, bars[1:])]
+    marked, pos = set(), 0
+    for gap, length in zip(gaps, lengths):
+        pos += gap
+        marked.update(range(pos, pos + length))
+        pos += length + 1  # the one token that keeps spans apart
+    return marked
+
+
+def _shown_text(scorer: str, example: Example, activating: bool, rng: random.Random,
+                templates: list[Example], threshold: float) -> str:
     if scorer == "detection":
         return plain(example)
-    if activating:
+    if activating or not templates:
         return highlight(example, threshold)
-    # Silent window: mark as many random tokens as a typical activating example has marks.
-    k = max(1, min(n_marks, len(example.tokens)))
-    return highlight(example, positions=set(rng.sample(range(len(example.tokens)), k)))
+    # Silent window: the highlight shape of a real activating example (seeded choice), so the
+    # shape of the marks does not give the answer away.
+    return highlight(example, positions=false_highlight(len(example.tokens), rng.choice(templates), threshold, rng))
 
 
 def _parse_lines(raw: str, n: int) -> list[bool | None]:
@@ -47,11 +103,11 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
     """(summary, per-example decision records) for detection or fuzzing."""
     rng = random.Random(cfg.seed)
     system = DETECTION_SYSTEM if scorer == "detection" else FUZZING_SYSTEM
-    marks = [sum(1 for a in e.acts if a > 0 and a >= cfg.threshold * e.max_act) for e in activating]
-    n_marks = int(sorted(marks)[len(marks) // 2]) if marks else 1
-    items = [(e, True) for e in activating] + [(e, False) for e in negatives]
-    rng.shuffle(items)
-    shown = [_shown_text(scorer, e, act, rng, n_marks, cfg.threshold) for e, act in items]
+    act_order, neg_order = rng.sample(activating, len(activating)), rng.sample(negatives, len(negatives))
+    layout = slot_layout(len(activating), len(negatives), cfg.per_prompt, rng)
+    items = [(act_order.pop(), True) if is_act else (neg_order.pop(), False) for slots in layout for is_act in slots]
+    where = [(g, s) for g, slots in enumerate(layout) for s in range(len(slots))]  # (prompt, slot) of each item
+    shown = [_shown_text(scorer, e, act, rng, activating, cfg.threshold) for e, act in items]
     groups = [list(range(i, min(i + cfg.per_prompt, len(items)))) for i in range(0, len(items), cfg.per_prompt)]
     probs: list[float | None] = [None] * len(items)
     preds: list[bool | None] = [None] * len(items)
@@ -81,6 +137,6 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
     decisions = [Decision(act, preds[i], probs[i], (e.quantile or 0) if act else 0) for i, (e, act) in enumerate(items)]
     records = [{"doc_id": e.doc_id, "start": e.start, "activating": act, "quantile": d.quantile,
                 "prediction": d.prediction, "probability": d.probability, "failed": d.failed, "raw": raws[i],
-                "shown": shown[i]}
+                "shown": shown[i], "prompt": where[i][0], "slot": where[i][1]}
                for i, ((e, act), d) in enumerate(zip(items, decisions))]
     return summarize(decisions), records

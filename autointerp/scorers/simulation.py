@@ -1,6 +1,7 @@
 """Simulation scorer (Bills et al. 2023, "all at once"): the scorer LM reads the explanation and
-the text laid out one token per line as `token<TAB>unknown`; at each `unknown` position, the
-distribution over the digits 0-9 gives an expected activation, all from one forward pass. Score:
+the text laid out one token per line as `token<TAB>unknown`, after worked examples in the same
+format (prompts.SIMULATION_FEW_SHOT); at each `unknown` position, the distribution over the digits
+0-9 gives an expected activation, all from one forward pass. Score:
 Pearson correlation of predicted and true activations over all tokens concatenated (silent
 windows count as zeros), and per activation quantile (that quantile's windows plus the silent ones).
 Our scale is 0-9, not 0-10: "10" shares its first token with "1" in these tokenizers."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from autointerp.errors import AutointerpError
+from autointerp.prompts import simulation_line, simulation_messages
 from autointerp.store import Example
 
 SYSTEM = """We're studying neurons in a neural network. Each neuron looks for some particular thing
@@ -21,13 +23,10 @@ DIGITS = [str(i) for i in range(10)]
 
 
 def _layout(client, explanation: str, example: Example) -> tuple[list[int], list[int]]:
-    messages = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"Neuron explanation: {explanation}\n"
-                                            f"Predict the activation of each token."}]
-    ids = client.token_ids(client.chat_text(messages, "<start>\n"))
+    ids = client.token_ids(client.chat_text(simulation_messages(SYSTEM, explanation), "<start>\n"))
     positions = []
     for tok in example.tokens:
-        ids += client.token_ids(tok.replace("\n", "\\n") + "\t")
+        ids += client.token_ids(simulation_line(tok, "")[:-1])  # `token<TAB>`; the digit comes next
         positions.append(len(ids) - 1)
         ids += client.token_ids("unknown\n")
     return ids, positions

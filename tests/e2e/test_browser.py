@@ -58,6 +58,10 @@ def test_overview_shows_the_run_and_its_latent_sets(app, e2e_data):
     assert sets.loc[e2e_data.neuron_set, "explained"] == "0"
     total = sets.latents.astype(int).sum()  # 4,096 SAE latents + 1,536 MLP neurons
     expect(page.get_by_text(f"5 of {total:,} latents explained, 5 scored.")).to_be_visible()
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    expect(nav.get_by_text("Overview", exact=True)).to_be_visible()  # not the entry script's name
+    assert nav.get_by_text("app", exact=True).count() == 0
+    assert page.get_by_role("button", name="Deploy").count() == 0  # toolbarMode = "viewer"
     app.screenshot("overview")
 
 

@@ -1,0 +1,43 @@
+"""Overview page: runs, subject model, coders, tokens cached, how many latents are
+explained and scored, score summaries. Layout only; data comes from autointerp."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import streamlit as st  # noqa: E402
+
+from autointerp import ui, views  # noqa: E402
+
+
+st.set_page_config(page_title="autointerp", layout="wide")
+st.title("autointerp")
+st.caption("Automatically interpreted sparse-autoencoder latents: browse, read explanations and their scores, "
+           "launch re-explanation and rescoring.")
+
+run, store = ui.pick_run()
+cols = st.columns(4)
+cols[0].metric("Subject model", run.get("model", "?"))
+cols[1].metric("Tokens cached", f"{run.get('n_tokens', 0):,}")
+cols[2].metric("Latent sets", len(store.hookpoints()))
+cols[3].metric("Status", run.get("status", "?"))
+st.caption(f"Corpus: {run.get('corpus', '?')}, contexts of {run.get('ctx_len', '?')} tokens; "
+           f"created {run.get('created', '?')}")
+
+if not store.hookpoints():
+    st.info("This run is still caching; latent sets appear here as they are finalized.")
+    st.stop()
+
+st.subheader("Latent sets")
+summary = views.set_summary(store)
+st.dataframe(summary, hide_index=True, width="stretch")
+ui.table_download(summary, f"{run['name']}-latent-sets", key="dl-sets")
+explained, scored = int(summary.explained.sum()), int(summary.scored.sum())
+total = int(summary.latents.sum())
+st.write(f"**{explained:,}** of {total:,} latents explained, **{scored:,}** scored.")
+if scored == 0:
+    st.info("No scores yet. `autointerp demo` starts explaining and scoring a default set of latents in the "
+            "background (see Jobs); or select latents on the Browse page and launch a job.")
+st.warning(views.VALIDITY_NOTE, icon="⚠️")
