@@ -77,6 +77,16 @@ def cmd_score(args) -> None:
               f"failures={r['n_failed']}")
 
 
+def cmd_validate(args) -> None:
+    from autointerp.validity import run_validate
+
+    summary = run_validate(config_from_args(InterpretConfig, args))
+    print(f"{'scorer':12s} {'n':>3s} {'true':>6s} {'random':>7s} {'neutral':>7s} {'diff':>6s}  95% CI          verdict")
+    for r in summary.itertuples():
+        print(f"{r.scorer:12s} {r.n_latents:3d} {r.true_mean:6.3f} {r.random_mean:7.3f} {r.neutral_mean:7.3f} "
+              f"{r.diff:6.3f}  [{r.ci_lo:6.3f}, {r.ci_hi:6.3f}]  {'validated' if r.validated else 'NOT validated'}")
+
+
 def cmd_export(args) -> None:
     from autointerp.export import export_run
 
@@ -105,7 +115,9 @@ COMMANDS = {
     "cache": (cmd_cache, CacheConfig, "cache sparse-coder activations over a corpus into a run folder"),
     "demo": (cmd_demo, DemoConfig, "build the demo run end to end: model, SAEs, cache (idempotent)"),
     "explain": (cmd_explain, InterpretConfig, "explain chosen latents with an LLM (append-only, resumable)"),
-    "score": (cmd_score, InterpretConfig, "score explanations: detection, fuzzing, embedding"),
+    "score": (cmd_score, InterpretConfig, "score explanations: detection, fuzzing, embedding, surprisal, simulation"),
+    "validate": (cmd_validate, InterpretConfig, "does each scorer tell true from random explanations? paired "
+                 "bootstrap CI over latents, stored for the app"),
     "export": (cmd_export, ExportConfig, "write a run's figures (png/svg/pdf) and tables (CSV) to a folder"),
     "models": (cmd_models, None, "prepare the embedded models (assemble, hash-check, convert once)"),
     "runs": (cmd_runs, None, "list cached runs"),

@@ -96,6 +96,8 @@ class InterpretConfig:
     mode: str = _help("detection/fuzzing answers: logprob (probabilities) or generate (parsed text)",
                       default="logprob")
     per_prompt: int = _help("examples per detection/fuzzing prompt", default=5)
+    calibrate: bool = _help("logprob detection/fuzzing: score each example by logit P(Yes | explanation) - "
+                            "logit P(Yes | a neutral explanation) on the same prompts", default=True)
     test_per_quantile: int = _help("activating test examples per decile", default=2)
     n_negative: int = _help("non-activating test examples", default=20)
     negatives: str = _help("non-activating examples: random or hard (MiniLM-similar)", default="random")

@@ -250,6 +250,17 @@ RESULT_SCHEMAS = {
         ("prediction", pa.bool_()), ("probability", pa.float64()), ("failed", pa.bool_()), ("raw", pa.string()),
         ("shown", pa.string()),
         ("prompt", pa.int32()), ("slot", pa.int32())]),  # detection/fuzzing: which prompt, which place in it
+    "validity": pa.schema([
+        ("validation_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
+        ("which", pa.string()), ("explanation", pa.string()), ("value", pa.float64()), ("n", pa.int32()),
+        ("n_failed", pa.int32()), ("error", pa.string()), ("model", pa.string()), ("mode", pa.string()),
+        ("created_at", pa.timestamp("us"))]),
+    "validity_summary": pa.schema([
+        ("validation_id", pa.string()), ("hookpoint", pa.string()), ("scorer", pa.string()), ("model", pa.string()),
+        ("mode", pa.string()), ("calibrated", pa.bool_()), ("n_latents", pa.int32()), ("true_mean", pa.float64()),
+        ("random_mean", pa.float64()), ("neutral_mean", pa.float64()), ("diff", pa.float64()),
+        ("ci_lo", pa.float64()), ("ci_hi", pa.float64()), ("validated", pa.bool_()),
+        ("created_at", pa.timestamp("us"))]),
 }
 
 
@@ -346,6 +357,19 @@ class ResultsMixin:
     def scores(self, hookpoint: str | None = None) -> pd.DataFrame:
         """Latest score per (hookpoint, latent, scorer)."""
         return self._latest("scores", "hookpoint, latent, scorer", hookpoint)
+
+    def validity(self, hookpoint: str | None = None) -> pd.DataFrame:
+        """Latest validity summary per (hookpoint, scorer): is the scorer validated on this run?"""
+        return self._latest("validity_summary", "hookpoint, scorer", hookpoint)
+
+    def validity_details(self, validation_id: str) -> pd.DataFrame:
+        """Per-latent values (true, random, neutral explanation) behind one validation."""
+        src = _results_glob(self.run_dir, "validity")
+        if src is None:
+            return _empty("validity")
+        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
+                                        f"WHERE validation_id = ? ORDER BY scorer, latent, which", [validation_id]),
+                              "validity")
 
     def corrupt_parts(self) -> list[Path]:
         """Result parts that every query skips because they do not read (shown by the app)."""

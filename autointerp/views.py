@@ -11,10 +11,47 @@ from autointerp.analysis import score_table, scorer_columns
 from autointerp.store import Example, RunStore
 
 # What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.
-VALIDITY_NOTE = ("On CPU only the embedding scorer is validated: on the demo it separates true from random "
-                 "explanations (AUROC 0.61 vs 0.51), while Qwen2.5-1.5B detection and fuzzing do not (0.43 vs 0.40, "
-                 "0.44 vs 0.43; docs/benchmarks.md). For meaningful detection/fuzzing scores rescore with a bigger "
-                 "model through the vllm or openai backend.")
+VALIDITY_MARKS = {True: "✓ validated", False: "✗ not validated", None: "? not measured"}
+VALIDITY_HELP = ("Validated = on this run, the scorer scores latents' own explanations above random ones "
+                 "(another latent's), paired bootstrap 95% CI over latents above 0 (`autointerp validate`).")
+
+
+def validity_status(store: RunStore, hookpoint: str) -> dict[str, bool]:
+    """scorer -> validated on this latent set (latest validation); scorers never validated are absent."""
+    v = store.validity(hookpoint)
+    return {r.scorer: bool(r.validated) for r in v.itertuples()}
+
+
+def validity_mark(status: dict[str, bool], scorer: str) -> str:
+    return VALIDITY_MARKS[status.get(scorer)]
+
+
+def validity_table(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
+    """The latest validation of each scorer on each latent set, ready to show."""
+    v = store.validity(hookpoint)
+    if v.empty:
+        return pd.DataFrame()
+    out = v.assign(verdict=[VALIDITY_MARKS[bool(x)] for x in v.validated])
+    cols = ["hookpoint", "scorer", "verdict", "n_latents", "true_mean", "random_mean", "neutral_mean", "diff",
+            "ci_lo", "ci_hi", "model", "mode", "calibrated", "created_at"]
+    return out[cols].rename(columns={"hookpoint": "latent set", "n_latents": "n latents", "true_mean": "true",
+                                     "random_mean": "random", "neutral_mean": "neutral", "ci_lo": "CI low",
+                                     "ci_hi": "CI high"})
+
+
+def validity_summary_text(store: RunStore) -> tuple[bool, str]:
+    """(any scorer measured, one line per latent set) for the Overview page."""
+    v = store.validity()
+    if v.empty:
+        return False, ("No scorer has been validated on this run yet, so no score here is known to tell a good "
+                       "explanation from a random one. Run `autointerp validate --run RUN --hookpoint SET "
+                       "--random 10` (the demo's background job runs a small one).")
+    lines = []
+    for hp, g in v.groupby("hookpoint"):
+        parts = [f"{r.scorer} {'✓' if r.validated else '✗'} ({r.diff:+.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}], "
+                 f"n={r.n_latents})" for r in g.itertuples()]
+        lines.append(f"{hp}: " + ", ".join(parts))
+    return True, "Scorer validity, true minus random explanation with 95% CI: " + "; ".join(lines)
 
 
 def set_summary(store: RunStore) -> pd.DataFrame:

@@ -40,4 +40,5 @@ st.write(f"**{explained:,}** of {total:,} latents explained, **{scored:,}** scor
 if scored == 0:
     st.info("No scores yet. `autointerp demo` starts explaining and scoring a default set of latents in the "
             "background (see Jobs); or select latents on the Browse page and launch a job.")
-st.warning(views.VALIDITY_NOTE, icon="⚠️")
+measured, validity_text = views.validity_summary_text(store)
+(st.info if measured else st.warning)(validity_text, icon="🔬" if measured else "⚠️")

@@ -76,7 +76,10 @@ columns = {"frequency": st.column_config.NumberColumn(format="%.5f"),
            "max_act": st.column_config.NumberColumn("max activation", format="%.3f"),
            "mean_act": st.column_config.NumberColumn("mean activation", format="%.3f"),
            "explanation": st.column_config.TextColumn(width="large")}
-columns.update({s: st.column_config.NumberColumn(format="%.3f") for s in scorers})
+status = views.validity_status(store, hookpoint)
+columns.update({s: st.column_config.NumberColumn(f"{s} {views.validity_mark(status, s).split()[0]}", format="%.3f",
+                                                 help=f"{views.validity_mark(status, s)}. {views.VALIDITY_HELP}")
+                for s in scorers})
 event = st.dataframe(page, hide_index=True, width="stretch", column_config=columns, key="latents",
                      on_select="rerun", selection_mode="multi-row")
 ui.table_download(filtered, f"{run['name']}-{hookpoint}-latents", key="dl-latents", label="CSV (all matching)")

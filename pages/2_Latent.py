@@ -52,13 +52,15 @@ else:
 
 if len(data.scores):
     st.subheader("Scores")
-    shown = data.scores[["scorer", "auroc", "balanced_accuracy", "f1", "correlation", "n", "n_failed", "error",
-                         "model", "mode", "created_at"]].rename(columns={"n_failed": "failures"})
+    status = views.validity_status(store, hookpoint)
+    shown = data.scores.assign(validity=[views.validity_mark(status, s) for s in data.scores.scorer])
+    shown = shown[["scorer", "validity", "auroc", "balanced_accuracy", "f1", "correlation", "n", "n_failed", "error",
+                   "model", "mode", "created_at"]].rename(columns={"n_failed": "failures"})
     st.dataframe(shown, hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.3f")
                                 for k in ("auroc", "balanced_accuracy", "f1", "correlation")})
     st.caption("Failures are malformed LLM answers: counted next to each score, never folded into it. "
-               + views.VALIDITY_NOTE)
+               + views.VALIDITY_HELP)
 
 left, right = st.columns([1, 1])
 with left:

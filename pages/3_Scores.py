@@ -17,7 +17,20 @@ sets = store.hookpoints()
 scope = st.sidebar.selectbox("Latent sets", ["all", *sets])
 hookpoint = None if scope == "all" else scope
 st.title("Scores" + (f" · {hookpoint}" if hookpoint else " · all latent sets"))
-st.caption(analysis.HEADLINE_LABEL + ". " + views.VALIDITY_NOTE)
+st.caption(analysis.HEADLINE_LABEL + ".")
+
+st.subheader("Does each scorer measure anything?")
+validity = views.validity_table(store, hookpoint)
+if validity.empty:
+    st.warning("No validation on this run yet: run `autointerp validate` (true vs random explanations per "
+               "scorer); until then no score on this page is known to tell a good explanation from a bad one.")
+else:
+    st.dataframe(validity, hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                for k in ("true", "random", "neutral", "diff", "CI low", "CI high")})
+    st.caption(views.VALIDITY_HELP + " true / random / neutral: mean headline score of the latents' own, "
+               "another latent's and a contentless explanation on the same test examples.")
+    ui.table_download(validity, f"{run['name']}-{scope}-validity", key="dl-validity")
 
 table = analysis.score_table(store, hookpoint)
 if table.empty:

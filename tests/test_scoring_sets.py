@@ -302,7 +302,6 @@ def test_fuzzing_marks_silent_windows_with_spans_like_the_real_ones(store, tiny_
 # 7. simulation's worked example ----------------------------------------------------------------------
 
 def test_simulation_prompt_shows_a_worked_example_first(tiny_llm):
-    from autointerp.prompts import SIMULATION_FEW_SHOT
     from autointerp.scorers.simulation import _layout
 
     example = Example(0, 1, [0] * 3, [" the", " river", "\n"], [0.0, 1.0, 0.0])
@@ -310,6 +309,8 @@ def test_simulation_prompt_shows_a_worked_example_first(tiny_llm):
     text = tiny_llm.tok.decode(ids)
     before = text[: text.index("Neuron explanation: rivers")]
     assert len(re.findall(r"\t[1-9]\n", before)) >= 2  # worked answers in the 0-9 format
+    from autointerp.prompts import SIMULATION_FEW_SHOT
+
     assert all(explanation in before for explanation, _ in SIMULATION_FEW_SHOT)
     assert not re.search(r"river|lake|sea|city|war|year", " ".join(e for e, _ in SIMULATION_FEW_SHOT))
     assert len(positions) == 3
