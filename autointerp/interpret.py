@@ -98,7 +98,8 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
 
 
 def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanation: str, cfg: InterpretConfig,
-                 embedder=None, shown: list[tuple[int, int]] | None = None) -> tuple[list[dict], list[dict]]:
+                 embedder=None, shown: list[tuple[int, int]] | None = None,
+                 neutral_cache: dict | None = None) -> tuple[list[dict], list[dict]]:
     """(score rows, decision rows) for every scorer on one latent's explanation. The test set
     leaves out `shown`, the (doc_id, start) windows the explainer saw: by default those stored with
     the explanation, recomputed from the settings only for records that predate storing them."""
@@ -127,11 +128,13 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
             summary, records = score_simulation(client, explanation, activating, negatives)
             mode = "all-at-once"
         else:
+            calibrate = cfg.calibrate and cfg.mode == "logprob"
             summary, records = score_classify(scorer, client, explanation, activating, negatives,
                                               ClassifyConfig(per_prompt=cfg.per_prompt, mode=cfg.mode,
                                                              threshold=cfg.threshold,
-                                                             seed=latent_seed(cfg.seed, hookpoint, latent)))
-            mode = cfg.mode
+                                                             seed=latent_seed(cfg.seed, hookpoint, latent),
+                                                             calibrate=calibrate), neutral_cache)
+            mode = cfg.mode + ("-calibrated" if calibrate else "")
         sid = uuid.uuid4().hex
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
                                                                 "recall", "f1", "auroc", "accuracy", "correlation")},

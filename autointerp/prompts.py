@@ -36,13 +36,13 @@ FEW_SHOT = [
 ]
 
 DETECTION_SYSTEM = """You are an intelligent and meticulous linguistics researcher.
-You will be given an explanation of a feature of a language model and several numbered text
-examples. For each example, decide whether the feature activates anywhere in it, based on the
+You will be given several numbered text examples and then an explanation of a feature of a
+language model. For each example, decide whether the feature activates anywhere in it, based on the
 explanation. Answer one line per example, in the form "Example 1: Yes" or "Example 1: No"."""
 
 FUZZING_SYSTEM = """You are an intelligent and meticulous linguistics researcher.
-You will be given an explanation of a feature of a language model and several numbered text
-examples in which some tokens are wrapped in << >>. For each example, decide whether the marked
+You will be given several numbered text examples in which some tokens are wrapped in << >>, and
+then an explanation of a feature of a language model. For each example, decide whether the marked
 tokens are correctly marked: exactly the kind of tokens the explanation describes. Answer one line
 per example, in the form "Example 1: Yes" or "Example 1: No"."""
 
@@ -134,10 +134,16 @@ def explainer_messages(examples: list[Example], threshold: float = 0.3, show_act
     return messages
 
 
+# The explanation that describes nothing: calibration's reference and validity's floor.
+NEUTRAL_EXPLANATION = "Ordinary words in ordinary text"
+
+
 def scorer_messages(system: str, explanation: str, texts: list[str]) -> list[dict]:
+    """Examples first, explanation last: prompts that differ only in the explanation (a latent's own,
+    a random one, the neutral one) then share the examples as a prefix that is computed once."""
     shown = "\n".join(f"Example {i}: {defuse(t)}" for i, t in enumerate(texts, 1))
     return [{"role": "system", "content": system},
-            {"role": "user", "content": f"Explanation: {defuse(explanation)}\n\n{shown}\n\n"
+            {"role": "user", "content": f"{shown}\n\nExplanation: {defuse(explanation)}\n\n"
                                         f"Answer for each of the {len(texts)} examples."}]
 
 

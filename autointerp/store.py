@@ -249,7 +249,8 @@ RESULT_SCHEMAS = {
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
         ("prediction", pa.bool_()), ("probability", pa.float64()), ("failed", pa.bool_()), ("raw", pa.string()),
         ("shown", pa.string()),
-        ("prompt", pa.int32()), ("slot", pa.int32())]),  # detection/fuzzing: which prompt, which place in it
+        ("prompt", pa.int32()), ("slot", pa.int32()),  # detection/fuzzing: which prompt, which place in it
+        ("p_explanation", pa.float64()), ("p_neutral", pa.float64())]),  # calibration's two read-outs of P(Yes)
     "validity": pa.schema([
         ("validation_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("which", pa.string()), ("explanation", pa.string()), ("value", pa.float64()), ("n", pa.int32()),

@@ -11,6 +11,7 @@ own scores.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 
@@ -99,7 +100,9 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
         for latent in sorted(expl):
             neutral_cache: dict = {}  # the neutral pass of calibration, shared by the three explanations
             for which, text in (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION)):
-                scores, _ = score_latent(client, store, cfg.hookpoint, latent, text, cfg, embedder,
+                # the neutral explanation is read uncalibrated: calibrated against itself it is 0.5
+                one = cfg if which != "neutral" else dataclasses.replace(cfg, calibrate=False)
+                scores, _ = score_latent(client, store, cfg.hookpoint, latent, text, one, embedder,
                                          neutral_cache=neutral_cache)
                 rows += [{"validation_id": validation_id, "hookpoint": cfg.hookpoint, "latent": int(latent),
                           "scorer": s["scorer"], "which": which, "explanation": text, "value": headline_value(s),

@@ -1,18 +1,25 @@
-"""Does a scorer measure anything? True explanation vs a random one (another latent's) on the
-same test examples, per scorer, with a paired bootstrap 95% CI over latents.
+"""Does a scorer measure anything? For N random latents: the latent's explanation, a random one
+(another latent's) and the neutral one, scored on the same test examples, per scorer; paired
+bootstrap 95% CI over latents of true - random. Detection and fuzzing are read out both calibrated
+(logit P(Yes | explanation) - logit P(Yes | neutral)) and uncalibrated (P(Yes | explanation))
+from the same forward passes, so the two are compared on identical prompts.
 
-    .venv/bin/python bench/validity.py [--model qwen1.5b] [--latents 10] [--per-prompt 5]
-        [--scorers detection fuzzing embedding]
+    .venv/bin/python bench/validity.py [--model qwen1.5b] [--latents 30] [--per-prompt 5]
+        [--scorers detection fuzzing embedding surprisal simulation] [--out results.json]
 
-Latents: N random latents of the run's set active on at least 100 tokens (seeded). A scorer
-measures something when AUROC(true) - AUROC(random) has a CI above 0.
+Latents: N random latents of the set with enough activating windows to explain and test (seeded);
+explained first when they have no explanation yet (stored in the run like `autointerp explain`).
+Also printed: seconds per scored example per scorer, and the per-latent standard error of AUROC
+at this test-set size (bootstrap over the latent's test examples).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,53 +32,107 @@ import numpy as np  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
 from autointerp.embedding import load_embedder  # noqa: E402
-from autointerp.explain import ExplainConfig, explain_latents  # noqa: E402
-from autointerp.interpret import score_latent  # noqa: E402
+from autointerp.interpret import run_explain, score_latent, select_latents  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
-from autointerp.sampling import SamplingConfig  # noqa: E402
-from autointerp.store import RunStore, run_path  # noqa: E402
+from autointerp.metrics import auroc, paired_bootstrap_ci  # noqa: E402
+from autointerp.prompts import NEUTRAL_EXPLANATION  # noqa: E402
+from autointerp.store import RunStore, present, run_path  # noqa: E402
+from autointerp.validity import headline_value, random_explanations  # noqa: E402
 
 
-def bootstrap_ci(diffs: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+def auroc_se(labels: np.ndarray, values: np.ndarray, n_boot: int = 300, seed: int = 0) -> float:
+    """Bootstrap standard error of one latent's AUROC over its test examples."""
     rng = np.random.default_rng(seed)
-    means = rng.choice(diffs, size=(n, len(diffs)), replace=True).mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    out = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(labels), len(labels))
+        a = auroc(labels[idx], values[idx])
+        if a is not None:
+            out.append(a)
+    return float(np.std(out)) if out else float("nan")
 
 
 def main() -> None:
-    ap = llm_bench_parser(__doc__, latents=10)
-    ap.add_argument("--scorers", nargs="+", default=["detection", "fuzzing", "embedding"])
+    ap = llm_bench_parser(__doc__, latents=30)
+    ap.add_argument("--scorers", nargs="+", default=["detection", "fuzzing", "embedding", "surprisal", "simulation"])
+    ap.add_argument("--out", default="", help="write the per-latent values as JSON here")
     args = ap.parse_args()
     t0 = time.time()
-    store = RunStore(run_path(args.run))
     cfg = InterpretConfig(run=args.run, hookpoint=args.hookpoint, scorers=args.scorers, per_prompt=args.per_prompt,
-                          model=args.model)
-    # random latents active on at least 100 tokens, so every decile has test windows
-    active, _ = store.latent_table(args.hookpoint, min_frequency=100 / store.info["n_tokens"], limit=100_000)
-    latents = np.random.default_rng(0).choice(active.latent.to_numpy(), args.latents, replace=False).tolist()
+                          model=args.model, random=args.latents, calibrate=True, batch_size=16)
+    store = RunStore(run_path(args.run))
+    latents = select_latents(store, cfg)
     client = TransformersClient(LLMConfig(model=args.model, batch_size=16))
-    sampling = SamplingConfig(n_explain=cfg.n_explain, min_examples=cfg.min_examples)
-    rows = explain_latents(client, store, args.hookpoint, latents, sampling, ExplainConfig())
-    pairs = [(r["latent"], r["explanation"]) for r in rows if r["explanation"]]
+    t_explain = time.time()
+    # explanations by this bench's model: the others (e.g. a test model's) are redone
+    have = {int(r.latent) for r in store.explanations(args.hookpoint).itertuples()
+            if present(r.explanation) and r.model == client.name}
+    todo = [x for x in latents if x not in have]
+    if todo:
+        run_explain(InterpretConfig(**{**cfg.__dict__, "random": 0, "latents": todo, "force": True}), client=client)
+    t_explain = time.time() - t_explain
+    expl = {int(r.latent): r.explanation for r in store.explanations(args.hookpoint).itertuples()
+            if present(r.explanation) and int(r.latent) in set(latents)}
+    others = random_explanations(expl, cfg.seed)
     embedder = load_embedder()
-    auroc = {s: {"true": [], "random": []} for s in args.scorers}
-    for i, (latent, expl) in enumerate(pairs):
-        other = pairs[(i + 1) % len(pairs)][1]
-        for kind, text in (("true", expl), ("random", other)):
-            scores, _ = score_latent(client, store, args.hookpoint, latent, text, cfg, embedder)
-            for s in scores:
-                auroc[s["scorer"]][kind].append(s["auroc"] if s["auroc"] is not None else np.nan)
-        print(f"latent {latent}: {expl!r} (random: {other!r})", flush=True)
-    print(f"\n{args.model}, {len(pairs)} latents of {args.hookpoint}, {args.per_prompt} examples per prompt, "
-          f"{time.time() - t0:.0f} s")
-    print(f"{'scorer':12s} {'AUROC true':>10s} {'AUROC random':>12s} {'diff':>6s}  95% CI (paired bootstrap)")
-    for s, d in auroc.items():
+    values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    seconds: dict[tuple[str, str], list[float]] = defaultdict(list)
+    n_examples: dict[tuple[str, str], int] = defaultdict(int)
+    ses: dict[str, list[float]] = defaultdict(list)
+    per_latent = []
+    for latent in sorted(expl):
+        cache: dict = {}
+        for which, text in (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION)):
+            for scorer in args.scorers:  # one scorer at a time, to time each
+                t = time.time()
+                # the neutral explanation is read uncalibrated: calibrated against itself it is 0.5
+                one = InterpretConfig(**{**cfg.__dict__, "scorers": [scorer], "calibrate": which != "neutral"})
+                scores, decisions = score_latent(client, store, args.hookpoint, latent, text, one, embedder,
+                                                 neutral_cache=cache)
+                seconds[(scorer, which)].append(time.time() - t)
+                n_examples[(scorer, which)] += len(decisions)
+                s = scores[0]
+                values[(scorer, "calibrated" if scorer in ("detection", "fuzzing") else "-")][which].append(
+                    headline_value(s))
+                if scorer in ("detection", "fuzzing") and decisions:
+                    labels = np.array([d["activating"] for d in decisions])
+                    raw = np.array([np.nan if d["p_explanation"] is None else d["p_explanation"] for d in decisions])
+                    ok = ~np.isnan(raw)
+                    a = auroc(labels[ok], raw[ok])
+                    values[(scorer, "uncalibrated")][which].append(float("nan") if a is None else a)
+                    if which == "true":
+                        cal = np.array([np.nan if d["probability"] is None else d["probability"] for d in decisions])
+                        ses[scorer].append(auroc_se(labels[~np.isnan(cal)], cal[~np.isnan(cal)]))
+                elif which == "true" and decisions and scorer != "simulation":
+                    labels = np.array([d["activating"] for d in decisions])
+                    prob = np.array([np.nan if d["probability"] is None else d["probability"] for d in decisions])
+                    ses[scorer].append(auroc_se(labels[~np.isnan(prob)], prob[~np.isnan(prob)]))
+                per_latent.append({"latent": latent, "which": which, "scorer": scorer, "value": headline_value(s),
+                                   "explanation": text})
+        print(f"latent {latent}: {expl[latent]!r} (random: {others[latent]!r})", flush=True)
+    total = time.time() - t0
+    print(f"\n{args.model}, {len(expl)} latents of {args.hookpoint} ({len(latents)} chosen), {args.per_prompt} per "
+          f"prompt; explain {t_explain:.0f} s, total {total:.0f} s")
+    print(f"{'scorer':11s} {'read-out':13s} {'true':>6s} {'random':>7s} {'neutral':>7s} {'diff':>6s}  95% CI (paired)"
+          f"       n")
+    for (scorer, variant), d in values.items():
         t, r = np.array(d["true"]), np.array(d["random"])
+        neutral = np.nanmean(d["neutral"]) if d["neutral"] else float("nan")
         ok = ~(np.isnan(t) | np.isnan(r))
-        lo, hi = bootstrap_ci(t[ok] - r[ok])
-        print(f"{s:12s} {np.mean(t[ok]):10.3f} {np.mean(r[ok]):12.3f} {np.mean(t[ok] - r[ok]):6.3f}  "
-              f"[{lo:.3f}, {hi:.3f}]")
+        lo, hi = paired_bootstrap_ci(t[ok] - r[ok]) if ok.sum() >= 2 else (float("nan"), float("nan"))
+        print(f"{scorer:11s} {variant:13s} {np.mean(t[ok]):6.3f} {np.mean(r[ok]):7.3f} {neutral:7.3f} "
+              f"{np.mean(t[ok] - r[ok]):6.3f}  [{lo:6.3f}, {hi:6.3f}]  {ok.sum():3d}")
+    # The true explanation's pass also runs the neutral pass (calibration); the random one reuses it
+    # from the cache: their ratio is what calibration costs per example for one explanation.
+    print(f"\n{'scorer':11s} {'s/example':>9s} {'(with neutral)':>14s} {'ratio':>6s} {'AUROC SE/latent':>16s}")
+    for scorer in args.scorers:
+        per_ex = {w: sum(seconds[(scorer, w)]) / max(1, n_examples[(scorer, w)]) for w in ("true", "random")}
+        se = np.nanmean(ses[scorer]) if ses[scorer] else float("nan")
+        print(f"{scorer:11s} {per_ex['random']:9.3f} {per_ex['true']:14.3f} {per_ex['true'] / per_ex['random']:6.2f} "
+              f"{se:16.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(per_latent, indent=1))
 
 
 if __name__ == "__main__":

@@ -59,8 +59,13 @@ class TransformersClient(TokenizerSide):
         """P(answer | seq) renormalised over answer_ids, for token sequences; batches reuse their
         longest shared prefix."""
         out: list[list[float]] = []
-        for i in range(0, len(seqs), self.cfg.batch_size):
-            batch = seqs[i:i + self.cfg.batch_size]
+        size = self.cfg.batch_size
+        # One prompt read under several explanations shares everything up to the explanation: run it
+        # as one batch so that prefix is computed once (the suffixes are a few dozen tokens each).
+        if len(seqs) <= 4 * size and _common_prefix_len(seqs) >= MIN_SHARED_PREFIX:
+            size = len(seqs)
+        for i in range(0, len(seqs), size):
+            batch = seqs[i:i + size]
             # Answer logits in float32 from the hidden state: bf16 logits are rounded to ~0.125 and
             # tie many probabilities (measured: 70 distinct values among 240 scores).
             head = self.model.get_output_embeddings().weight[answer_ids].float()

@@ -9,12 +9,14 @@ so a true and a random explanation of one latent are judged on the same prompts.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
 
 from autointerp.metrics import Decision, summarize
-from autointerp.prompts import ANSWERS, DETECTION_SYSTEM, FUZZING_SYSTEM, highlight, plain, scorer_messages
+from autointerp.prompts import (ANSWERS, DETECTION_SYSTEM, FUZZING_SYSTEM, NEUTRAL_EXPLANATION, highlight, plain,
+                                scorer_messages)
 from autointerp.store import Example
 
 
@@ -24,6 +26,7 @@ class ClassifyConfig:
     mode: str = "logprob"  # logprob | generate
     threshold: float = 0.3
     seed: int = 0  # layout and false highlights; pass store.latent_seed(seed, hookpoint, latent)
+    calibrate: bool = True  # logprob mode: logit P(Yes | explanation) - logit P(Yes | neutral explanation)
 
 
 def slot_layout(n_act: int, n_neg: int, per_prompt: int, rng: random.Random) -> list[list[bool]]:
@@ -98,9 +101,42 @@ def _parse_lines(raw: str, n: int) -> list[bool | None]:
     return [found.get(i) for i in range(1, n + 1)]
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _calibrated(p: float, p_neutral: float) -> float:
+    """P(Yes) moved by how much the explanation, compared with the neutral one, raised its logit:
+    a small scorer's P(Yes) follows the text as much as the explanation (measured: 0.40-0.66 for
+    almost every window), and the neutral pass on the same prompt takes the text's share out."""
+    return 1 / (1 + math.exp(-(_logit(p) - _logit(p_neutral))))
+
+
+def _answer_probs(client, scorer: str, system: str, explanation: str, texts: list[str], prompt_index: int,
+                  calibrate: bool, neutral_cache: dict) -> tuple[list, list]:
+    """(P(Yes) per example under the explanation, under the neutral explanation or Nones). The
+    neutral pass is cached per prompt, so every explanation scored on the same test set reuses it;
+    when it is needed it goes in the same call, sharing the examples prefix."""
+    prefixes = [f"Example {j}:" for j in range(1, len(texts) + 1)]
+    messages = scorer_messages(system, explanation, texts)
+    key = (scorer, prompt_index, tuple(texts))
+    need_neutral = calibrate and key not in neutral_cache
+    batch = [messages] * len(texts)
+    if need_neutral:
+        batch += [scorer_messages(system, NEUTRAL_EXPLANATION, texts)] * len(texts)
+    probs = client.answer_probs(batch, list(ANSWERS), assistant_prefixes=prefixes * (2 if need_neutral else 1))
+    yes = [None if p is None else float(p[0]) for p in probs]
+    if need_neutral:
+        neutral_cache[key] = yes[len(texts):]
+    return yes[:len(texts)], neutral_cache.get(key, [None] * len(texts))
+
+
 def score_classify(scorer: str, client, explanation: str, activating: list[Example], negatives: list[Example],
-                   cfg: ClassifyConfig) -> tuple[dict, list[dict]]:
-    """(summary, per-example decision records) for detection or fuzzing."""
+                   cfg: ClassifyConfig, neutral_cache: dict | None = None) -> tuple[dict, list[dict]]:
+    """(summary, per-example decision records) for detection or fuzzing. `neutral_cache` carries
+    the calibration's neutral pass between explanations scored on the same latent's test set."""
+    neutral_cache = {} if neutral_cache is None else neutral_cache
     rng = random.Random(cfg.seed)
     system = DETECTION_SYSTEM if scorer == "detection" else FUZZING_SYSTEM
     act_order, neg_order = rng.sample(activating, len(activating)), rng.sample(negatives, len(negatives))
@@ -112,21 +148,23 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
     probs: list[float | None] = [None] * len(items)
     preds: list[bool | None] = [None] * len(items)
     raws: list[str] = [""] * len(items)
+    p_expl: list[float | None] = [None] * len(items)
+    p_neutral: list[float | None] = [None] * len(items)
     prompts = [scorer_messages(system, explanation, [shown[i] for i in g]) for g in groups]
     if cfg.mode == "logprob":
-        results = []
-        for g, messages in zip(groups, prompts):
+        for prompt_index, g in enumerate(groups):
             # One call per prompt: its examples then form the shared prefix that the transformers
             # backend computes once (mixing prompts in a batch would recompute every example).
-            probs_g = client.answer_probs([messages] * len(g), list(ANSWERS),
-                                          assistant_prefixes=[f"Example {j}:" for j in range(1, len(g) + 1)])
-            results += list(zip(g, probs_g))
-        for i, p in results:
-            if p is None:  # the server's top logprobs held neither answer: a counted failure
-                raws[i] = "no Yes/No among the top logprobs"
-                continue
-            probs[i] = float(p[0])
-            preds[i] = p[0] > 0.5
+            yes, neutral = _answer_probs(client, scorer, system, explanation, [shown[i] for i in g], prompt_index,
+                                         cfg.calibrate, neutral_cache)
+            for i, p, pn in zip(g, yes, neutral):
+                if p is None or (cfg.calibrate and pn is None):
+                    # the server's top logprobs held neither answer: a counted failure
+                    raws[i] = "no Yes/No among the top logprobs"
+                    continue
+                probs[i] = _calibrated(p, pn) if cfg.calibrate else p
+                preds[i] = probs[i] > 0.5
+                p_expl[i], p_neutral[i] = p, pn
     elif cfg.mode == "generate":
         answers = client.generate(prompts, max_tokens=8 * cfg.per_prompt)
         for g, raw in zip(groups, answers):
@@ -137,6 +175,7 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
     decisions = [Decision(act, preds[i], probs[i], (e.quantile or 0) if act else 0) for i, (e, act) in enumerate(items)]
     records = [{"doc_id": e.doc_id, "start": e.start, "activating": act, "quantile": d.quantile,
                 "prediction": d.prediction, "probability": d.probability, "failed": d.failed, "raw": raws[i],
-                "shown": shown[i], "prompt": where[i][0], "slot": where[i][1]}
+                "shown": shown[i], "prompt": where[i][0], "slot": where[i][1], "p_explanation": p_expl[i],
+                "p_neutral": p_neutral[i]}
                for i, ((e, act), d) in enumerate(zip(items, decisions))]
     return summarize(decisions), records
