@@ -62,13 +62,21 @@ def launch_demo_job(cfg: DemoConfig, store: RunStore) -> jobs.Job | None:
         return None
     if any(j.title == DEMO_JOB_TITLE and j.state == "running" for j in jobs.list_jobs()):
         return None
+    steps = demo_steps(cfg, store)
+    return jobs.launch_steps(steps, DEMO_JOB_TITLE) if steps else None
+
+
+def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
+    """The demo job's CLI steps: explain and score every set not scored yet, .15 sets first, and
+    validate the first residual-stream set right after it is scored (when it has >= 3 latents)."""
     scored = set(store.scores().hookpoint)
     sets = sorted((s for s in store.hookpoints() if s not in scored), key=lambda s: (".15" not in s, s))
-    if not sets:
-        return None
-    steps = []
+    steps: list[tuple[str, list[str]]] = []
+    # One small validation (true vs random vs neutral explanation on the same latents) on the main
+    # SAE set, so the app can say whether its scorers measure anything on this run.
+    validate_set = next((s for s in sets if s.startswith("resid_post.")), None) if cfg.interpret >= 3 else None
     for s in sets:
         args = jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=s, random=cfg.interpret,
                                                    model=cfg.interpret_model, scorers=list(cfg.interpret_scorers)))
-        steps += [("explain", args), ("score", args)]
-    return jobs.launch_steps(steps, DEMO_JOB_TITLE)
+        steps += [("explain", args), ("score", args)] + ([("validate", args)] if s == validate_set else [])
+    return steps

@@ -99,10 +99,11 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
 
 def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanation: str, cfg: InterpretConfig,
                  embedder=None, shown: list[tuple[int, int]] | None = None,
-                 neutral_cache: dict | None = None) -> tuple[list[dict], list[dict]]:
+                 cache: dict | None = None, also: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
     """(score rows, decision rows) for every scorer on one latent's explanation. The test set
     leaves out `shown`, the (doc_id, start) windows the explainer saw: by default those stored with
-    the explanation, recomputed from the settings only for records that predate storing them."""
+    the explanation, recomputed from the settings only for records that predate storing them.
+    `cache` and `also` let several explanations of one latent share detection/fuzzing passes."""
     sampling = _sampling(cfg)
     base = {"hookpoint": hookpoint, "latent": int(latent), "explanation": explanation}
     try:
@@ -133,7 +134,7 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
                                               ClassifyConfig(per_prompt=cfg.per_prompt, mode=cfg.mode,
                                                              threshold=cfg.threshold,
                                                              seed=latent_seed(cfg.seed, hookpoint, latent),
-                                                             calibrate=calibrate), neutral_cache)
+                                                             calibrate=calibrate), cache, also)
             mode = cfg.mode + ("-calibrated" if calibrate else "")
         sid = uuid.uuid4().hex
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",

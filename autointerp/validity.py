@@ -98,12 +98,15 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
     with tqdm(total=len(expl), desc=f"validate {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(expl))
         for latent in sorted(expl):
-            neutral_cache: dict = {}  # the neutral pass of calibration, shared by the three explanations
-            for which, text in (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION)):
+            # The three explanations are read in the same detection/fuzzing passes (one examples
+            # prefix per prompt); the cache hands the readings from the first call to the others.
+            cache: dict = {}
+            texts = (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION))
+            for which, text in texts:
                 # the neutral explanation is read uncalibrated: calibrated against itself it is 0.5
                 one = cfg if which != "neutral" else dataclasses.replace(cfg, calibrate=False)
-                scores, _ = score_latent(client, store, cfg.hookpoint, latent, text, one, embedder,
-                                         neutral_cache=neutral_cache)
+                scores, _ = score_latent(client, store, cfg.hookpoint, latent, text, one, embedder, cache=cache,
+                                         also=tuple(t for _, t in texts))
                 rows += [{"validation_id": validation_id, "hookpoint": cfg.hookpoint, "latent": int(latent),
                           "scorer": s["scorer"], "which": which, "explanation": text, "value": headline_value(s),
                           "n": s.get("n"), "n_failed": s.get("n_failed"), "error": s.get("error"),

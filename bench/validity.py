@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
 from autointerp.embedding import load_embedder  # noqa: E402
-from autointerp.interpret import run_explain, score_latent, select_latents  # noqa: E402
+from autointerp.explain import ExplainConfig, explain_latents  # noqa: E402
+from autointerp.interpret import _sampling, run_explain, score_latent, select_latents  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
 from autointerp.metrics import auroc, paired_bootstrap_ci  # noqa: E402
@@ -57,6 +58,7 @@ def main() -> None:
     ap = llm_bench_parser(__doc__, latents=30)
     ap.add_argument("--scorers", nargs="+", default=["detection", "fuzzing", "embedding", "surprisal", "simulation"])
     ap.add_argument("--out", default="", help="write the per-latent values as JSON here")
+    ap.add_argument("--cost-latents", type=int, default=3, help="latents the cost is timed on")
     args = ap.parse_args()
     t0 = time.time()
     cfg = InterpretConfig(run=args.run, hookpoint=args.hookpoint, scorers=args.scorers, per_prompt=args.per_prompt,
@@ -77,40 +79,55 @@ def main() -> None:
     others = random_explanations(expl, cfg.seed)
     embedder = load_embedder()
     values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    seconds: dict[tuple[str, str], list[float]] = defaultdict(list)
-    n_examples: dict[tuple[str, str], int] = defaultdict(int)
+    seconds: dict[tuple[str, bool], list[float]] = defaultdict(list)
+    n_examples: dict[tuple[str, bool], int] = defaultdict(int)
     ses: dict[str, list[float]] = defaultdict(list)
     per_latent = []
     for latent in sorted(expl):
+        # the three explanations share every detection/fuzzing pass (see run_validate)
         cache: dict = {}
-        for which, text in (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION)):
-            for scorer in args.scorers:  # one scorer at a time, to time each
-                t = time.time()
+        texts = (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION))
+        for which, text in texts:
+            for scorer in args.scorers:
                 # the neutral explanation is read uncalibrated: calibrated against itself it is 0.5
                 one = InterpretConfig(**{**cfg.__dict__, "scorers": [scorer], "calibrate": which != "neutral"})
                 scores, decisions = score_latent(client, store, args.hookpoint, latent, text, one, embedder,
-                                                 neutral_cache=cache)
-                seconds[(scorer, which)].append(time.time() - t)
-                n_examples[(scorer, which)] += len(decisions)
+                                                 cache=cache, also=tuple(t for _, t in texts))
                 s = scores[0]
-                values[(scorer, "calibrated" if scorer in ("detection", "fuzzing") else "-")][which].append(
-                    headline_value(s))
-                if scorer in ("detection", "fuzzing") and decisions:
+                classify = scorer in ("detection", "fuzzing")
+                variant = "calibrated" if classify and which != "neutral" else ("uncalibrated" if classify else "-")
+                values[(scorer, variant)][which].append(headline_value(s))
+                if classify and which != "neutral" and decisions:
                     labels = np.array([d["activating"] for d in decisions])
                     raw = np.array([np.nan if d["p_explanation"] is None else d["p_explanation"] for d in decisions])
                     ok = ~np.isnan(raw)
                     a = auroc(labels[ok], raw[ok])
                     values[(scorer, "uncalibrated")][which].append(float("nan") if a is None else a)
-                    if which == "true":
-                        cal = np.array([np.nan if d["probability"] is None else d["probability"] for d in decisions])
-                        ses[scorer].append(auroc_se(labels[~np.isnan(cal)], cal[~np.isnan(cal)]))
-                elif which == "true" and decisions and scorer != "simulation":
+                if which == "true" and decisions and scorer != "simulation":
                     labels = np.array([d["activating"] for d in decisions])
                     prob = np.array([np.nan if d["probability"] is None else d["probability"] for d in decisions])
                     ses[scorer].append(auroc_se(labels[~np.isnan(prob)], prob[~np.isnan(prob)]))
                 per_latent.append({"latent": latent, "which": which, "scorer": scorer, "value": headline_value(s),
-                                   "explanation": text})
+                                   "explanation": text,
+                                   "decisions": [{k: d.get(k) for k in ("activating", "quantile", "probability",
+                                                                        "p_explanation", "p_neutral", "prompt", "slot")}
+                                                 for d in decisions] if which == "true" else []})
         print(f"latent {latent}: {expl[latent]!r} (random: {others[latent]!r})", flush=True)
+    # Cost of one explanation scored alone (the usual `autointerp score`), calibrated or not, and of
+    # explaining, on the first few latents (explanations here are not stored).
+    cost_latents = sorted(expl)[: args.cost_latents]
+    t = time.time()
+    explain_latents(client, store, args.hookpoint, cost_latents, _sampling(cfg), ExplainConfig())
+    explain_s = (time.time() - t) / max(1, len(cost_latents))
+    for scorer in args.scorers:
+        for calibrate in (False, True):
+            t, n = time.time(), 0
+            for latent in cost_latents:
+                one = InterpretConfig(**{**cfg.__dict__, "scorers": [scorer], "calibrate": calibrate})
+                _, decisions = score_latent(client, store, args.hookpoint, latent, expl[latent], one, embedder)
+                n += len(decisions)
+            seconds[(scorer, calibrate)].append(time.time() - t)
+            n_examples[(scorer, calibrate)] += n
     total = time.time() - t0
     print(f"\n{args.model}, {len(expl)} latents of {args.hookpoint} ({len(latents)} chosen), {args.per_prompt} per "
           f"prompt; explain {t_explain:.0f} s, total {total:.0f} s")
@@ -123,14 +140,17 @@ def main() -> None:
         lo, hi = paired_bootstrap_ci(t[ok] - r[ok]) if ok.sum() >= 2 else (float("nan"), float("nan"))
         print(f"{scorer:11s} {variant:13s} {np.mean(t[ok]):6.3f} {np.mean(r[ok]):7.3f} {neutral:7.3f} "
               f"{np.mean(t[ok] - r[ok]):6.3f}  [{lo:6.3f}, {hi:6.3f}]  {ok.sum():3d}")
-    # The true explanation's pass also runs the neutral pass (calibration); the random one reuses it
-    # from the cache: their ratio is what calibration costs per example for one explanation.
-    print(f"\n{'scorer':11s} {'s/example':>9s} {'(with neutral)':>14s} {'ratio':>6s} {'AUROC SE/latent':>16s}")
+    print(f"\ncost on {len(cost_latents)} latents, one explanation scored alone: explain {explain_s:.1f} s/latent")
+    print(f"{'scorer':11s} {'s/example':>9s} {'calibrated':>10s} {'ratio':>6s} {'s/latent':>8s} {'AUROC SE/latent':>16s}")
+    per_latent_s = explain_s
     for scorer in args.scorers:
-        per_ex = {w: sum(seconds[(scorer, w)]) / max(1, n_examples[(scorer, w)]) for w in ("true", "random")}
+        per_ex = {c: sum(seconds[(scorer, c)]) / max(1, n_examples[(scorer, c)]) for c in (False, True)}
+        per_lat = sum(seconds[(scorer, True)]) / max(1, len(cost_latents))
+        per_latent_s += per_lat
         se = np.nanmean(ses[scorer]) if ses[scorer] else float("nan")
-        print(f"{scorer:11s} {per_ex['random']:9.3f} {per_ex['true']:14.3f} {per_ex['true'] / per_ex['random']:6.2f} "
-              f"{se:16.3f}")
+        ratio = per_ex[True] / per_ex[False] if per_ex[False] else float("nan")
+        print(f"{scorer:11s} {per_ex[False]:9.3f} {per_ex[True]:10.3f} {ratio:6.2f} {per_lat:8.1f} {se:16.3f}")
+    print(f"latents per hour, explain + {' + '.join(args.scorers)} (calibrated): {3600 / per_latent_s:.0f}")
     if args.out:
         Path(args.out).write_text(json.dumps(per_latent, indent=1))
 

@@ -81,6 +81,12 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     assert job.title == DEMO_JOB_TITLE and [s[0] for s in job.steps] == ["explain", "score"] * 3
     assert [s[s.index("--hookpoint") + 1] for s in job.steps[::2]] == ["mlp_neurons.15-topk8", "mlp_out.15",
                                                                        "resid_post.14"]
+    # with enough latents per set, the first residual set is validated right after it is scored
+    from autointerp.demo import demo_steps
+
+    steps = demo_steps(DemoConfig(interpret=6), store)
+    assert [c for c, _ in steps] == ["explain", "score"] * 2 + ["explain", "score", "validate"]
+    assert steps[-1][1] == steps[-2][1] and "resid_post.14" in steps[-1][1]
     deadline = time.time() + 600
     while job.state == "running" and time.time() < deadline:
         time.sleep(1)

@@ -113,30 +113,29 @@ def _calibrated(p: float, p_neutral: float) -> float:
     return 1 / (1 + math.exp(-(_logit(p) - _logit(p_neutral))))
 
 
-def _answer_probs(client, scorer: str, system: str, explanation: str, texts: list[str], prompt_index: int,
-                  calibrate: bool, neutral_cache: dict) -> tuple[list, list]:
-    """(P(Yes) per example under the explanation, under the neutral explanation or Nones). The
-    neutral pass is cached per prompt, so every explanation scored on the same test set reuses it;
-    when it is needed it goes in the same call, sharing the examples prefix."""
-    prefixes = [f"Example {j}:" for j in range(1, len(texts) + 1)]
-    messages = scorer_messages(system, explanation, texts)
-    key = (scorer, prompt_index, tuple(texts))
-    need_neutral = calibrate and key not in neutral_cache
-    batch = [messages] * len(texts)
-    if need_neutral:
-        batch += [scorer_messages(system, NEUTRAL_EXPLANATION, texts)] * len(texts)
-    probs = client.answer_probs(batch, list(ANSWERS), assistant_prefixes=prefixes * (2 if need_neutral else 1))
-    yes = [None if p is None else float(p[0]) for p in probs]
-    if need_neutral:
-        neutral_cache[key] = yes[len(texts):]
-    return yes[:len(texts)], neutral_cache.get(key, [None] * len(texts))
+def _read_yes(client, scorer: str, system: str, explanations: list[str], texts: list[str], prompt_index: int,
+              cache: dict) -> list[list[float | None]]:
+    """P(Yes) per example of one prompt under each explanation. Readings are cached per (prompt,
+    explanation), so the neutral pass of calibration is run once per latent test set; the missing
+    ones go in one call, where they share the examples as a prefix (the explanation comes after them)."""
+    keys = {e: (scorer, prompt_index, tuple(texts), e) for e in explanations}
+    missing = list(dict.fromkeys(e for e in explanations if keys[e] not in cache))
+    if missing:
+        prefixes = [f"Example {j}:" for j in range(1, len(texts) + 1)]
+        batch = [m for e in missing for m in [scorer_messages(system, e, texts)] * len(texts)]
+        probs = client.answer_probs(batch, list(ANSWERS), assistant_prefixes=prefixes * len(missing))
+        yes = [None if p is None else float(p[0]) for p in probs]
+        for j, e in enumerate(missing):
+            cache[keys[e]] = yes[j * len(texts):(j + 1) * len(texts)]
+    return [cache[keys[e]] for e in explanations]
 
 
 def score_classify(scorer: str, client, explanation: str, activating: list[Example], negatives: list[Example],
-                   cfg: ClassifyConfig, neutral_cache: dict | None = None) -> tuple[dict, list[dict]]:
-    """(summary, per-example decision records) for detection or fuzzing. `neutral_cache` carries
-    the calibration's neutral pass between explanations scored on the same latent's test set."""
-    neutral_cache = {} if neutral_cache is None else neutral_cache
+                   cfg: ClassifyConfig, cache: dict | None = None, also: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+    """(summary, per-example decision records) for detection or fuzzing. `cache` carries P(Yes)
+    readings between explanations scored on the same latent's test set (the calibration's neutral
+    pass among them); `also` names explanations to read in the same passes, for a later call."""
+    cache = {} if cache is None else cache
     rng = random.Random(cfg.seed)
     system = DETECTION_SYSTEM if scorer == "detection" else FUZZING_SYSTEM
     act_order, neg_order = rng.sample(activating, len(activating)), rng.sample(negatives, len(negatives))
@@ -155,8 +154,9 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
         for prompt_index, g in enumerate(groups):
             # One call per prompt: its examples then form the shared prefix that the transformers
             # backend computes once (mixing prompts in a batch would recompute every example).
-            yes, neutral = _answer_probs(client, scorer, system, explanation, [shown[i] for i in g], prompt_index,
-                                         cfg.calibrate, neutral_cache)
+            wanted = [explanation, *([NEUTRAL_EXPLANATION] if cfg.calibrate else []), *also]
+            yes, *rest = _read_yes(client, scorer, system, wanted, [shown[i] for i in g], prompt_index, cache)
+            neutral = rest[0] if cfg.calibrate else [None] * len(g)
             for i, p, pn in zip(g, yes, neutral):
                 if p is None or (cfg.calibrate and pn is None):
                     # the server's top logprobs held neither answer: a counted failure
