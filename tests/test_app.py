@@ -67,7 +67,9 @@ def test_overview_counts_explained_and_scored_latents(data):
     assert summary.loc[SET, "scored"] == 5 and summary.loc[SET, "mean detection"] == pytest.approx(0.7)
     assert summary.loc["mlp_neurons.1-topk4", "explained"] == 0
     assert any("5** of" in m.value for m in at.markdown)
-    assert at.warning[0].value == views.VALIDITY_NOTE  # the measured limits of the CPU scorer, stated
+    # no validation yet: the page says no score is known to measure anything, and how to check
+    assert "No scorer has been validated on this run yet" in at.warning[0].value
+    assert "autointerp validate" in at.warning[0].value
 
 
 def test_overview_with_no_runs_says_how_to_make_one(tmp_path, monkeypatch):

@@ -126,6 +126,17 @@ def test_prefix_reuse_gives_the_same_probabilities(tiny_llm):
     np.testing.assert_allclose(with_reuse, without, atol=1e-5)
     np.testing.assert_allclose(with_reuse, one_by_one, atol=1e-5)
     assert all(abs(sum(p) - 1) < 1e-6 for p in with_reuse)
+    # two levels: the examples shared by all, then each explanation shared by its answer prefixes
+    examples = [{"role": "user", "content": "Example 1: the Rhine\nExample 2: in 1998\nExplanation: " + e * 4}
+                for e in ("rivers and lakes ", "years and dates ")]
+    batch = [shared + [m] for m in examples for _ in range(3)]
+    prefixes = ["Example 1:", "Example 2:", "Example 3:"] * 2
+    seqs = [tiny_llm.token_ids(tiny_llm.chat_text(m, a)) for m, a in zip(batch, prefixes)]
+    runs = tb._runs_sharing_prefix(seqs, tb._common_prefix_len(seqs) + tb.MIN_SHARED_PREFIX)
+    assert runs == [[0, 1, 2], [3, 4, 5]]
+    two_level = tiny_llm.answer_probs(batch, ["Yes", "No"], assistant_prefixes=prefixes)
+    alone = [tiny_llm.answer_probs([m], ["Yes", "No"], assistant_prefixes=[a])[0] for m, a in zip(batch, prefixes)]
+    np.testing.assert_allclose(two_level, alone, atol=1e-5)
 
 
 def test_token_losses_match_a_direct_forward(tiny_llm):

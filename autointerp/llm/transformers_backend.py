@@ -29,6 +29,17 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
+def _runs_sharing_prefix(seqs: list[list[int]], min_len: int) -> list[list[int]]:
+    """Indices of seqs cut into runs of consecutive sequences that share at least min_len tokens."""
+    runs: list[list[int]] = []
+    for i, s in enumerate(seqs):
+        if runs and _common_prefix_len([seqs[runs[-1][0]], s]) >= min_len:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 class TransformersClient(TokenizerSide):
     def __init__(self, cfg: LLMConfig):
         from autointerp.subject import load_causal_lm
@@ -73,32 +84,47 @@ class TransformersClient(TokenizerSide):
         return out
 
     def _last_hidden(self, batch: list[list[int]]) -> torch.Tensor:
-        """Final hidden state at each sequence's last token, float32 [batch, d_model]."""
+        """Final hidden state at each sequence's last token, float32 [batch, d_model]. The prefix
+        shared by the whole batch runs once; then each run of consecutive sequences sharing a
+        longer prefix (one explanation under several "Example j:" answers) extends it once."""
         shared = _common_prefix_len(batch) if len(batch) > 1 else 0
         shared = min(shared, min(len(s) for s in batch) - 1)  # every suffix keeps >= 1 token
-        past, prefix_mask = None, None
-        if shared >= MIN_SHARED_PREFIX:
-            prefix = torch.tensor([batch[0][:shared]])
-            past = self.model(input_ids=prefix, use_cache=True).past_key_values
-            past = copy.deepcopy(past)
-            past.batch_repeat_interleave(len(batch))
-            prefix_mask = torch.ones(len(batch), shared, dtype=torch.long)
-        else:
-            shared = 0
-        suffixes = [s[shared:] for s in batch]
+        if shared < MIN_SHARED_PREFIX:
+            return self._suffix_hidden(batch, None, 0)
+        past = self.model(input_ids=torch.tensor([batch[0][:shared]]), use_cache=True).past_key_values
+        out: list[torch.Tensor] = []
+        for group in _runs_sharing_prefix(batch, shared + MIN_SHARED_PREFIX):
+            seqs = [batch[i] for i in group]
+            extra = min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if len(seqs) > 1 else shared
+            group_past, offset = copy.deepcopy(past), shared
+            if extra - shared >= MIN_SHARED_PREFIX:
+                ids = torch.tensor([seqs[0][shared:extra]])
+                group_past = self.model(input_ids=ids, past_key_values=group_past, use_cache=True,
+                                        position_ids=torch.arange(shared, extra)[None]).past_key_values
+                offset = extra
+            out.append(self._suffix_hidden([s[offset:] for s in seqs], group_past, offset))
+        return torch.cat(out)
+
+    def _suffix_hidden(self, suffixes: list[list[int]], past, offset: int) -> torch.Tensor:
+        """Last hidden state of each suffix, right-padded, after a batch-1 KV cache of `offset`
+        tokens (repeated across the batch) or none."""
+        prefix_mask = None
+        if past is not None:
+            past.batch_repeat_interleave(len(suffixes))
+            prefix_mask = torch.ones(len(suffixes), offset, dtype=torch.long)
         width = max(len(s) for s in suffixes)
-        ids = torch.full((len(batch), width), self.tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        ids = torch.full((len(suffixes), width), self.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(suffixes), width, dtype=torch.long)
         for j, s in enumerate(suffixes):
             ids[j, :len(s)] = torch.tensor(s)
             mask[j, :len(s)] = 1
         full_mask = mask if prefix_mask is None else torch.cat([prefix_mask, mask], dim=1)
-        positions = (torch.arange(width) + shared).expand(len(batch), -1)
+        positions = (torch.arange(width) + offset).expand(len(suffixes), -1)
         base = getattr(self.model, self.model.base_model_prefix)
         hidden = base(input_ids=ids, attention_mask=full_mask, past_key_values=past, position_ids=positions,
                       use_cache=past is not None).last_hidden_state
         last = torch.tensor([len(s) - 1 for s in suffixes])
-        return hidden[torch.arange(len(batch)), last].float()  # [batch, d_model]
+        return hidden[torch.arange(len(suffixes)), last].float()  # [batch, d_model]
 
     @torch.inference_mode()
     def token_losses(self, prompts: list[str], texts: list[str]) -> list[list[float]]:
