@@ -4,16 +4,20 @@ and a rerun skips what is done."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
 from autointerp.faults import fault_point
+from autointerp.intervention.scorer import SCORER as INTERVENTION
+from autointerp.intervention.scorer import InterventionConfig, InterventionScorer
 from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.jobs import report_progress
 from autointerp.llm import make_client
@@ -147,15 +151,42 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
     return scores, decisions
 
 
-def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
+def open_for_scoring(cfg: InterpretConfig, steering: bool = False
+                     ) -> tuple[RunStore, list[int], pd.DataFrame, dict[int, str]]:
+    """(store, chosen latents, their explanation records, latent -> current explanation) after
+    checking the scorers; failed explanations (None) are left out of the dict. `steering`: the
+    caller runs the intervention scorer (only `autointerp score` does)."""
     unknown = [s for s in cfg.scorers if s not in SCORERS]
     if unknown:
         raise AutointerpError(f"unknown scorers {unknown}: choose from {', '.join(SCORERS)}")
+    if INTERVENTION in cfg.scorers:
+        if not steering:
+            raise AutointerpError("the intervention scorer is not run here: every intervention score carries its "
+                                  "own baselines (random explanation, random direction; results/interventions), "
+                                  "so drop it from --scorers and use `autointerp score --scorers intervention`")
+        InterventionConfig.from_interpret(cfg)  # one-line errors before any model loads
     store = RunStore(run_path(cfg.run))
     remove_stale_result_temp(store.run_dir)
     latents = select_latents(store, cfg)
     records = store.explanations(cfg.hookpoint)
     expl = {int(r.latent): r.explanation for r in records.itertuples() if present(r.explanation)}
+    return store, latents, records, expl
+
+
+def scoring_models(cfg: InterpretConfig, client=None) -> tuple:
+    """(LLM client or None when only embedding scores, MiniLM embedder or None), loaded once."""
+    needs_llm = any(s != "embedding" for s in cfg.scorers)
+    client = client or (_client(cfg) if needs_llm else None)
+    embedder = None
+    if "embedding" in cfg.scorers or cfg.negatives == "hard":
+        from autointerp.embedding import load_embedder
+
+        embedder = load_embedder()
+    return client, embedder
+
+
+def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
+    store, latents, records, expl = open_for_scoring(cfg, steering=True)
     failed = [x for x in latents if x not in expl and x in set(records.latent.tolist())]
     if failed:  # their failure is already recorded; scoring the rest keeps a long job going
         log.warning("skipping %d latents whose explanation failed: %s", len(failed), failed[:10])
@@ -164,26 +195,29 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
     if missing:
         raise AutointerpError(f"latents {missing[:10]} of {cfg.hookpoint} have no explanation: "
                               f"run `autointerp explain` on them first")
+    todo = {x: list(cfg.scorers) for x in latents}
     if not cfg.force:
-        # done = every requested scorer already scored the latent's current explanation
+        # a rerun runs only the scorers that have not yet scored the latent's current explanation
         scored = store.scores(cfg.hookpoint)
         have = scored.groupby(["latent", "explanation"]).scorer.agg(set).to_dict() if len(scored) else {}
-        latents = [x for x in latents if not set(cfg.scorers) <= have.get((x, expl[x]), set())]
-    needs_llm = any(s != "embedding" for s in cfg.scorers)
-    client = client or (_client(cfg) if needs_llm else None)
-    embedder = None
-    if "embedding" in cfg.scorers or cfg.negatives == "hard":
-        from autointerp.embedding import load_embedder
-
-        embedder = load_embedder()
+        todo = {x: [s for s in cfg.scorers if s not in have.get((x, expl[x]), set())] for x in latents}
+        latents = [x for x in latents if todo[x]]
+    client, embedder = scoring_models(cfg, client)
+    steer = (InterventionScorer.for_run(cfg, client, store)
+             if any(INTERVENTION in todo[x] for x in latents) else None)
     rows: list[dict] = []
     n_failed = len(failed)  # latents that cannot be scored: failed explanations, too few examples
     with tqdm(total=len(latents), desc=f"score {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(latents), failed=n_failed)
         for chunk in _chunks(latents, cfg.chunk):
-            scores, decisions = [], []
+            scores, decisions, steered, steered_examples = [], [], [], []
             for latent in chunk:
-                s, d = score_latent(client, store, cfg.hookpoint, latent, expl[latent], cfg, embedder)
+                context = [s for s in todo[latent] if s != INTERVENTION]
+                s, d = (score_latent(client, store, cfg.hookpoint, latent, expl[latent],
+                                     dataclasses.replace(cfg, scorers=context), embedder) if context else ([], []))
+                if INTERVENTION in todo[latent]:
+                    row, targets, examples = steer.score_latent(latent, expl)
+                    s, steered, steered_examples = s + [row], steered + targets, steered_examples + examples
                 scores += s
                 decisions += d
                 n_failed += any(r.get("error") for r in s)
@@ -191,6 +225,8 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
                 report_progress(bar.n, len(latents), failed=n_failed)
             # decisions first: a score row is only visible once its decisions are in place
             append_results(store.run_dir, "decisions", decisions)
+            append_results(store.run_dir, "intervention_examples", steered_examples)
+            append_results(store.run_dir, "interventions", steered)
             fault_point("score-between-writes")
             append_results(store.run_dir, "scores", scores)
             fault_point("score-chunk-written")

@@ -21,12 +21,11 @@ from tqdm.auto import tqdm
 
 from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
-from autointerp.interpret import _client, score_latent, select_latents
+from autointerp.interpret import open_for_scoring, score_latent, scoring_models
 from autointerp.jobs import report_progress
 from autointerp.metrics import paired_bootstrap_ci
 from autointerp.prompts import NEUTRAL_EXPLANATION
-from autointerp.scorers import SCORERS
-from autointerp.store import RunStore, append_results, present, remove_stale_result_temp, run_path
+from autointerp.store import append_results
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +71,14 @@ def summarize_validity(per_latent: pd.DataFrame, n_boot: int = 2000, seed: int =
 def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
     """Score true, random and neutral explanations of the chosen latents; store and return the
     per-scorer summary."""
-    unknown = [s for s in cfg.scorers if s not in SCORERS]
-    if unknown:
-        raise AutointerpError(f"unknown scorers {unknown}: choose from {', '.join(SCORERS)}")
-    store = RunStore(run_path(cfg.run))
-    remove_stale_result_temp(store.run_dir)
-    latents = select_latents(store, cfg)
-    records = store.explanations(cfg.hookpoint)
-    expl = {int(r.latent): r.explanation for r in records.itertuples()
-            if present(r.explanation) and int(r.latent) in set(latents)}
+    store, latents, _, expl = open_for_scoring(cfg)
+    expl = {x: e for x, e in expl.items() if x in set(latents)}
     if len(expl) < MIN_LATENTS:
         raise AutointerpError(f"validate needs at least {MIN_LATENTS} explained latents of {cfg.hookpoint}; "
                               f"{len(expl)} of the {len(latents)} chosen have an explanation: run "
                               f"`autointerp explain` on more latents first")
     others = random_explanations(expl, cfg.seed)
-    needs_llm = any(s != "embedding" for s in cfg.scorers)
-    client = client or (_client(cfg) if needs_llm else None)
-    embedder = None
-    if "embedding" in cfg.scorers or cfg.negatives == "hard":
-        from autointerp.embedding import load_embedder
-
-        embedder = load_embedder()
+    client, embedder = scoring_models(cfg, client)
     validation_id = uuid.uuid4().hex
     rows: list[dict] = []
     with tqdm(total=len(expl), desc=f"validate {cfg.hookpoint}", unit="latent") as bar:
