@@ -21,9 +21,11 @@ KEYS = ["hookpoint", "latent"]
 # the number each scorer is judged by; classifiers without probabilities have no AUROC
 HEADLINE = {"detection": ("auroc", "balanced_accuracy"), "fuzzing": ("auroc", "balanced_accuracy"),
             "surprisal": ("auroc", "balanced_accuracy"), "embedding": ("auroc", "balanced_accuracy"),
-            "simulation": ("correlation",)}
+            "simulation": ("correlation",),
+            "intervention": ("intervention_score",)}  # nats, at the target KL nearest 1 (scores.target_kl)
 DEFAULT_HEADLINE = ("auroc", "balanced_accuracy", "correlation")
-HEADLINE_LABEL = "AUROC (balanced accuracy where a scorer gave no probabilities); simulation: Pearson r"
+HEADLINE_LABEL = ("AUROC (balanced accuracy where a scorer gave no probabilities); simulation: Pearson r; "
+                  "intervention: log P(explanation) gain on steered text, nats, at KL 1")
 
 
 def headline(scores: pd.DataFrame) -> pd.Series:
@@ -32,7 +34,8 @@ def headline(scores: pd.DataFrame) -> pd.Series:
     for scorer, rows in scores.groupby("scorer"):
         value = pd.Series(np.nan, index=rows.index, dtype=float)
         for metric in HEADLINE.get(scorer, DEFAULT_HEADLINE):
-            value = value.fillna(rows[metric].astype(float))
+            if metric in rows:  # parts written before a metric's column existed lack it
+                value = value.fillna(rows[metric].astype(float))
         out.loc[rows.index] = value
     return out
 

@@ -71,7 +71,8 @@ def cmd_score(args) -> None:
         if r.get("error"):
             print(f"{r['hookpoint']} {r['latent']} {r['scorer']}: FAILED ({r['error']})")
             continue
-        shown = ", ".join(f"{k.replace('_', ' ')} {r[k]:.3f}" for k in ("balanced_accuracy", "auroc", "correlation")
+        shown = ", ".join(f"{k.replace('_', ' ')} {r[k]:.3f}" for k in ("balanced_accuracy", "auroc", "correlation",
+                                                                        "intervention_score")
                           if r.get(k) is not None)
         print(f"{r['hookpoint']} {r['latent']} {r['scorer']}: {shown or 'no score'}, n={r['n']}, "
               f"failures={r['n_failed']}")
@@ -115,7 +116,8 @@ COMMANDS = {
     "cache": (cmd_cache, CacheConfig, "cache sparse-coder activations over a corpus into a run folder"),
     "demo": (cmd_demo, DemoConfig, "build the demo run end to end: model, SAEs, cache (idempotent)"),
     "explain": (cmd_explain, InterpretConfig, "explain chosen latents with an LLM (append-only, resumable)"),
-    "score": (cmd_score, InterpretConfig, "score explanations: detection, fuzzing, embedding, surprisal, simulation"),
+    "score": (cmd_score, InterpretConfig, "score explanations: detection, fuzzing, embedding, surprisal, simulation, "
+              "intervention (steering)"),
     "validate": (cmd_validate, InterpretConfig, "does each scorer tell true from random explanations? paired "
                  "bootstrap CI over latents, stored for the app"),
     "export": (cmd_export, ExportConfig, "write a run's figures (png/svg/pdf) and tables (CSV) to a folder"),

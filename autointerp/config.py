@@ -91,7 +91,7 @@ class InterpretConfig:
     threshold: float = _help("highlight tokens above this fraction of the example's max activation", default=0.3)
     show_activations: bool = _help("also show activation values to the explainer", default=False)
     cot: bool = _help("let the explainer think step by step first", default=False)
-    scorers: list[str] = _help("scorers to run: detection fuzzing embedding surprisal simulation",
+    scorers: list[str] = _help("scorers to run: detection fuzzing embedding surprisal simulation intervention",
                                default_factory=lambda: ["detection", "fuzzing", "embedding"])
     mode: str = _help("detection/fuzzing answers: logprob (probabilities) or generate (parsed text)",
                       default="logprob")
@@ -104,6 +104,17 @@ class InterpretConfig:
     min_examples: int = _help("latents with fewer activating windows are recorded as failures", default=5)
     batch_size: int = _help("prompts per forward pass", default=8)
     chunk: int = _help("latents per written result part (the unit of resume)", default=4)
+    target_kls: list[float] = _help("intervention: KL(clean || steered) of the next token, in nats, that the "
+                                    "steering strength is searched for; the score at the target nearest 1 is the "
+                                    "headline", default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
+    kl_rtol: float = _help("intervention: a target KL counts as reached within this relative tolerance", default=0.1)
+    n_intervention_prompts: int = _help("intervention: corpus prompts steered per latent (the same for every latent)",
+                                        default=8)
+    prompt_tokens: int = _help("intervention: tokens per prompt (BOS included), from the start of random contexts",
+                               default=32)
+    new_tokens: int = _help("intervention: greedy tokens generated after each prompt, clean and steered", default=8)
+    subject_dtype: str = _help("intervention: dtype of the subject model while steering (float32 keeps small KL "
+                               "steps smooth)", default="float32")
     force: bool = _help("redo latents that already have results", default=False)
     seed: int = _help("random seed", default=0)
 

@@ -7,7 +7,7 @@ exact place instead of racing the clock. Unset (always, outside tests) it costs 
 Points:
   cache-part-written      after a cache part's files and its .done marker are in place
   explain-chunk-written   after an explain chunk's explanations part is written
-  score-between-writes    after a score chunk's decisions part, before its scores part
+  score-between-writes    after a score chunk's decisions (and intervention) parts, before its scores part
   score-chunk-written     after a score chunk's scores part
   mid-write               inside an atomic file write: data written to the temporary file, not renamed
 """

@@ -243,7 +243,9 @@ RESULT_SCHEMAS = {
         ("n", pa.int32()), ("n_failed", pa.int32()), ("balanced_accuracy", pa.float64()),
         ("precision", pa.float64()), ("recall", pa.float64()), ("f1", pa.float64()), ("auroc", pa.float64()),
         ("accuracy", pa.float64()), ("accuracy_per_decile", pa.string()), ("correlation", pa.float64()),
-        ("correlation_per_quantile", pa.string()), ("created_at", pa.timestamp("us"))]),
+        ("correlation_per_quantile", pa.string()), ("created_at", pa.timestamp("us")),
+        # intervention: mean log P(expl | steered) - log P(expl | clean) at target_kl (KL of the next token)
+        ("target_kl", pa.float64()), ("intervention_score", pa.float64())]),
     "decisions": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
@@ -251,6 +253,22 @@ RESULT_SCHEMAS = {
         ("shown", pa.string()),
         ("prompt", pa.int32()), ("slot", pa.int32()),  # detection/fuzzing: which prompt, which place in it
         ("p_explanation", pa.float64()), ("p_neutral", pa.float64())]),  # calibration's two read-outs of P(Yes)
+    # intervention scoring (autointerp/intervention): one row per (score, target KL) with the alpha
+    # found for the latent's unit direction and for a random one, and the three scores (nats)
+    "interventions": pa.schema([
+        ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("target_kl", pa.float64()),
+        ("alpha", pa.float64()), ("kl", pa.float64()), ("reached", pa.bool_()), ("iterations", pa.int32()),
+        ("random_alpha", pa.float64()), ("random_kl", pa.float64()), ("random_reached", pa.bool_()),
+        ("score", pa.float64()), ("random_explanation_score", pa.float64()), ("random_direction_score", pa.float64()),
+        ("explanation", pa.string()), ("random_explanation", pa.string()), ("n", pa.int32()),
+        ("created_at", pa.timestamp("us"))]),
+    # one row per (score, target KL, direction latent|random, prompt): the texts and log P(explanation | text)
+    "intervention_examples": pa.schema([
+        ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("target_kl", pa.float64()),
+        ("direction", pa.string()), ("prompt", pa.int32()), ("doc_id", pa.int32()), ("prompt_text", pa.string()),
+        ("clean_text", pa.string()), ("steered_text", pa.string()), ("logp_clean", pa.float64()),
+        ("logp_steered", pa.float64()), ("random_logp_clean", pa.float64()), ("random_logp_steered", pa.float64()),
+        ("created_at", pa.timestamp("us"))]),
     "validity": pa.schema([
         ("validation_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("which", pa.string()), ("explanation", pa.string()), ("value", pa.float64()), ("n", pa.int32()),
@@ -389,6 +407,26 @@ class ResultsMixin:
         return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
                                         f"WHERE hookpoint = ? AND latent = ? ORDER BY created_at DESC",
                                         [hookpoint, int(latent)]), kind)
+
+    def interventions(self, hookpoint: str | None = None) -> pd.DataFrame:
+        """Per (latent, target KL) steering results behind each latent's latest intervention score."""
+        src = _results_glob(self.run_dir, "interventions")
+        latest = self.scores(hookpoint)
+        ids = latest.score_id[latest.scorer == "intervention"].tolist()
+        if src is None or not ids:
+            return _empty("interventions")
+        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
+                                        f"WHERE list_contains(?, score_id) ORDER BY hookpoint, latent, target_kl",
+                                        [ids]), "interventions")
+
+    def intervention_examples(self, score_id: str) -> pd.DataFrame:
+        """The prompts, clean and steered continuations and log-probabilities behind one score."""
+        src = _results_glob(self.run_dir, "intervention_examples")
+        if src is None:
+            return _empty("intervention_examples")
+        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
+                                        f"WHERE score_id = ? ORDER BY target_kl, direction, prompt", [score_id]),
+                              "intervention_examples")
 
     def decisions(self, score_id: str) -> pd.DataFrame:
         src = _results_glob(self.run_dir, "decisions")

@@ -120,6 +120,18 @@ class Subject:
     def hookpoint_dim(self, name: str) -> int:
         return self.d_mlp if self.hookpoint(name).kind == "mlp_neurons" else self.d_model
 
+    def hook_site(self, name: str) -> tuple[torch.nn.Module, bool]:
+        """(module, pre) whose output (input when pre: the down projection's, for mlp_neurons) is
+        the hookpoint's activation. The cache reads there and steering writes there, so both act on
+        the same tensor."""
+        hp = self.hookpoint(name)
+        layer = self.layers[hp.layer]
+        if hp.kind == "resid_post":
+            return layer, False
+        if hp.kind == "mlp_out":
+            return layer.mlp, False
+        return _down_projection(layer.mlp), True
+
     @torch.no_grad()
     def activations(self, input_ids: torch.Tensor, hookpoints: list[str]) -> dict[str, torch.Tensor]:
         """Activations [batch, seq, dim] at each hookpoint, from one forward pass that stops after
@@ -135,13 +147,9 @@ class Subject:
             return hook
 
         for name, hp in parsed.items():
-            layer = self.layers[hp.layer]
-            if hp.kind == "resid_post":
-                handles.append(layer.register_forward_hook(keep(name)))
-            elif hp.kind == "mlp_out":
-                handles.append(layer.mlp.register_forward_hook(keep(name)))
-            else:
-                handles.append(_down_projection(layer.mlp).register_forward_pre_hook(keep(name)))
+            module, pre = self.hook_site(name)
+            handles.append(module.register_forward_pre_hook(keep(name)) if pre
+                           else module.register_forward_hook(keep(name)))
 
         def stop(module, args, output):
             raise _StopForward

@@ -6,6 +6,8 @@ fuzzing    windows shown with << >> marks (true ones for activating windows, ran
 embedding  MiniLM similarity between the explanation and each window; AUROC
 surprisal  drop in the scorer LM's loss on a window when the explanation is in the prompt; AUROC
 simulation predicted per-token activations (0-9, all at once); Pearson correlation with the truth
+intervention steer the latent's decoder direction to a target KL and read log P(explanation) on steered
+           vs clean continuations (autointerp/intervention/, run by `autointerp score` only)
 """
 
-SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "simulation")
+SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "simulation", "intervention")
