@@ -32,8 +32,11 @@ def _cli(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     env["PYTHONUNBUFFERED"] = "1"
     if fault:
         env[FAULT_ENV] = fault
+    # A shell that started this test run in the background (`cmd &`) leaves SIGINT ignored, and an
+    # ignored signal stays ignored across exec: restore the default so Python installs its
+    # KeyboardInterrupt handler, as it does under a terminal.
     return subprocess.run([sys.executable, "-m", "autointerp.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _killed_then_resumed(args: list[str], fault: str) -> subprocess.CompletedProcess:
