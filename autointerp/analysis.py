@@ -24,6 +24,12 @@ HEADLINE = {"detection": ("auroc", "balanced_accuracy"), "fuzzing": ("auroc", "b
             "simulation": ("correlation",),
             "intervention": ("intervention_score",)}  # nats, at the target KL nearest 1 (scores.target_kl)
 DEFAULT_HEADLINE = ("auroc", "balanced_accuracy", "correlation")
+# the range each scorer's headline can take (for filters and axes); AUROC-like ones live in [0, 1]
+SCORE_RANGE = {"simulation": (-1.0, 1.0), "intervention": (-10.0, 10.0)}
+
+
+def score_range(scorer: str) -> tuple[float, float]:
+    return SCORE_RANGE.get(scorer, (0.0, 1.0))
 HEADLINE_LABEL = ("AUROC (balanced accuracy where a scorer gave no probabilities); simulation: Pearson r; "
                   "intervention: log P(explanation) gain on steered text, nats, at KL 1")
 

@@ -166,3 +166,21 @@ def decisions_view(store: RunStore, score_id: str) -> pd.DataFrame:
     outcome = ["failed" if f else ("right" if ok else "wrong") for f, ok in zip(failed, same)]
     return d.assign(outcome=outcome)[["outcome", "activating", "quantile", "prediction", "probability", "shown",
                                       "raw", "doc_id", "start"]]
+
+
+def intervention_view(store: RunStore, hookpoint: str, latent: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per target KL: alpha, KL reached, scores with both baselines; per prompt: clean vs steered
+    continuation of the latent's direction) behind the latent's latest intervention score."""
+    iv = store.interventions(hookpoint)
+    iv = iv[iv.latent == int(latent)] if len(iv) else iv
+    if iv.empty:
+        return iv, pd.DataFrame()
+    table = iv[["target_kl", "alpha", "kl", "reached", "score", "random_explanation_score", "random_direction_score",
+                "random_alpha", "random_kl"]].rename(columns={
+                    "target_kl": "target KL", "score": "intervention score", "random_explanation_score":
+                    "random explanation", "random_direction_score": "random direction", "random_alpha": "random α",
+                    "random_kl": "random KL", "alpha": "α", "kl": "KL"})
+    ex = store.intervention_examples(iv.score_id.iloc[0])
+    ex = ex[ex.direction == "latent"] if len(ex) else ex
+    cols = ["target_kl", "prompt_text", "clean_text", "steered_text", "logp_clean", "logp_steered"]
+    return table.reset_index(drop=True), (ex[cols].reset_index(drop=True) if len(ex) else pd.DataFrame())

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from autointerp import ui, views  # noqa: E402
+from autointerp import analysis, ui, views  # noqa: E402
 from autointerp.scorers import SCORERS  # noqa: E402
 from autointerp.search import ExplanationIndex  # noqa: E402
 
@@ -41,9 +41,9 @@ with st.sidebar:
     explained_only = st.checkbox("Explained only", value=False)
     ranges = {}
     for s in scorers:
-        r = st.slider(f"{s} score", -1.0 if s == "simulation" else 0.0, 1.0,
-                      (-1.0 if s == "simulation" else 0.0, 1.0), step=0.05, key=f"range-{s}")
-        if r != (-1.0 if s == "simulation" else 0.0, 1.0):
+        full = analysis.score_range(s)
+        r = st.slider(f"{s} score", *full, full, step=0.05, key=f"range-{s}")
+        if r != full:
             ranges[s] = r
 
 hits = None

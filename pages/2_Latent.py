@@ -62,6 +62,17 @@ if len(data.scores):
     st.caption("Failures are malformed LLM answers: counted next to each score, never folded into it. "
                + views.VALIDITY_HELP)
 
+steering, continuations = views.intervention_view(store, hookpoint, latent)
+if len(steering):
+    st.subheader("Intervention (steering)")
+    st.caption("The latent's unit decoder direction added with strength α so the next-token KL hits each "
+               "target; score = mean log P(explanation | steered) − log P(explanation | clean) in nats, beside "
+               "a random explanation on the same steering and the explanation on a random direction.")
+    st.dataframe(steering, hide_index=True, width="stretch")
+    if len(continuations):
+        with st.expander(f"Clean vs steered continuations ({len(continuations)})"):
+            st.dataframe(continuations, hide_index=True, width="stretch")  # model text: plain cells, never HTML
+
 left, right = st.columns([1, 1])
 with left:
     st.subheader("Activation histogram")

@@ -254,10 +254,11 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_intervention_scorer_writes_rows_that_read_back_and_a_rerun_resumes(tmp_path, tiny_run, store, tiny_llm):
+def test_intervention_scorer_writes_rows_that_read_back_and_a_rerun_resumes(tmp_path, tiny_run, store, tiny_llm,
+                                                                           monkeypatch):
     page, _ = store.latent_table(SET, sort="frequency", limit=2)
     latents = [int(x) for x in page.latent]
-    run = _run_copy(tiny_run, tmp_path / "run", latents)
+    run = _run_copy(tiny_run, tmp_path / "data" / "runs" / "run", latents)
     acts = run / "acts" / SET / "acts.parquet"
     before = _digest(acts)
     cfg = InterpretConfig(run=str(run), hookpoint=SET, latents=latents, scorers=["intervention"],
@@ -294,6 +295,18 @@ def test_intervention_scorer_writes_rows_that_read_back_and_a_rerun_resumes(tmp_
     [losses] = tiny_llm.token_losses([PROMPT.format(text=row.steered_text)], [" words about topic 0"])
     assert row.logp_steered == pytest.approx(-sum(losses), rel=1e-4)
     assert _digest(acts) == before  # steering never touches stored activations
+    # the Latent page shows the steering per target KL and the continuations
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("AUTOINTERP_DATA", str(run.parent.parent))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "2_Latent.py"),
+                           default_timeout=120)
+    at.query_params.update({"run": "run", "set": SET, "latent": str(latents[0])})
+    at.run()
+    assert not at.exception
+    assert "Intervention (steering)" in [h.value for h in at.subheader]
+    steering = next(d.value for d in at.dataframe if "intervention score" in d.value.columns)
+    assert len(steering) == 4 and steering["reached"].sum() == len(TINY_TARGETS)
     # a rerun finds everything done and writes nothing; a new scorer runs alone
     parts = _parts(run)
     assert run_score(cfg, client=tiny_llm) == []
