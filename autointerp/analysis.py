@@ -110,3 +110,56 @@ def histogram_table(store: RunStore, hookpoint: str, latent: int) -> pd.DataFram
     """A latent's stored activation histogram as a table (bin_lo, bin_hi, count)."""
     edges, counts = store.histogram(hookpoint, latent)
     return pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": counts.astype(int)})
+
+
+# --- intervention (the paper's Fig. 4) -------------------------------------------------------------
+
+# per target KL, which score of results/interventions each Fig. 4 (left) line shows
+INTERVENTION_CONDITIONS = {"latent, true explanation": "score",
+                           "latent, random explanation": "random_explanation_score",
+                           "random direction, true explanation": "random_direction_score"}
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): a t interval over latents (low = high = mean for one value)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * stats.sem(values))
+    return mean, mean - half, mean + half
+
+
+def intervention_by_kl(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
+    """Mean intervention score with 95% CI per target KL, for the latent's direction with its true
+    and a random explanation and for a random direction with the true explanation (Fig. 4 left):
+    columns target_kl, condition, mean, ci_lo, ci_hi, n. Unreached targets have no score and drop out."""
+    iv = store.interventions(hookpoint)
+    rows = []
+    for target, g in iv.groupby("target_kl"):
+        for condition, column in INTERVENTION_CONDITIONS.items():
+            values = g[column].dropna().astype(float).to_numpy()
+            if len(values):
+                rows.append({"target_kl": float(target), "condition": condition,
+                             **dict(zip(("mean", "ci_lo", "ci_hi"), mean_ci(values))), "n": len(values)})
+    return pd.DataFrame(rows, columns=["target_kl", "condition", "mean", "ci_lo", "ci_hi", "n"])
+
+
+def intervention_vs_fuzzing(table: pd.DataFrame) -> pd.DataFrame:
+    """The latents with both an intervention and a fuzzing headline (Fig. 4 right), from score_table."""
+    if not {"intervention", "fuzzing"} <= set(table.columns):
+        return pd.DataFrame(columns=[*KEYS, "fuzzing", "intervention"])
+    both = table[[*KEYS, "fuzzing", "intervention"]].dropna()
+    return both.reset_index(drop=True)
+
+
+def linear_fit(x, y) -> dict:
+    """Least-squares line and Pearson r of y on x: {n, r, p, slope, intercept}; NaN below 3 points
+    or when either side is constant (no line to fit)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    out = {"n": len(x), "r": np.nan, "p": np.nan, "slope": np.nan, "intercept": np.nan}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    fit = stats.linregress(x, y)
+    return out | {"r": float(fit.rvalue), "p": float(fit.pvalue), "slope": float(fit.slope),
+                  "intercept": float(fit.intercept)}

@@ -115,6 +115,9 @@ class InterpretConfig:
     new_tokens: int = _help("intervention: greedy tokens generated after each prompt, clean and steered", default=8)
     subject_dtype: str = _help("intervention: dtype of the subject model while steering (float32 keeps small KL "
                                "steps smooth)", default="float32")
+    kind: str = _help("explanation kind: 'input' (from activating examples) or 'output' (explain: the explainer "
+                      "reads clean vs steered continuations at the --target-kls value nearest 1 that is reached; "
+                      "score: scores the output explanations, stored apart from input ones)", default="input")
     force: bool = _help("redo latents that already have results", default=False)
     seed: int = _help("random seed", default=0)
 

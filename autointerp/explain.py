@@ -45,7 +45,7 @@ def explain_latents(client, store: RunStore, hookpoint: str, latents: list[int],
     prompts, rows = [], []
     for latent in latents:
         row = {"hookpoint": hookpoint, "latent": int(latent), "explanation": None, "raw": "", "error": None,
-               "model": client.name, "strategy": sampling.strategy, "n_examples": 0}
+               "model": client.name, "strategy": sampling.strategy, "n_examples": 0, "kind": "input"}
         try:
             examples = explanation_examples(store, hookpoint, latent, sampling)
         except TooFewExamples as e:

@@ -46,6 +46,21 @@ def default_out(run: str) -> Path:
     return data_dir() / "exports" / Path(run).name
 
 
+def _export_intervention(w: _Writer, store: RunStore, table: pd.DataFrame, hp: str | None) -> None:
+    """The paper's Fig. 4 where the run has the data: score vs target KL with baselines, and
+    intervention vs fuzzing per latent."""
+    by_kl = analysis.intervention_by_kl(store, hp)
+    if len(by_kl):
+        w.table("intervention_vs_kl", by_kl)
+        w.figure("intervention_vs_kl", figures.intervention_vs_kl(by_kl))
+    pairs = analysis.intervention_vs_fuzzing(table)
+    if len(pairs):
+        w.table("intervention_vs_fuzzing", pairs)
+        w.figure("intervention_vs_fuzzing", figures.intervention_vs_fuzzing(pairs))
+    if by_kl.empty and pairs.empty:
+        log.info("no intervention scores (with fuzzing scores beside them): skipping the intervention figures")
+
+
 def export_run(cfg: ExportConfig) -> list[Path]:
     """Write every figure and table of a run; figures that need scores are skipped (and logged)
     while the run has none. Returns the written paths."""
@@ -84,6 +99,7 @@ def export_run(cfg: ExportConfig) -> list[Path]:
         else:
             w.table("accuracy_per_decile", deciles, index=True)
             w.figure("accuracy_per_decile", figures.decile_accuracy(deciles))
+        _export_intervention(w, store, table, hp)
 
     for h in hookpoints:
         latents, _ = store.latent_table(h, sort="frequency", limit=store.n_latents(h))

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from autointerp.analysis import HEADLINE_LABEL, scorer_columns
+from autointerp.analysis import HEADLINE_LABEL, linear_fit, scorer_columns
 from autointerp.errors import AutointerpError
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,40 @@ def decile_accuracy(df: pd.DataFrame, title: str = "Accuracy per activation deci
     fig.update_yaxes(range=[0, 1.02])
     return _layout(fig, title, "activation decile (0 = non-activating, 10 = strongest)",
                    "mean accuracy over latents")
+
+
+def intervention_vs_kl(df: pd.DataFrame,
+                       title: str = "Intervention score vs target KL") -> go.Figure:
+    """One line per condition (latent / random direction, true / random explanation) over target
+    KL on a log axis, mean with its 95% CI as error bars (a table from analysis.intervention_by_kl)."""
+    fig = go.Figure()
+    for condition, g in df.groupby("condition", sort=False):
+        g = g.sort_values("target_kl")
+        fig.add_trace(go.Scatter(
+            x=g.target_kl, y=g["mean"], mode="lines+markers", name=str(condition),
+            error_y={"type": "data", "symmetric": False, "array": (g.ci_hi - g["mean"]).to_numpy(),
+                     "arrayminus": (g["mean"] - g.ci_lo).to_numpy()},
+            customdata=g.n, hovertemplate="KL %{x:g}: %{y:.3f} nats (n=%{customdata})<extra></extra>"))
+    fig.add_hline(y=0, line_dash="dot", line_color="gray")
+    fig.update_xaxes(type="log")
+    return _layout(fig, f"{title}<br><sup>mean over latents, 95% CI</sup>", "target KL of the next token (nats)",
+                   "log P(expl | steered) − log P(expl | clean), nats")
+
+
+def intervention_vs_fuzzing(df: pd.DataFrame,
+                            title: str = "Intervention vs fuzzing score per latent") -> go.Figure:
+    """Each latent's intervention headline against its fuzzing headline, the least-squares line,
+    and Pearson r with n in the title (a table from analysis.intervention_vs_fuzzing)."""
+    fit = linear_fit(df.fuzzing, df.intervention)
+    fig = go.Figure(go.Scatter(x=df.fuzzing, y=df.intervention, mode="markers", name="latents",
+                               text=df.latent.astype(str),
+                               hovertemplate="latent %{text}: fuzzing %{x:.3f}, intervention %{y:.3f}<extra></extra>"))
+    if np.isfinite(fit["slope"]):
+        xs = np.array([df.fuzzing.min(), df.fuzzing.max()], dtype=float)
+        fig.add_trace(go.Scatter(x=xs, y=fit["intercept"] + fit["slope"] * xs, mode="lines", name="least squares"))
+    r = "–" if not np.isfinite(fit["r"]) else f"{fit['r']:.2f}"
+    return _layout(fig, f"{title}<br><sup>Pearson r = {r}, n = {fit['n']}</sup>", "fuzzing (AUROC)",
+                   "intervention score (nats)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
 from autointerp.faults import fault_point
 from autointerp.intervention.scorer import SCORER as INTERVENTION
+from autointerp.intervention.output import OutputExplainer
 from autointerp.intervention.scorer import InterventionConfig, InterventionScorer
 from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.jobs import report_progress
@@ -29,8 +30,8 @@ from autointerp.scorers.classify import ClassifyConfig, score_classify
 from autointerp.scorers.embedding import score_embedding
 from autointerp.scorers.simulation import score_simulation
 from autointerp.scorers.surprisal import score_surprisal
-from autointerp.store import (RunStore, append_results, latent_seed, present, remove_stale_result_temp,
-                              run_path)
+from autointerp.store import (EXPLANATION_KINDS, RunStore, append_results, latent_seed, present,
+                              remove_stale_result_temp, run_path)
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +75,39 @@ def _chunks(items: list, size: int):
         yield items[i:i + size]
 
 
+def check_kind(cfg: InterpretConfig) -> None:
+    if cfg.kind not in EXPLANATION_KINDS:
+        raise AutointerpError(f"unknown explanation kind {cfg.kind!r}: use --kind input or --kind output")
+
+
+def _explainer(cfg: InterpretConfig, client, store: RunStore):
+    """chunk of latents -> explanation records, of the kind cfg.kind asks for."""
+    if cfg.kind == "output":
+        return OutputExplainer(client, store, cfg).explain
+    ecfg = ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
+    return lambda chunk: explain_latents(client, store, cfg.hookpoint, chunk, _sampling(cfg), ecfg)
+
+
 def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
+    check_kind(cfg)
+    if cfg.kind == "output":
+        InterventionConfig.from_interpret(cfg)  # one-line errors before any model loads
     store = RunStore(run_path(cfg.run))
     remove_stale_result_temp(store.run_dir)
     latents = select_latents(store, cfg)
-    done = store.explanations(cfg.hookpoint)
+    done = store.explanations(cfg.hookpoint, kind=cfg.kind)
     if not cfg.force and len(done):
         # A rerun resumes: latents with a record, explanation or recorded failure, are done (a
         # deterministic explainer would fail the same way again); --force redoes them.
         have = set(done.latent.tolist())
         latents = [x for x in latents if x not in have]
     client = client or _client(cfg)
-    ecfg = ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
+    explain = _explainer(cfg, client, store)
     rows: list[dict] = []
     with tqdm(total=len(latents), desc=f"explain {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(latents))  # a job's progress.json (no-op outside a job)
         for chunk in _chunks(latents, cfg.chunk):
-            part = explain_latents(client, store, cfg.hookpoint, chunk, _sampling(cfg), ecfg)
+            part = explain(chunk)
             append_results(store.run_dir, "explanations", part)
             fault_point("explain-chunk-written")
             rows += part
@@ -159,6 +176,10 @@ def open_for_scoring(cfg: InterpretConfig, steering: bool = False
     unknown = [s for s in cfg.scorers if s not in SCORERS]
     if unknown:
         raise AutointerpError(f"unknown scorers {unknown}: choose from {', '.join(SCORERS)}")
+    check_kind(cfg)
+    if cfg.kind != "input" and not steering:
+        raise AutointerpError(f"--kind {cfg.kind} is scored only by `autointerp score`: validation runs on "
+                              f"input explanations (drop --kind)")
     if INTERVENTION in cfg.scorers:
         if not steering:
             raise AutointerpError("the intervention scorer is not run here: every intervention score carries its "
@@ -168,7 +189,7 @@ def open_for_scoring(cfg: InterpretConfig, steering: bool = False
     store = RunStore(run_path(cfg.run))
     remove_stale_result_temp(store.run_dir)
     latents = select_latents(store, cfg)
-    records = store.explanations(cfg.hookpoint)
+    records = store.explanations(cfg.hookpoint, kind=cfg.kind)
     expl = {int(r.latent): r.explanation for r in records.itertuples() if present(r.explanation)}
     return store, latents, records, expl
 
@@ -193,12 +214,12 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         latents = [x for x in latents if x not in failed]
     missing = [x for x in latents if x not in expl]
     if missing:
-        raise AutointerpError(f"latents {missing[:10]} of {cfg.hookpoint} have no explanation: "
-                              f"run `autointerp explain` on them first")
+        raise AutointerpError(f"latents {missing[:10]} of {cfg.hookpoint} have no {cfg.kind} explanation: "
+                              f"run `autointerp explain --kind {cfg.kind}` on them first")
     todo = {x: list(cfg.scorers) for x in latents}
     if not cfg.force:
         # a rerun runs only the scorers that have not yet scored the latent's current explanation
-        scored = store.scores(cfg.hookpoint)
+        scored = store.scores(cfg.hookpoint, kind=cfg.kind)
         have = scored.groupby(["latent", "explanation"]).scorer.agg(set).to_dict() if len(scored) else {}
         todo = {x: [s for s in cfg.scorers if s not in have.get((x, expl[x]), set())] for x in latents}
         latents = [x for x in latents if todo[x]]
@@ -218,7 +239,7 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
                 if INTERVENTION in todo[latent]:
                     row, targets, examples = steer.score_latent(latent, expl)
                     s, steered, steered_examples = s + [row], steered + targets, steered_examples + examples
-                scores += s
+                scores += [{**r, "explanation_kind": cfg.kind} for r in s]  # kept apart from the other kind's
                 decisions += d
                 n_failed += any(r.get("error") for r in s)
                 bar.update(1)

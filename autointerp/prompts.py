@@ -134,6 +134,47 @@ def explainer_messages(examples: list[Example], threshold: float = 0.3, show_act
     return messages
 
 
+OUTPUT_EXPLAINER_SYSTEM = """You are a meticulous AI researcher studying one feature (latent) of a language model.
+The feature was amplified while the model continued some texts. For each text you see how the model
+continued it normally (Clean) and with the feature amplified (Steered).
+Find what the steered continuations have in common that the clean ones lack: a topic, a kind of word,
+a language, a style. Describe the feature's effect on the output in under 12 words, on a final line of
+the form:
+[EXPLANATION]: <your explanation>"""
+
+# Effects unlike the demo's Wikipedia features (as for FEW_SHOT), so a small explainer has no
+# topic to copy; the answers name the effect ("makes the model ..."), not the prompts' topics.
+OUTPUT_FEW_SHOT = [
+    ("Text 1: The meeting was moved to Tuesday because\n"
+     "  Clean: the manager was out of the office\n"
+     "  Steered: the cat knocked the kitten off the\n"
+     "Text 2: To install the package, run\n"
+     "  Clean: the following command in a terminal\n"
+     "  Steered: the kitten's whiskers and purring\n",
+     "[EXPLANATION]: Makes the model talk about cats and kittens."),
+    ("Text 1: The results of the survey show that\n"
+     "  Clean: most people prefer the new design\n"
+     "  Steered: !!! WOW!!! it is AMAZING!!!\n"
+     "Text 2: He opened the door and\n"
+     "  Clean: walked into the kitchen slowly\n"
+     "  Steered: SCREAMED!!! WHAT!!!\n",
+     "[EXPLANATION]: Makes the model shout: capital letters and exclamation marks."),
+]
+
+
+def output_explainer_messages(samples: list[tuple[str, str, str]]) -> list[dict]:
+    """The output explainer's prompt from (prompt, clean continuation, steered continuation)
+    triples; the prompt's last 120 characters are enough context and keep the prompt short."""
+    lines = []
+    for i, (prompt, clean, steered) in enumerate(samples, 1):
+        lines += [f"Text {i}: {prompt[-120:].strip()}", f"  Clean: {clean}", f"  Steered: {steered}"]
+    messages = [{"role": "system", "content": OUTPUT_EXPLAINER_SYSTEM}]
+    for shot, answer in OUTPUT_FEW_SHOT:
+        messages += [{"role": "user", "content": shot}, {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": defuse("\n".join(lines))})
+    return messages
+
+
 # The explanation that describes nothing: calibration's reference and validity's floor.
 NEUTRAL_EXPLANATION = "Ordinary words in ordinary text"
 

@@ -236,7 +236,10 @@ RESULT_SCHEMAS = {
         ("hookpoint", pa.string()), ("latent", pa.int32()), ("explanation", pa.string()), ("raw", pa.string()),
         ("error", pa.string()), ("model", pa.string()), ("strategy", pa.string()), ("n_examples", pa.int32()),
         ("created_at", pa.timestamp("us")),
-        ("shown", pa.string())]),  # JSON [[doc_id, start], ...]: the windows the explainer saw
+        ("shown", pa.string()),  # JSON [[doc_id, start], ...]: the windows the explainer saw
+        # "input" (from activating examples) or "output" (from clean vs steered continuations); NULL in
+        # parts written before output explanations existed, read as "input"
+        ("kind", pa.string())]),
     "scores": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("explanation", pa.string()), ("model", pa.string()), ("mode", pa.string()), ("error", pa.string()),
@@ -245,7 +248,8 @@ RESULT_SCHEMAS = {
         ("accuracy", pa.float64()), ("accuracy_per_decile", pa.string()), ("correlation", pa.float64()),
         ("correlation_per_quantile", pa.string()), ("created_at", pa.timestamp("us")),
         # intervention: mean log P(expl | steered) - log P(expl | clean) at target_kl (KL of the next token)
-        ("target_kl", pa.float64()), ("intervention_score", pa.float64())]),
+        ("target_kl", pa.float64()), ("intervention_score", pa.float64()),
+        ("explanation_kind", pa.string())]),  # the kind of explanation scored; NULL (older parts) = "input"
     "decisions": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
@@ -357,25 +361,47 @@ def present(value) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+EXPLANATION_KINDS = ("input", "output")
+# the column that says which kind of explanation a row belongs to, per result kind
+_KIND_COLUMN = {"explanations": "kind", "scores": "explanation_kind"}
+
+
 class ResultsMixin:
     """Result queries of RunStore (kept apart so the activation API reads on its own)."""
 
-    def _latest(self, kind: str, keys: str, hookpoint: str | None) -> pd.DataFrame:
+    def _kind_filter(self, kind: str, src: str, explanation_kind: str | None) -> tuple[str, list]:
+        """(SQL condition, params) keeping rows of one explanation kind. Parts written before the
+        column existed read as "input": NULL under union_by_name, or no such column at all when
+        every part predates it (then the condition is a constant)."""
+        column = _KIND_COLUMN.get(kind)
+        if explanation_kind is None or column is None:
+            return "TRUE", []
+        names = self._sql(f"DESCRIBE SELECT * FROM read_parquet({src}, union_by_name = true)").column_name
+        if column not in set(names):
+            return ("TRUE" if explanation_kind == "input" else "FALSE"), []
+        return f"coalesce({column}, 'input') = ?", [explanation_kind]
+
+    def _latest(self, kind: str, keys: str, hookpoint: str | None,
+                explanation_kind: str | None = None) -> pd.DataFrame:
         src = _results_glob(self.run_dir, kind)
         if src is None:
             return _empty(kind)
-        where = "WHERE hookpoint = ?" if hookpoint else ""
+        cond, params = self._kind_filter(kind, src, explanation_kind)
+        where = f"WHERE {cond}" + (" AND hookpoint = ?" if hookpoint else "")
         return _nulls_to_none(self._sql(f"""SELECT * FROM read_parquet({src}, union_by_name = true) {where}
                              QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY created_at DESC) = 1
-                             ORDER BY {keys}""", [hookpoint] if hookpoint else []), kind)
+                             ORDER BY {keys}""", params + ([hookpoint] if hookpoint else [])), kind)
 
-    def explanations(self, hookpoint: str | None = None) -> pd.DataFrame:
-        """Latest explanation record per (hookpoint, latent), failures included (explanation NULL)."""
-        return self._latest("explanations", "hookpoint, latent", hookpoint)
+    def explanations(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Latest explanation record of one kind per (hookpoint, latent), failures included
+        (explanation NULL). Input explanations by default: a latent can have an input and an
+        output explanation, and everything but `--kind output` works on the input one."""
+        return self._latest("explanations", "hookpoint, latent", hookpoint, kind)
 
-    def scores(self, hookpoint: str | None = None) -> pd.DataFrame:
-        """Latest score per (hookpoint, latent, scorer)."""
-        return self._latest("scores", "hookpoint, latent, scorer", hookpoint)
+    def scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Latest score per (hookpoint, latent, scorer) of one kind of explanation (input by
+        default), so scoring a latent's output explanation never replaces its input one's score."""
+        return self._latest("scores", "hookpoint, latent, scorer", hookpoint, kind)
 
     def validity(self, hookpoint: str | None = None) -> pd.DataFrame:
         """Latest validity summary per (hookpoint, scorer): is the scorer validated on this run?"""
@@ -399,19 +425,23 @@ class ResultsMixin:
         parts = list((self.run_dir / "results").glob("*/part-*.parquet"))
         return len(parts) + max((p.stat().st_mtime for p in parts), default=0.0)
 
-    def latent_results(self, kind: str, hookpoint: str, latent: int) -> pd.DataFrame:
-        """Every explanation or score record of one latent, newest first (its history)."""
+    def latent_results(self, kind: str, hookpoint: str, latent: int,
+                       explanation_kind: str | None = "input") -> pd.DataFrame:
+        """Every explanation or score record of one latent, newest first (its history), of one
+        kind of explanation (input by default; None: all kinds)."""
         src = _results_glob(self.run_dir, kind)
         if src is None:
             return _empty(kind)
+        cond, params = self._kind_filter(kind, src, explanation_kind)
         return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
-                                        f"WHERE hookpoint = ? AND latent = ? ORDER BY created_at DESC",
-                                        [hookpoint, int(latent)]), kind)
+                                        f"WHERE {cond} AND hookpoint = ? AND latent = ? ORDER BY created_at DESC",
+                                        params + [hookpoint, int(latent)]), kind)
 
-    def interventions(self, hookpoint: str | None = None) -> pd.DataFrame:
-        """Per (latent, target KL) steering results behind each latent's latest intervention score."""
+    def interventions(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Per (latent, target KL) steering results behind each latent's latest intervention score
+        (of its input explanation by default)."""
         src = _results_glob(self.run_dir, "interventions")
-        latest = self.scores(hookpoint)
+        latest = self.scores(hookpoint, kind)
         ids = latest.score_id[latest.scorer == "intervention"].tolist()
         if src is None or not ids:
             return _empty("interventions")

@@ -143,6 +143,55 @@ def job_form(run: str, hookpoint: str, latents: list[int], key: str) -> jobs.Job
     return job
 
 
+@st.cache_resource(show_spinner=False)
+def steering_subject(model: str):
+    """The subject model for the Steer panel, loaded once per app process (float32: small α steps
+    stay smooth, as in the intervention scorer)."""
+    from autointerp.subject import load_subject
+
+    return load_subject(model, dtype="float32")
+
+
+@st.cache_resource(show_spinner=False)
+def steering_directions(run_dir: str, latent_set: str, _info: dict, _subject):
+    """(hookpoint, decoder directions) of a latent set, rebuilt from the run's coder once."""
+    from autointerp.intervention.scorer import latent_directions
+
+    return latent_directions(_info, latent_set, _subject)
+
+
+def steer_panel(store: RunStore, hookpoint: str, latent: int, key: str = "steer") -> None:
+    """Prompt, strength α or target KL, and the clean vs steered greedy continuation side by side
+    (model text as plain text, never HTML); bad input is a one-line error."""
+    from autointerp.intervention.playground import steer_prompt
+
+    text = st.text_input("Prompt", key=f"{key}-prompt", placeholder="The history of the city begins")
+    c1, c2, c3 = st.columns(3)
+    by = c1.radio("Steer by", ("strength α", "target KL"), key=f"{key}-by", horizontal=True)
+    if by == "strength α":
+        value = c2.number_input("Strength α (L2 norm added at every position)", value=10.0, key=f"{key}-alpha")
+    else:
+        value = c2.number_input("Target KL of the next token (nats)", value=1.0, key=f"{key}-kl")
+    tokens = int(c3.number_input("New tokens", min_value=1, max_value=100, value=20, key=f"{key}-tokens"))
+    if not st.button("Steer", key=f"{key}-go"):
+        return
+    try:
+        with st.spinner("Steering…"):
+            subject = steering_subject(store.info["model"])
+            site, directions = steering_directions(str(store.run_dir), hookpoint, store.info, subject)
+            how = {"alpha": float(value)} if by == "strength α" else {"target_kl": float(value)}
+            res = steer_prompt(subject, site, directions[int(latent)], text, tokens, **how)
+    except AutointerpError as e:
+        st.error(str(e))
+        return
+    left, right = st.columns(2)
+    left.caption("Clean")
+    left.text(res.clean)
+    reached = "" if res.reached is None else (" (target reached)" if res.reached else " (target not reached)")
+    right.caption(f"Steered: α = {res.alpha:.3g}, next-token KL = {res.kl:.3g} nats{reached}")
+    right.text(res.steered)
+
+
 def _latent_list(latents: list[int]) -> str:
     shown = ", ".join(str(x) for x in latents[:5])
     return f"latents {shown}" + (f" +{len(latents) - 5}" if len(latents) > 5 else "")

@@ -139,6 +139,8 @@ class LatentPage:
     explanations: pd.DataFrame  # history, newest first
     scores: pd.DataFrame  # latest per scorer for the current explanation, failures included
     score_history: pd.DataFrame
+    # output explanations (clean vs steered text), newest first; shown beside the input one
+    output_explanations: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n_quantiles: int = 10,
@@ -153,7 +155,8 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
     latest = latest.drop_duplicates("scorer")  # newest first, so the first row per scorer wins
     return LatentPage(hookpoint, int(latent), stats, hist, store.top_examples(hookpoint, latent, n_top),
                       store.quantile_examples(hookpoint, latent, n_quantiles, per_quantile),
-                      expl, latest.reset_index(drop=True), history)
+                      expl, latest.reset_index(drop=True), history,
+                      store.latent_results("explanations", hookpoint, latent, explanation_kind="output"))
 
 
 def decisions_view(store: RunStore, score_id: str) -> pd.DataFrame:

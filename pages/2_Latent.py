@@ -34,21 +34,36 @@ c[2].metric("Max activation", f"{s['max_act']:.3f}")
 c[3].metric("Mean activation", f"{s['mean_act']:.3f}")
 
 st.subheader("Explanation")
-if data.explanations.empty:
-    st.info("Not explained yet: launch a job below.")
-else:
-    row = data.explanations.iloc[0]
-    if row.explanation is None:
-        st.warning(f"The latest explanation failed: {row.error}")
-        st.caption("Raw answer:")
-        st.text(row.raw or "")
+has_output = len(data.output_explanations) > 0
+expl_col, out_col = st.columns(2) if has_output else (st.container(), None)
+with expl_col:
+    if has_output:
+        st.markdown("**Input** (when it fires)")
+    if data.explanations.empty:
+        st.info("Not explained yet: launch a job below.")
     else:
-        st.text(row.explanation)  # plain text: LLM output is never rendered as markdown or HTML
-        st.caption(f"by {row.model}, {row.strategy} examples ({row.n_examples}), {row.created_at}")
-    if len(data.explanations) > 1:
-        with st.expander(f"Earlier explanations ({len(data.explanations) - 1})"):
-            st.dataframe(data.explanations[["created_at", "explanation", "error", "model", "strategy"]].iloc[1:],
-                         hide_index=True, width="stretch")
+        row = data.explanations.iloc[0]
+        if row.explanation is None:
+            st.warning(f"The latest explanation failed: {row.error}")
+            st.caption("Raw answer:")
+            st.text(row.raw or "")
+        else:
+            st.text(row.explanation)  # plain text: LLM output is never rendered as markdown or HTML
+            st.caption(f"by {row.model}, {row.strategy} examples ({row.n_examples}), {row.created_at}")
+if has_output:
+    with out_col:
+        st.markdown("**Output** (what steering it does)")
+        out = data.output_explanations.iloc[0]
+        if out.explanation is None:
+            st.warning(f"The latest output explanation failed: {out.error}")
+            st.text(out.raw or "")
+        else:
+            st.text(out.explanation)
+            st.caption(f"by {out.model}, {out.strategy}, {out.created_at}")
+if len(data.explanations) > 1:
+    with st.expander(f"Earlier explanations ({len(data.explanations) - 1})"):
+        st.dataframe(data.explanations[["created_at", "explanation", "error", "model", "strategy"]].iloc[1:],
+                     hide_index=True, width="stretch")
 
 if len(data.scores):
     st.subheader("Scores")
@@ -72,6 +87,11 @@ if len(steering):
     if len(continuations):
         with st.expander(f"Clean vs steered continuations ({len(continuations)})"):
             st.dataframe(continuations, hide_index=True, width="stretch")  # model text: plain cells, never HTML
+
+st.subheader("Steer")
+st.caption("Add the latent's unit decoder direction × α at every position (or the α whose next-token KL hits a "
+           "target) and compare greedy continuations of your prompt. The subject model loads on first use.")
+ui.steer_panel(store, hookpoint, latent)
 
 left, right = st.columns([1, 1])
 with left:

@@ -71,3 +71,24 @@ else:
     ui.figure_downloads(fig, f"{name}-accuracy-per-decile", key="dl-dec")
     st.dataframe(dec.round(3))
     ui.table_download(dec.reset_index(names="scorer"), f"{name}-accuracy-per-decile", key="dl-deccsv")
+
+by_kl = analysis.intervention_by_kl(store, hookpoint)
+pairs = analysis.intervention_vs_fuzzing(table)
+if len(by_kl) or len(pairs):
+    st.subheader("Intervention scores (the paper's Fig. 4)")
+    st.caption("Left: mean intervention score per target KL for the latents' directions with their own and a "
+               "random explanation, and for random directions with the own explanation (95% CI over latents). "
+               "Right: each latent's intervention score against its fuzzing score.")
+    left, right = st.columns(2)
+    if len(by_kl):
+        with left:
+            fig = figures.intervention_vs_kl(by_kl)
+            st.plotly_chart(fig, width="stretch", key="iv-kl")
+            ui.figure_downloads(fig, f"{name}-intervention-vs-kl", key="dl-ivkl")
+            ui.table_download(by_kl, f"{name}-intervention-vs-kl", key="dl-ivklcsv")
+    if len(pairs):
+        with right:
+            fig = figures.intervention_vs_fuzzing(pairs)
+            st.plotly_chart(fig, width="stretch", key="iv-fuzz")
+            ui.figure_downloads(fig, f"{name}-intervention-vs-fuzzing", key="dl-ivfuzz")
+            ui.table_download(pairs, f"{name}-intervention-vs-fuzzing", key="dl-ivfuzzcsv")
