@@ -202,3 +202,10 @@ def fmt_seconds(s: float | None) -> str:
         return "–"
     s = int(s)
     return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def figure_with_table(fig, table: pd.DataFrame, filename: str, key: str) -> None:
+    """A figure, its PNG/SVG/PDF downloads and the CSV of the data behind it."""
+    st.plotly_chart(fig, width="stretch", key=key)
+    figure_downloads(fig, filename, key=f"dl-{key}")
+    table_download(table, filename, key=f"dl-{key}-csv")

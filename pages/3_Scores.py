@@ -82,13 +82,8 @@ if len(by_kl) or len(pairs):
     left, right = st.columns(2)
     if len(by_kl):
         with left:
-            fig = figures.intervention_vs_kl(by_kl)
-            st.plotly_chart(fig, width="stretch", key="iv-kl")
-            ui.figure_downloads(fig, f"{name}-intervention-vs-kl", key="dl-ivkl")
-            ui.table_download(by_kl, f"{name}-intervention-vs-kl", key="dl-ivklcsv")
+            ui.figure_with_table(figures.intervention_vs_kl(by_kl), by_kl, f"{name}-intervention-vs-kl", key="iv-kl")
     if len(pairs):
         with right:
-            fig = figures.intervention_vs_fuzzing(pairs)
-            st.plotly_chart(fig, width="stretch", key="iv-fuzz")
-            ui.figure_downloads(fig, f"{name}-intervention-vs-fuzzing", key="dl-ivfuzz")
-            ui.table_download(pairs, f"{name}-intervention-vs-fuzzing", key="dl-ivfuzzcsv")
+            ui.figure_with_table(figures.intervention_vs_fuzzing(pairs), pairs, f"{name}-intervention-vs-fuzzing",
+                                 key="iv-fuzz")
