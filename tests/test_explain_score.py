@@ -167,7 +167,7 @@ def test_explain_and_score_pipeline_with_failures_counted(tiny_run, tiny_llm, mo
         assert not {r["latent"] for r in got} & set(failed.latent.tolist())
     # a latent never explained at all is a one-line error
     never = next(x for x in range(256) if x not in latents)
-    with pytest.raises(AutointerpError, match="have no explanation"):
+    with pytest.raises(AutointerpError, match="have no input explanation"):
         run_score(InterpretConfig(run=str(tiny_run), hookpoint=SET, latents=[never]), client=tiny_llm)
     # Give both latents an explanation (as a human would through the app) and score them.
     append_results(tiny_run, "explanations", [{"hookpoint": SET, "latent": x, "explanation": "numbers and dates",
