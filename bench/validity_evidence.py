@@ -21,7 +21,7 @@ def main() -> None:
             frames.append({"scorer": r["scorer"], "latent": r["latent"], **d})
     df = pd.DataFrame(frames)
     df = df[df.scorer.isin(["detection", "fuzzing"])]
-    df["group"] = df.quantile.where(df.activating, 0)
+    df["group"] = df["quantile"].where(df["activating"], 0)
     cols = {"p_explanation": "P(Yes|expl)", "p_neutral": "P(Yes|neutral)", "probability": "calibrated"}
     table = df.groupby(["scorer", "group"])[list(cols)].mean().rename(columns=cols).round(3)
     table["n"] = df.groupby(["scorer", "group"]).size()
