@@ -381,6 +381,14 @@ class ResultsMixin:
             return ("TRUE" if explanation_kind == "input" else "FALSE"), []
         return f"coalesce({column}, 'input') = ?", [explanation_kind]
 
+    def _rows(self, kind: str, where: str, params: list, order: str) -> pd.DataFrame:
+        """Every row of results/<kind> matching `where`, in `order` (empty when nothing is stored)."""
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return _empty(kind)
+        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
+                                        f"WHERE {where} ORDER BY {order}", params), kind)
+
     def _latest(self, kind: str, keys: str, hookpoint: str | None,
                 explanation_kind: str | None = None) -> pd.DataFrame:
         src = _results_glob(self.run_dir, kind)
@@ -409,12 +417,7 @@ class ResultsMixin:
 
     def validity_details(self, validation_id: str) -> pd.DataFrame:
         """Per-latent values (true, random, neutral explanation) behind one validation."""
-        src = _results_glob(self.run_dir, "validity")
-        if src is None:
-            return _empty("validity")
-        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
-                                        f"WHERE validation_id = ? ORDER BY scorer, latent, which", [validation_id]),
-                              "validity")
+        return self._rows("validity", "validation_id = ?", [validation_id], "scorer, latent, which")
 
     def corrupt_parts(self) -> list[Path]:
         """Result parts that every query skips because they do not read (shown by the app)."""
@@ -440,31 +443,18 @@ class ResultsMixin:
     def interventions(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
         """Per (latent, target KL) steering results behind each latent's latest intervention score
         (of its input explanation by default)."""
-        src = _results_glob(self.run_dir, "interventions")
         latest = self.scores(hookpoint, kind)
         ids = latest.score_id[latest.scorer == "intervention"].tolist()
-        if src is None or not ids:
+        if not ids:
             return _empty("interventions")
-        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
-                                        f"WHERE list_contains(?, score_id) ORDER BY hookpoint, latent, target_kl",
-                                        [ids]), "interventions")
+        return self._rows("interventions", "list_contains(?, score_id)", [ids], "hookpoint, latent, target_kl")
 
     def intervention_examples(self, score_id: str) -> pd.DataFrame:
         """The prompts, clean and steered continuations and log-probabilities behind one score."""
-        src = _results_glob(self.run_dir, "intervention_examples")
-        if src is None:
-            return _empty("intervention_examples")
-        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
-                                        f"WHERE score_id = ? ORDER BY target_kl, direction, prompt", [score_id]),
-                              "intervention_examples")
+        return self._rows("intervention_examples", "score_id = ?", [score_id], "target_kl, direction, prompt")
 
     def decisions(self, score_id: str) -> pd.DataFrame:
-        src = _results_glob(self.run_dir, "decisions")
-        if src is None:
-            return _empty("decisions")
-        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
-                                        f"WHERE score_id = ? ORDER BY activating DESC, quantile DESC, doc_id, start",
-                                        [score_id]), "decisions")
+        return self._rows("decisions", "score_id = ?", [score_id], "activating DESC, quantile DESC, doc_id, start")
 
 
 class RunStore(ResultsMixin):

@@ -81,7 +81,7 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     assert job.title == DEMO_JOB_TITLE and [s[0] for s in job.steps] == ["explain", "score"] * 3
     assert [s[s.index("--hookpoint") + 1] for s in job.steps[::2]] == ["mlp_neurons.15-topk8", "mlp_out.15",
                                                                        "resid_post.14"]
-    # with enough latents per set, the first residual set is validated right after it is scored
+    # with enough latents per set, the first residual set is validated, last (a refusal stops no other step)
     from autointerp.demo import demo_steps
 
     steps = demo_steps(DemoConfig(interpret=6), store)
