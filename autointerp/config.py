@@ -68,6 +68,8 @@ class DemoConfig:
     interpret_model: str = _help("explainer/scorer of that job", default="qwen1.5b")
     interpret_scorers: list[str] = _help("scorers of that job",
                                          default_factory=lambda: ["detection", "fuzzing", "embedding"])
+    intervention: bool = _help("that job also intervention-scores the first residual-stream set's latents "
+                               "(steering them; last, after validation)", default=True)
 
 
 @dataclass

@@ -68,20 +68,26 @@ def launch_demo_job(cfg: DemoConfig, store: RunStore) -> jobs.Job | None:
 
 def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
     """The demo job's CLI steps: explain and score every set not scored yet, .15 sets first, then
-    validate the first residual-stream set (when it has >= 3 latents). Validation comes last: a job
-    stops at its first failing step, and too many failed explanations make validate refuse."""
+    validate the first residual-stream set (when it has >= 3 latents) and intervention-score its
+    latents. Those two come last: a job stops at its first failing step, and too many failed
+    explanations make validate refuse."""
     scored = set(store.scores().hookpoint)
     sets = sorted((s for s in store.hookpoints() if s not in scored), key=lambda s: (".15" not in s, s))
-    def args(s: str) -> list[str]:
+
+    def args(s: str, scorers: list[str] | None = None) -> list[str]:
         return jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=s, random=cfg.interpret,
-                                                   model=cfg.interpret_model, scorers=list(cfg.interpret_scorers)))
+                                                   model=cfg.interpret_model,
+                                                   scorers=list(scorers or cfg.interpret_scorers)))
 
     steps: list[tuple[str, list[str]]] = []
     for s in sets:
         steps += [("explain", args(s)), ("score", args(s))]
+    main_set = next((s for s in sets if s.startswith("resid_post.")), None)
     # One small validation (true vs random vs neutral explanation on the same latents) on the main
     # SAE set, so the app can say whether its scorers measure anything on this run.
-    validate_set = next((s for s in sets if s.startswith("resid_post.")), None) if cfg.interpret >= 3 else None
-    if validate_set is not None:
-        steps.append(("validate", args(validate_set)))
+    if main_set is not None and cfg.interpret >= 3:
+        steps.append(("validate", args(main_set)))
+    # The output side (the Latent page's steering table, the Scores page's Fig. 4) for the same latents.
+    if main_set is not None and cfg.intervention:
+        steps.append(("score", args(main_set, ["intervention"])))
     return steps

@@ -144,7 +144,7 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
             summary, records = score_embedding(explanation, activating, negatives, embedder)
             model, mode = "all-MiniLM-L6-v2", "similarity"
         elif scorer == "surprisal":
-            summary, records = score_surprisal(client, explanation, activating, negatives)
+            summary, records = score_surprisal(client, explanation, activating, negatives, cache)
             mode = "loss"
         elif scorer == "simulation":
             summary, records = score_simulation(client, explanation, activating, negatives)

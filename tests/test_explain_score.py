@@ -149,6 +149,27 @@ def test_token_losses_match_a_direct_forward(tiny_llm):
     np.testing.assert_allclose(losses, expected.numpy(), rtol=1e-4)
 
 
+def test_batched_losses_and_simulation_probs_equal_one_by_one(tiny_llm):
+    """token_losses and positional_probs run a shared prompt once and the LM head only where read;
+    the values must not depend on batching or on the reuse."""
+    prompt = "The following text was chosen because it contains rivers and lakes of Europe:\n"
+    texts = [" The Rhine flows north.", " In 1998 it rained.", " Lakes", " A long sentence about the Danube and Vienna."]
+    batched = tiny_llm.token_losses([prompt] * 4, texts)
+    alone = [tiny_llm.token_losses([prompt], [t])[0] for t in texts]
+    for b, a, t in zip(batched, alone, texts):
+        assert len(b) == len(tiny_llm.token_ids(t))
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    head = tiny_llm.token_ids("Explain rivers, lakes and seas of the world in detail.\n" * 2)
+    items = [(head + tiny_llm.token_ids(t), [len(head) + i for i in range(len(tiny_llm.token_ids(t)))])
+             for t in texts]
+    digits = tiny_llm.answer_token_ids([str(i) for i in range(10)])
+    together = tiny_llm.positional_probs(items, digits)
+    for got, item in zip(together, items):
+        [one] = tiny_llm.positional_probs([item], digits)
+        np.testing.assert_allclose(got, one, atol=1e-5)
+        assert len(got) == len(item[1]) and all(abs(sum(p) - 1) < 1e-5 for p in got)
+
+
 def test_explain_and_score_pipeline_with_failures_counted(tiny_run, tiny_llm, monkeypatch):
     cfg = InterpretConfig(run=str(tiny_run), hookpoint=SET, top_frequent=2, n_explain=6, test_per_quantile=1,
                           n_negative=6, chunk=1)

@@ -76,24 +76,30 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     run = run_demo(cfg)
     store = RunStore(run)
     assert store.hookpoints() == ["mlp_neurons.15-topk8", "mlp_out.15", "resid_post.14"]
-    # the background job explains and scores one random latent of every set, the .15 sets first
+    # the background job explains and scores one random latent of every set, the .15 sets first,
+    # then steers the residual set's latent (intervention scoring)
     (job,) = jobs.list_jobs()
-    assert job.title == DEMO_JOB_TITLE and [s[0] for s in job.steps] == ["explain", "score"] * 3
-    assert [s[s.index("--hookpoint") + 1] for s in job.steps[::2]] == ["mlp_neurons.15-topk8", "mlp_out.15",
+    assert job.title == DEMO_JOB_TITLE and [s[0] for s in job.steps] == ["explain", "score"] * 3 + ["score"]
+    assert job.steps[-1][job.steps[-1].index("--scorers") + 1:] == ["intervention"]
+    assert "resid_post.14" in job.steps[-1]
+    assert [s[s.index("--hookpoint") + 1] for s in job.steps[:6:2]] == ["mlp_neurons.15-topk8", "mlp_out.15",
                                                                        "resid_post.14"]
     # with enough latents per set, the first residual set is validated, last (a refusal stops no other step)
     from autointerp.demo import demo_steps
 
     steps = demo_steps(DemoConfig(interpret=6), store)
-    assert [c for c, _ in steps] == ["explain", "score"] * 2 + ["explain", "score", "validate"]
-    assert steps[-1][1] == steps[-2][1] and "resid_post.14" in steps[-1][1]
+    assert [c for c, _ in steps] == ["explain", "score"] * 3 + ["validate", "score"]
+    assert steps[-2][1] == steps[-3][1] and "resid_post.14" in steps[-2][1]
+    assert [c for c, _ in demo_steps(DemoConfig(interpret=6, intervention=False), store)][-1] == "validate"
     deadline = time.time() + 600
     while job.state == "running" and time.time() < deadline:
         time.sleep(1)
     assert job.state == "done", "\n".join(job.log_tail(40))
     scores = store.scores()
     assert set(scores.hookpoint) == set(store.hookpoints())
-    assert set(scores.scorer) == {"detection", "embedding"}
+    assert set(scores.scorer) == {"detection", "embedding", "intervention"}
+    steered = store.interventions("resid_post.14")
+    assert len(steered) == 4 and set(steered.target_kl) == {0.1, 0.3, 1.0, 3.0}
     stamps = {p: p.stat().st_mtime_ns for p in [*demo_sae_dir(cfg).rglob("*.safetensors"), *run.rglob("*.parquet")]}
     assert len(stamps) >= 2 + 2 + 3 * 2
     assert run_demo(cfg) == run

@@ -84,30 +84,46 @@ class TransformersClient(TokenizerSide):
         return out
 
     def _last_hidden(self, batch: list[list[int]]) -> torch.Tensor:
-        """Final hidden state at each sequence's last token, float32 [batch, d_model]. The prefix
-        shared by the whole batch runs once; then each run of consecutive sequences sharing a
-        longer prefix (one explanation under several "Example j:" answers) extends it once."""
+        """Final hidden state at each sequence's last token, float32 [batch, d_model]."""
+        return torch.stack([h[0] for h in self._hidden_at(batch, [[len(s) - 1] for s in batch])]).float()
+
+    def _hidden_at(self, batch: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
+        """Final hidden states [len(positions[j]), d_model] (model dtype) at the given positions of
+        each sequence. The prefix shared by the whole batch runs once; then each run of consecutive
+        sequences sharing a longer prefix (one explanation under several "Example j:" answers)
+        extends it once. A prefix never reaches a position asked for."""
+        first = [min(p) if p else len(s) - 1 for s, p in zip(batch, positions)]
         shared = _common_prefix_len(batch) if len(batch) > 1 else 0
-        shared = min(shared, min(len(s) for s in batch) - 1)  # every suffix keeps >= 1 token
+        shared = min(shared, min(first))
         if shared < MIN_SHARED_PREFIX:
-            return self._suffix_hidden(batch, None, 0)
+            return self._suffix_hidden(batch, None, 0, positions)
         past = self.model(input_ids=torch.tensor([batch[0][:shared]]), use_cache=True).past_key_values
-        out: list[torch.Tensor] = []
+        out: list[torch.Tensor | None] = [None] * len(batch)
+        alone: list[int] = []  # sequences with no longer prefix to share: one batched call after the prefix
         for group in _runs_sharing_prefix(batch, shared + MIN_SHARED_PREFIX):
             seqs = [batch[i] for i in group]
-            extra = min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if len(seqs) > 1 else shared
-            group_past, offset = copy.deepcopy(past), shared
-            if extra - shared >= MIN_SHARED_PREFIX:
-                ids = torch.tensor([seqs[0][shared:extra]])
-                group_past = self.model(input_ids=ids, past_key_values=group_past, use_cache=True,
-                                        position_ids=torch.arange(shared, extra)[None]).past_key_values
-                offset = extra
-            out.append(self._suffix_hidden([s[offset:] for s in seqs], group_past, offset))
-        return torch.cat(out)
+            extra = min(_common_prefix_len(seqs), min(first[i] for i in group)) if len(group) > 1 else shared
+            if extra - shared < MIN_SHARED_PREFIX:
+                alone += group
+                continue
+            ids = torch.tensor([seqs[0][shared:extra]])
+            group_past = self.model(input_ids=ids, past_key_values=copy.deepcopy(past), use_cache=True,
+                                    position_ids=torch.arange(shared, extra)[None]).past_key_values
+            got = self._suffix_hidden([s[extra:] for s in seqs], group_past, extra,
+                                      [[q - extra for q in positions[i]] for i in group])
+            for i, h in zip(group, got):
+                out[i] = h
+        if alone:
+            got = self._suffix_hidden([batch[i][shared:] for i in alone], past, shared,
+                                      [[q - shared for q in positions[i]] for i in alone])
+            for i, h in zip(alone, got):
+                out[i] = h
+        return out
 
-    def _suffix_hidden(self, suffixes: list[list[int]], past, offset: int) -> torch.Tensor:
-        """Last hidden state of each suffix, right-padded, after a batch-1 KV cache of `offset`
-        tokens (repeated across the batch) or none."""
+    def _suffix_hidden(self, suffixes: list[list[int]], past, offset: int,
+                       positions: list[list[int]]) -> list[torch.Tensor]:
+        """Hidden states at `positions` (relative to each suffix) of each suffix, right-padded,
+        after a batch-1 KV cache of `offset` tokens (repeated across the batch) or none."""
         prefix_mask = None
         if past is not None:
             past.batch_repeat_interleave(len(suffixes))
@@ -119,35 +135,50 @@ class TransformersClient(TokenizerSide):
             ids[j, :len(s)] = torch.tensor(s)
             mask[j, :len(s)] = 1
         full_mask = mask if prefix_mask is None else torch.cat([prefix_mask, mask], dim=1)
-        positions = (torch.arange(width) + offset).expand(len(suffixes), -1)
+        pos_ids = (torch.arange(width) + offset).expand(len(suffixes), -1)
         base = getattr(self.model, self.model.base_model_prefix)
-        hidden = base(input_ids=ids, attention_mask=full_mask, past_key_values=past, position_ids=positions,
+        hidden = base(input_ids=ids, attention_mask=full_mask, past_key_values=past, position_ids=pos_ids,
                       use_cache=past is not None).last_hidden_state
-        last = torch.tensor([len(s) - 1 for s in suffixes])
-        return hidden[torch.arange(len(suffixes)), last].float()  # [batch, d_model]
+        return [hidden[j, torch.tensor(p, dtype=torch.long)] for j, p in enumerate(positions)]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on some hidden states, float32, with the final-logit transforms some
+        architectures apply after it (softcapping, scaling)."""
+        logits = self.model.get_output_embeddings()(hidden).float()
+        conf = self.model.config
+        if getattr(conf, "logit_scale", None):
+            logits = logits * conf.logit_scale
+        if getattr(conf, "final_logit_softcapping", None):
+            cap = conf.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     @torch.inference_mode()
     def token_losses(self, prompts: list[str], texts: list[str]) -> list[list[float]]:
+        """Loss of each text token after its prompt. The LM head runs only at the text's positions
+        (with a 152k vocabulary it costs more than the rest of a short forward), and a prompt shared
+        by the batch runs once."""
         out: list[list[float]] = []
         for i in range(0, len(prompts), self.cfg.batch_size):
             pairs = list(zip(prompts[i:i + self.cfg.batch_size], texts[i:i + self.cfg.batch_size]))
             seqs = [(self.token_ids(p), self.token_ids(t)) for p, t in pairs]
-            width = max(len(p) + len(t) for p, t in seqs)
-            ids = torch.full((len(seqs), width), self.tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, (p, t) in enumerate(seqs):
-                ids[j, :len(p) + len(t)] = torch.tensor(p + t)
-                mask[j, :len(p) + len(t)] = 1
-            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            for j, (p, t) in enumerate(seqs):
-                pos = torch.arange(len(p) - 1, len(p) + len(t) - 1)
-                out.append((-logp[j, pos, torch.tensor(t)]).tolist())
+            hidden = self._hidden_at([p + t for p, t in seqs],
+                                     [list(range(len(p) - 1, len(p) + len(t) - 1)) for p, t in seqs])
+            for h, (_, t) in zip(hidden, seqs):
+                logp = torch.log_softmax(self._logits(h), dim=-1)
+                out.append((-logp[torch.arange(len(t)), torch.tensor(t)]).tolist())
         return out
 
     @torch.inference_mode()
-    def positional_probs(self, ids: list[int], positions: list[int], answer_ids: list[int]) -> list[list[float]]:
-        """One forward over `ids`; at each position, P(next token = answer) renormalised over answers
-        (simulation's all-at-once read-out)."""
-        hidden = getattr(self.model, self.model.base_model_prefix)(input_ids=torch.tensor([ids])).last_hidden_state
+    def positional_probs(self, items: list[tuple[list[int], list[int]]], answer_ids: list[int]
+                         ) -> list[list[list[float]]]:
+        """For each (ids, positions): at each position, P(next token = answer) renormalised over
+        answers (simulation's all-at-once read-out). Batched; the instructions, worked examples and
+        explanation that the sequences share run once."""
         head = self.model.get_output_embeddings().weight[answer_ids].float()
-        return torch.softmax(hidden[0, positions].float() @ head.T, dim=-1).tolist()
+        out: list[list[list[float]]] = []
+        for i in range(0, len(items), self.cfg.batch_size):
+            batch = items[i:i + self.cfg.batch_size]
+            hidden = self._hidden_at([ids for ids, _ in batch], [pos for _, pos in batch])
+            out += [torch.softmax(h.float() @ head.T, dim=-1).tolist() for h in hidden]
+        return out

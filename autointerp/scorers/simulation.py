@@ -46,10 +46,9 @@ def score_simulation(client, explanation: str, activating: list[Example], negati
     digit_ids = client.answer_token_ids(DIGITS)
     items = [(e, True) for e in activating] + [(e, False) for e in negatives]
     predicted, records = [], []
-    for e, act in items:
-        ids, positions = _layout(client, explanation, e)
-        probs = np.asarray(client.positional_probs(ids, positions, digit_ids))
-        pred = probs @ np.arange(10)
+    all_probs = client.positional_probs([_layout(client, explanation, e) for e, _ in items], digit_ids)
+    for (e, act), probs in zip(items, all_probs):
+        pred = np.asarray(probs) @ np.arange(10)
         predicted.append(pred)
         records.append({"doc_id": e.doc_id, "start": e.start, "activating": act,
                         "quantile": (e.quantile or 0) if act else 0, "prediction": None,

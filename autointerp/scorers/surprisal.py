@@ -15,12 +15,19 @@ GENERIC_EXPLANATION = "various unrelated text"
 PROMPT = "The following text was chosen because it contains {}:\n"
 
 
-def score_surprisal(client, explanation: str, activating: list[Example], negatives: list[Example]
-                    ) -> tuple[dict, list[dict]]:
+def score_surprisal(client, explanation: str, activating: list[Example], negatives: list[Example],
+                    cache: dict | None = None) -> tuple[dict, list[dict]]:
+    """`cache` keeps the generic prompt's losses, which do not depend on the explanation, for the
+    next explanation scored on the same windows (validation scores three)."""
     items = [(e, True) for e in activating] + [(e, False) for e in negatives]
     texts = [plain(e) for e, _ in items]
     with_expl = client.token_losses([PROMPT.format(explanation)] * len(texts), texts)
-    generic = client.token_losses([PROMPT.format(GENERIC_EXPLANATION)] * len(texts), texts)
+    key = ("surprisal-generic", client.name, tuple(texts))
+    generic = cache.get(key) if cache is not None else None
+    if generic is None:
+        generic = client.token_losses([PROMPT.format(GENERIC_EXPLANATION)] * len(texts), texts)
+        if cache is not None:
+            cache[key] = generic
     gain = np.array([np.mean(g) - np.mean(w) for g, w in zip(generic, with_expl)])
     cut = float(np.median(gain))
     decisions = [Decision(act, bool(v > cut), float(v), (e.quantile or 0) if act else 0)
