@@ -390,21 +390,24 @@ class ResultsMixin:
                                         f"WHERE {where} ORDER BY {order}", params), kind)
 
     def _latest(self, kind: str, keys: str, hookpoint: str | None,
-                explanation_kind: str | None = None) -> pd.DataFrame:
+                explanation_kind: str | None = None, model: str | None = None) -> pd.DataFrame:
         src = _results_glob(self.run_dir, kind)
         if src is None:
             return _empty(kind)
         cond, params = self._kind_filter(kind, src, explanation_kind)
-        where = f"WHERE {cond}" + (" AND hookpoint = ?" if hookpoint else "")
+        where = f"WHERE {cond}" + (" AND hookpoint = ?" if hookpoint else "") + (" AND model = ?" if model else "")
+        params += ([hookpoint] if hookpoint else []) + ([model] if model else [])
         return _nulls_to_none(self._sql(f"""SELECT * FROM read_parquet({src}, union_by_name = true) {where}
                              QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY created_at DESC) = 1
-                             ORDER BY {keys}""", params + ([hookpoint] if hookpoint else [])), kind)
+                             ORDER BY {keys}""", params), kind)
 
-    def explanations(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+    def explanations(self, hookpoint: str | None = None, kind: str = "input", model: str | None = None
+                     ) -> pd.DataFrame:
         """Latest explanation record of one kind per (hookpoint, latent), failures included
         (explanation NULL). Input explanations by default: a latent can have an input and an
-        output explanation, and everything but `--kind output` works on the input one."""
-        return self._latest("explanations", "hookpoint, latent", hookpoint, kind)
+        output explanation, and everything but `--kind output` works on the input one. `model`:
+        the latest among that explainer's records only (e.g. "transformers:qwen1.5b")."""
+        return self._latest("explanations", "hookpoint, latent", hookpoint, kind, model)
 
     def scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
         """Latest score per (hookpoint, latent, scorer) of one kind of explanation (input by

@@ -95,7 +95,13 @@ def main() -> None:
     ap.add_argument("--output-explanations", action="store_true",
                     help="also explain each latent from its steered continuations and score that explanation")
     ap.add_argument("--out", default="", help="write per-latent rows as JSON here (rewritten after every latent)")
+    ap.add_argument("--report", default="", help="only print the tables from a JSON written by --out")
     args = ap.parse_args()
+    if args.report:
+        per_latent = json.loads(Path(args.report).read_text())
+        args.output_explanations = all("targets" in r.get("output", {}) for r in per_latent)
+        report(args, per_latent, InterventionConfig(target_kls=args.target_kls, n_prompts=args.n_prompts), 0, 0, 0)
+        return
     t_start = time.time()
     cfg = InterpretConfig(run=args.run, hookpoint=args.hookpoint, model=args.model, random=args.latents,
                           per_prompt=args.per_prompt)

@@ -5,7 +5,7 @@ bootstrap 95% CI over latents of true - random. Detection and fuzzing are read o
 from the same forward passes, so the two are compared on identical prompts.
 
     .venv/bin/python bench/validity.py [--model qwen1.5b] [--latents 30] [--per-prompt 5]
-        [--scorers detection fuzzing embedding surprisal simulation] [--out results.json]
+        [--scorers detection fuzzing embedding surprisal simulation] [--explainer MODEL] [--out results.json]
 
 Latents: N random latents of the set with enough activating windows to explain and test (seeded);
 explained first when they have no explanation yet (stored in the run like `autointerp explain`).
@@ -58,6 +58,7 @@ def main() -> None:
     ap = llm_bench_parser(__doc__, latents=30)
     ap.add_argument("--scorers", nargs="+", default=["detection", "fuzzing", "embedding", "surprisal", "simulation"])
     ap.add_argument("--out", default="", help="write the per-latent values as JSON here")
+    ap.add_argument("--explainer", default="", help="model whose explanations are scored (default: --model)")
     ap.add_argument("--cost-latents", type=int, default=3, help="latents the cost is timed on")
     args = ap.parse_args()
     t0 = time.time()
@@ -66,15 +67,19 @@ def main() -> None:
     store = RunStore(run_path(args.run))
     latents = select_latents(store, cfg)
     client = TransformersClient(LLMConfig(model=args.model, batch_size=16))
+    explainer_model = args.explainer or args.model
+    explainer = client if explainer_model == args.model else None
     t_explain = time.time()
-    # explanations by this bench's model: the others (e.g. a test model's) are redone
-    have = {int(r.latent) for r in store.explanations(args.hookpoint).itertuples()
-            if present(r.explanation) and r.model == client.name}
+    # explanations by the explainer (--explainer, default the scorer): the others are redone
+    name = f"transformers:{explainer_model}"
+    have = {int(r.latent) for r in store.explanations(args.hookpoint, model=name).itertuples()
+            if present(r.explanation)}
     todo = [x for x in latents if x not in have]
     if todo:
-        run_explain(InterpretConfig(**{**cfg.__dict__, "random": 0, "latents": todo, "force": True}), client=client)
+        explainer = explainer or TransformersClient(LLMConfig(model=explainer_model, batch_size=16))
+        run_explain(InterpretConfig(**{**cfg.__dict__, "random": 0, "latents": todo, "force": True}), client=explainer)
     t_explain = time.time() - t_explain
-    expl = {int(r.latent): r.explanation for r in store.explanations(args.hookpoint).itertuples()
+    expl = {int(r.latent): r.explanation for r in store.explanations(args.hookpoint, model=name).itertuples()
             if present(r.explanation) and int(r.latent) in set(latents)}
     others = random_explanations(expl, cfg.seed)
     embedder = load_embedder()

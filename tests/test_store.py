@@ -138,3 +138,20 @@ def test_one_corrupt_result_part_is_skipped_with_a_warning_and_the_run_still_ope
     (run / "acts" / SET / "acts.parquet").write_bytes(b"PAR1 not really parquet")
     with pytest.raises(AutointerpError, match="re-run `autointerp cache`"):
         RunStore(run).top_examples(SET, 0)
+
+
+def test_latest_explanation_of_one_explainer(tiny_run, tmp_path):
+    """A latent keeps every explainer's records; `model=` picks the newest of one explainer's."""
+    import shutil
+
+    from autointerp.store import append_results
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("results"))
+    for text, model in (("old a", "a"), ("b's", "b"), ("new a", "a")):
+        append_results(run, "explanations", [{"hookpoint": SET, "latent": 3, "explanation": text, "model": model}])
+    store = RunStore(run)
+    assert store.explanations(SET).explanation.tolist() == ["new a"]
+    assert store.explanations(SET, model="b").explanation.tolist() == ["b's"]
+    assert store.explanations(SET, model="a").explanation.tolist() == ["new a"]
+    assert store.explanations(SET, model="c").empty
