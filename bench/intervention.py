@@ -34,7 +34,8 @@ from autointerp.config import InterpretConfig  # noqa: E402
 from autointerp.explain import ExplainConfig, explain_latents, parse_explanation  # noqa: E402
 from autointerp.interpret import _sampling, select_latents  # noqa: E402
 from autointerp.intervention.output import nearest_target  # noqa: E402
-from autointerp.intervention.scorer import InterventionConfig, InterventionScorer, random_explanation  # noqa: E402
+from autointerp.intervention.scorer import (InterventionConfig, InterventionScorer, mean_gain,  # noqa: E402
+                                            random_explanation)
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
 from autointerp.metrics import paired_bootstrap_ci  # noqa: E402
@@ -48,29 +49,21 @@ class TimedScorer(InterventionScorer):
 
     seconds: dict[str, float] = {}
 
-    def _add(self, phase: str, t0: float) -> None:
-        self.seconds = {**self.seconds, phase: self.seconds.get(phase, 0.0) + time.time() - t0}
+    def _timed(self, phase: str, method, *args):
+        t0 = time.time()
+        try:
+            return method(*args)
+        finally:
+            self.seconds = {**self.seconds, phase: self.seconds.get(phase, 0.0) + time.time() - t0}
 
     def search(self, direction):
-        t0 = time.time()
-        try:
-            return super().search(direction)
-        finally:
-            self._add("search", t0)
+        return self._timed("search", super().search, direction)
 
     def _continue(self, vector):
-        t0 = time.time()
-        try:
-            return super()._continue(vector)
-        finally:
-            self._add("continuations", t0)
+        return self._timed("continuations", super()._continue, vector)
 
     def _logps(self, pairs):
-        t0 = time.time()
-        try:
-            return super()._logps(pairs)
-        finally:
-            self._add("scorer LM", t0)
+        return self._timed("scorer LM", super()._logps, pairs)
 
 
 def ci_line(label: str, a: list, b: list) -> str:
@@ -183,8 +176,7 @@ def score_output_explanations(scorer: InterventionScorer, per_latent: list[dict]
         r["seconds"]["output scoring"] = time.time() - t0
 
         def gain(ts, x):
-            return None if not ts or x is None else float(np.mean([lp[(s, x)] - lp[(c, x)]
-                                                                   for s, c in zip(ts, scorer.clean_texts)]))
+            return mean_gain(lp, ts or None, scorer.clean_texts, x)
 
         r["output"] |= {"random_explanation": other, "targets": [
             {"target_kl": t["target_kl"], "score": gain(texts.get((t["target_kl"], "latent")), e),

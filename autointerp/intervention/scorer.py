@@ -150,8 +150,13 @@ def decode(tokenizer, ids: list[int]) -> str:
     return defuse("".join(parts))
 
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values))
+def mean_gain(lp: dict[tuple[str, str], float], steered: list[str] | None, clean: list[str],
+              explanation: str | None) -> float | None:
+    """Mean over prompts of log P(explanation | steered) - log P(explanation | clean), from the
+    scorer LM's log-probabilities `lp` by (text, explanation); None when a side is missing."""
+    if steered is None or explanation is None:
+        return None
+    return float(np.mean([lp[(s, explanation)] - lp[(c, explanation)] for s, c in zip(steered, clean)]))
 
 
 class InterventionScorer:
@@ -228,9 +233,7 @@ class InterventionScorer:
         lp = self._logps(pairs)
 
         def gain(texts: list[str] | None, e: str | None) -> float | None:
-            if texts is None or e is None:
-                return None
-            return _mean([lp[(s, e)] - lp[(c, e)] for s, c in zip(texts, self.clean_texts)])
+            return mean_gain(lp, texts, self.clean_texts, e)
 
         targets, examples = [], []
         for t in sorted(found["latent"]):
