@@ -12,4 +12,4 @@ import streamlit as st  # noqa: E402
 # Explicit navigation so the first page is labelled "Overview", not after this file's name.
 st.navigation([st.Page("pages/0_Overview.py", title="Overview", default=True),
                st.Page("pages/1_Browse.py"), st.Page("pages/2_Latent.py"), st.Page("pages/3_Scores.py"),
-               st.Page("pages/4_Jobs.py")]).run()
+               st.Page("pages/5_Analyses.py"), st.Page("pages/4_Jobs.py")]).run()

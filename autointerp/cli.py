@@ -9,7 +9,7 @@ import logging
 import sys
 import typing
 
-from autointerp.config import CacheConfig, DemoConfig, ExportConfig, InterpretConfig, TrainConfig
+from autointerp.config import STUDIES, AnalyzeConfig, CacheConfig, DemoConfig, ExportConfig, InterpretConfig, TrainConfig
 from autointerp.errors import AutointerpError
 
 log = logging.getLogger("autointerp")
@@ -88,6 +88,16 @@ def cmd_validate(args) -> None:
               f"{r.diff:6.3f}  [{r.ci_lo:6.3f}, {r.ci_hi:6.3f}]  {'validated' if r.validated else 'NOT validated'}")
 
 
+def cmd_analyze(args) -> None:
+    import pandas as pd
+
+    from autointerp.studies import run_study
+
+    table = run_study(args.study, config_from_args(AnalyzeConfig, args))
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+        print(table.to_string(index=False))
+
+
 def cmd_export(args) -> None:
     from autointerp.export import export_run
 
@@ -120,6 +130,8 @@ COMMANDS = {
               "intervention (steering)"),
     "validate": (cmd_validate, InterpretConfig, "does each scorer tell true from random explanations? paired "
                  "bootstrap CI over latents, stored for the app"),
+    "analyze": (cmd_analyze, AnalyzeConfig, "the paper's analyses, stored for the app: sampling (strategies), coders "
+                "(SAE latents vs neurons), overlap (adjacent layers), agreement (scorer correlations)"),
     "export": (cmd_export, ExportConfig, "write a run's figures (png/svg/pdf) and tables (CSV) to a folder"),
     "models": (cmd_models, None, "prepare the embedded models (assemble, hash-check, convert once)"),
     "runs": (cmd_runs, None, "list cached runs"),
@@ -135,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if cls is not None:
             add_config_flags(p, cls)
+        if name == "analyze":
+            p.add_argument("study", choices=STUDIES, help="which study")
         if name == "models":
             p.add_argument("aliases", nargs="*", default=[], help="smollm2 and/or qwen1.5b; both when none is named")
         p.set_defaults(func=fn)

@@ -8,7 +8,7 @@ steering and the logit lens.
 Kinds:
   sae        an SAE in sae-lens format (local folder, or release/id from the sae-lens registry online)
   sparsify   an EleutherAI sparsify folder (cfg.json + sae.safetensors)
-  neurons    the raw units of the hookpoint (every non-zero value is kept)
+  neurons    the raw units of the hookpoint, positive part (above a threshold T with neurons:T@HP)
   topk       the k largest units per token (k matched to an SAE's L0 in the baseline)
   random     random unit directions, ReLU then top-k: a baseline with no learned structure
 """
@@ -271,13 +271,18 @@ class SparsifyCoder:
 
 
 class NeuronCoder:
-    """The hookpoint's own units as latents. With k, only the k largest per token (top-k neurons)."""
+    """The hookpoint's own units as latents, positive part. With k, only the k largest per token
+    (top-k neurons)."""
 
-    def __init__(self, hookpoint: str, d_in: int, k: int | None = None):
+    def __init__(self, hookpoint: str, d_in: int, k: int | None = None, threshold: float = 0.0):
         self.kind = "topk" if k else "neurons"
         self.hookpoint = hookpoint
         self.d_in = self.n_latents = d_in
         self.k = k
+        # Raw neurons only: values at or below it are dropped. The MLP's gated units are positive
+        # on about half of all tokens, so at 0 a neuron is silent in almost no 32-token window and
+        # the scorers have no non-activating examples to test on.
+        self.threshold = float(threshold)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> SparseCode:
@@ -286,16 +291,16 @@ class NeuronCoder:
         if self.k:
             values, indices = x.topk(self.k, dim=1, sorted=False)
             return SparseCode(values.clamp_min(0), indices)
-        # Raw neurons: every unit, signed values kept (only exact zeros are padding).
+        # Raw neurons: every unit's positive part (as the paper's neuron baseline); zeros are not stored.
         idx = torch.arange(self.d_in).expand(x.shape[0], -1)
-        return SparseCode(x, idx)
+        return SparseCode(torch.where(x > self.threshold, x, torch.zeros_like(x)).clamp_min(0), idx)
 
     def decoder_directions(self) -> torch.Tensor:
         return torch.eye(self.d_in)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "hookpoint": self.hookpoint, "d_in": self.d_in,
-                "n_latents": self.n_latents, "k": self.k}
+                "n_latents": self.n_latents, "k": self.k, "threshold": self.threshold}
 
 
 class RandomDirectionCoder:
@@ -333,6 +338,7 @@ class CoderSpec:
     hookpoint: str | None = None
     source: str | None = None  # SAE/sparsify folder or sae-lens release/id
     k: int | None = None
+    threshold: float = 0.0  # neurons: keep values above it
     n_latents: int | None = None
     seed: int = 0
     name: str | None = None
@@ -340,7 +346,7 @@ class CoderSpec:
     @classmethod
     def parse(cls, text: str) -> "CoderSpec":
         """`sae:PATH`, `sae:PATH@HOOKPOINT`, `sparsify:PATH@HOOKPOINT`, `neurons@HOOKPOINT`,
-        `topk:K@HOOKPOINT`, `random:N:K@HOOKPOINT`."""
+        `neurons:T@HOOKPOINT` (values above T), `topk:K@HOOKPOINT`, `random:N:K@HOOKPOINT`."""
         body, _, hookpoint = text.rpartition("@") if "@" in text else (text, "", "")
         kind, _, arg = body.partition(":")
         if kind not in CODER_KINDS:
@@ -352,12 +358,14 @@ class CoderSpec:
                 spec.source = arg
             elif kind == "topk":
                 spec.k = int(arg)
+            elif kind == "neurons" and arg:
+                spec.threshold = float(arg)
             elif kind == "random":
                 n, _, k = arg.partition(":")
                 spec.n_latents, spec.k = int(n), int(k)
         except ValueError as e:
-            raise AutointerpError(f"coder {text!r} has a non-integer size: e.g. topk:32@mlp_neurons.15 "
-                                  f"or random:4096:32@resid_post.15") from e
+            raise AutointerpError(f"coder {text!r} has a malformed size: e.g. topk:32@mlp_neurons.15, "
+                                  f"neurons:0.4@mlp_neurons.15 or random:4096:32@resid_post.15") from e
         if kind != "sae" and not spec.hookpoint:
             raise AutointerpError(f"coder {text!r} needs a hookpoint: append @HOOKPOINT, e.g. @resid_post.15")
         return spec
@@ -385,7 +393,7 @@ def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None) -> Spar
         if spec.kind == "random":
             coder = RandomDirectionCoder(spec.hookpoint, d, spec.n_latents, spec.k, spec.seed)
         else:
-            coder = NeuronCoder(spec.hookpoint, d, spec.k if spec.kind == "topk" else None)
+            coder = NeuronCoder(spec.hookpoint, d, spec.k if spec.kind == "topk" else None, spec.threshold)
     if subject is not None:
         hp = str(subject.hookpoint(coder.hookpoint))
         coder.hookpoint = hp
@@ -396,3 +404,19 @@ def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None) -> Spar
                 f"has width {d}: use a coder trained on this model and hookpoint"
             )
     return coder
+
+
+def coder_from_manifest(entry: dict) -> SparseCoder:
+    """Rebuild a run's coder from its manifest entry (run.json "coders"), without the subject
+    model: for its decoder directions (the overlap study). SAE folders must still be where they
+    were cached from."""
+    spec = CoderSpec.parse(entry["spec"])
+    hookpoint = entry.get("hookpoint") or spec.hookpoint
+    if spec.kind in ("sae", "sparsify"):
+        coder = build_coder(spec)
+        coder.hookpoint = hookpoint
+        return coder
+    d_in = int(entry["d_in"])
+    if spec.kind == "random":
+        return RandomDirectionCoder(hookpoint, d_in, spec.n_latents, spec.k, int(entry.get("seed", spec.seed)))
+    return NeuronCoder(hookpoint, d_in, spec.k if spec.kind == "topk" else None, spec.threshold)

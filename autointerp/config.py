@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from autointerp.paths import data_dir
 
 DEMO_HOOKPOINTS = ["resid_post.14", "resid_post.15", "resid_post.16", "mlp_out.15"]
+# SAEs the demo trains and caches only for the adjacent-layer overlap study (MLP side of it)
+DEMO_OVERLAP_HOOKPOINTS = ["mlp_out.14", "mlp_out.16"]
+STUDIES = ("sampling", "coders", "overlap", "agreement")
 
 
 def _help(text: str, **kw):
@@ -70,6 +73,17 @@ class DemoConfig:
                                          default_factory=lambda: ["detection", "fuzzing", "embedding"])
     intervention: bool = _help("that job also intervention-scores the first residual-stream set's latents "
                                "(steering them; last, after validation)", default=True)
+    overlap_hookpoints: list[str] = _help("more SAE hookpoints trained and cached for the adjacent-layer overlap "
+                                          "study only (not explained by the job)",
+                                          default_factory=lambda: list(DEMO_OVERLAP_HOOKPOINTS))
+    neuron_threshold: float = _help("the raw-neuron set of the SAE-vs-neurons study (the neuron baseline's layer, "
+                                    "positive part) keeps values above this: at 0 the gated MLP units fire in every "
+                                    "window and nothing can be scored; 0.4 gives about the SAEs' L0 (-1: no such set)",
+                                    default=0.4)
+    random_baseline: bool = _help("also cache random directions (n_latents, k) at the neuron baseline's mlp_out "
+                                  "hookpoint, the floor of that study", default=True)
+    studies: int = _help("latents per condition in the job's small studies (sampling, coders; overlap explains "
+                         "this many per adjacent pair; 0: no studies)", default=6)
 
 
 @dataclass
@@ -131,3 +145,21 @@ class ExportConfig:
     formats: list[str] = _help("figure formats: png svg pdf", default_factory=lambda: ["png", "svg", "pdf"])
     hookpoint: str = _help("only this latent set ('' = every set of the run)", default="")
     top_latents: int = _help("activation histograms of the N most frequent latents of each set", default=3)
+
+
+@dataclass
+class AnalyzeConfig(InterpretConfig):
+    """`autointerp analyze STUDY`: the explain/score settings of InterpretConfig plus each study's own."""
+
+    random: int = _help("latents per condition: N random latents active enough to explain and score", default=8)
+    strategies: list[str] = _help("sampling study: the explanation sampling strategies compared",
+                                  default_factory=lambda: ["top", "random", "quantiles", "mix"])
+    sets: list[str] = _help("coders study: the latent sets compared, first is the reference (default: every set "
+                            "of the run, SAEs first)", default_factory=list)
+    pairs: list[str] = _help("overlap study: latent-set pairs A:B (default: every pair of sets of one coder kind "
+                             "at adjacent layers of one site)", default_factory=list)
+    basis: list[str] = _help("overlap study: match on 'decoder' directions (every latent) and/or "
+                             "'explanation' embeddings (explains --random latents of A and their decoder partners "
+                             "in B where they have no explanation yet)",
+                             default_factory=lambda: ["decoder", "explanation"])
+    scorer: str = _help("the score a study's summary and figure compare (any scorer it ran)", default="detection")

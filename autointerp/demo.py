@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autointerp import jobs
 from autointerp.cache import cache_run
-from autointerp.config import CacheConfig, DemoConfig, InterpretConfig, TrainConfig
+from autointerp.config import AnalyzeConfig, CacheConfig, DemoConfig, InterpretConfig, TrainConfig
 from autointerp.paths import data_dir
 from autointerp.store import RunStore
 from autointerp.subject import load_subject
@@ -32,16 +32,15 @@ def run_demo(cfg: DemoConfig) -> Path:
     t0 = time.time()
     log.info("[1/3] subject model SmolLM2-135M-Instruct")
     subject = load_subject("smollm2")
-    log.info("[2/3] demo SAEs on %s", ", ".join(cfg.hookpoints))
+    hookpoints = list(dict.fromkeys(cfg.hookpoints + cfg.overlap_hookpoints))
+    log.info("[2/3] demo SAEs on %s", ", ".join(hookpoints))
     sae_dir = demo_sae_dir(cfg)
-    metrics = train_saes(TrainConfig(hookpoints=cfg.hookpoints, out_dir=str(sae_dir), n_latents=cfg.n_latents,
+    metrics = train_saes(TrainConfig(hookpoints=hookpoints, out_dir=str(sae_dir), n_latents=cfg.n_latents,
                                      k=cfg.k, tokens=cfg.train_tokens, epochs=cfg.epochs), subject=subject)
     for hp, m in metrics.items():
         log.info("  %s: FVU %.3f  L0 %.1f  dead %.1f%%", hp, m["fvu"], m["l0"], m["dead_pct"])
     log.info("[3/3] activation cache over %d tokens", cfg.tokens)
-    coders = [f"sae:{sae_dir / hp}" for hp in cfg.hookpoints]
-    if cfg.neuron_baseline:
-        coders.append(f"topk:{cfg.k}@{cfg.neuron_baseline}")
+    coders = [f"sae:{sae_dir / hp}" for hp in hookpoints] + baseline_coders(cfg)
     run_dir = cache_run(CacheConfig(run=cfg.run, model="smollm2", coders=coders, tokens=cfg.tokens),
                         subject=subject)
     log.info("demo ready in %.0f s: %s", time.time() - t0, run_dir)
@@ -50,6 +49,33 @@ def run_demo(cfg: DemoConfig) -> Path:
         log.info("explaining and scoring %d latents per set in the background: job %s (see the app's Jobs page, "
                  "log %s)", cfg.interpret, job.id, job.log_path)
     return run_dir
+
+
+def baseline_coders(cfg: DemoConfig) -> list[str]:
+    """The neuron baseline's layer seen as latents other than an SAE's: top-k neurons (k = the
+    SAEs' L0), raw neurons (positive part above cfg.neuron_threshold) and random directions at
+    the layer's mlp_out (the SAE-vs-neurons study compares them with the mlp_out SAE)."""
+    if not cfg.neuron_baseline:
+        return []
+    layer = cfg.neuron_baseline.rpartition(".")[2]
+    out = [f"topk:{cfg.k}@{cfg.neuron_baseline}"]
+    if cfg.neuron_threshold >= 0:
+        out.append(f"neurons:{cfg.neuron_threshold:g}@{cfg.neuron_baseline}")
+    if cfg.random_baseline:
+        out.append(f"random:{cfg.n_latents}:{cfg.k}@mlp_out.{layer}")
+    return out
+
+
+def coder_study_sets(cfg: DemoConfig, store: RunStore) -> list[str]:
+    """The SAE-vs-neurons study's sets: the SAE at the baseline layer's mlp_out first, then the
+    neuron and random sets of baseline_coders, those the run has."""
+    if not cfg.neuron_baseline:
+        return []
+    layer = cfg.neuron_baseline.rpartition(".")[2]
+    wanted = [f"mlp_out.{layer}", f"{cfg.neuron_baseline}-neurons", f"{cfg.neuron_baseline}-topk{cfg.k}",
+              f"mlp_out.{layer}-random"]
+    have = [s for s in wanted if s in store.hookpoints()]
+    return have if len(have) >= 2 and have[0] == wanted[0] else []
 
 
 DEMO_JOB_TITLE = "demo: explain + score"
@@ -67,19 +93,33 @@ def launch_demo_job(cfg: DemoConfig, store: RunStore) -> jobs.Job | None:
 
 
 def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
-    """The demo job's CLI steps: explain and score every set not scored yet, .15 sets first, then
-    validate the first residual-stream set (when it has >= 3 latents) and intervention-score its
-    latents. Those two come last: a job stops at its first failing step, and too many failed
-    explanations make validate refuse."""
+    """The demo job's CLI steps, cheapest figure first:
+    1. the overlap study's decoder match (seconds, no LLM), when no overlap study exists;
+    2. explain and score every main set not scored yet, .15 sets first;
+    3. validate the first residual-stream set (when it has >= 3 latents) and intervention-score it;
+    4. the small studies: sampling strategies, SAE vs neurons (on the coders run), overlap with
+       explanations. A job stops at its first failing step, so what the app already relies on
+       (scores, validity) comes before the studies."""
     scored = set(store.scores().hookpoint)
-    sets = sorted((s for s in store.hookpoints() if s not in scored), key=lambda s: (".15" not in s, s))
+    # sets cached only for a study are explained by that study, not one by one here
+    studied = {*cfg.overlap_hookpoints, f"{cfg.neuron_baseline}-neurons",
+               f"mlp_out.{cfg.neuron_baseline.rpartition('.')[2]}-random"}
+    sets = sorted((s for s in store.hookpoints() if s not in scored and s not in studied),
+                  key=lambda s: (".15" not in s, s))
 
     def args(s: str, scorers: list[str] | None = None) -> list[str]:
         return jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=s, random=cfg.interpret,
                                                    model=cfg.interpret_model,
                                                    scorers=list(scorers or cfg.interpret_scorers)))
 
+    def analyze(study: str, **kw) -> tuple[str, list[str]]:
+        acfg = AnalyzeConfig(run=cfg.run, random=cfg.studies, model=cfg.interpret_model, **kw)
+        return "analyze", [study, *jobs.config_args(acfg)]
+
+    studies = cfg.studies >= 3 and store.study_launches("overlap_summary").empty
     steps: list[tuple[str, list[str]]] = []
+    if studies:
+        steps.append(analyze("overlap", basis=["decoder"]))
     for s in sets:
         steps += [("explain", args(s)), ("score", args(s))]
     main_set = next((s for s in sets if s.startswith("resid_post.")), None)
@@ -90,4 +130,9 @@ def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
     # The output side (the Latent page's steering table, the Scores page's Fig. 4) for the same latents.
     if main_set is not None and cfg.intervention:
         steps.append(("score", args(main_set, ["intervention"])))
+    if studies:
+        steps.append(analyze("sampling", hookpoint=main_set or "resid_post.15"))
+        if coder_study_sets(cfg, store):
+            steps.append(analyze("coders", sets=coder_study_sets(cfg, store)))
+        steps.append(analyze("overlap"))
     return steps

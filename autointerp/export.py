@@ -61,6 +61,20 @@ def _export_intervention(w: _Writer, store: RunStore, table: pd.DataFrame, hp: s
         log.info("no intervention scores (with fuzzing scores beside them): skipping the intervention figures")
 
 
+def _export_analyses(w: _Writer, store: RunStore) -> None:
+    """Every study stored on the run (the Analyses page's figures and tables), under analyses/."""
+    from autointerp.analysis.report import REPORTS
+
+    for study, build in REPORTS.items():
+        report = build(store)
+        if report.missing:
+            log.info("%s: %s", study, report.missing)
+        for section in report.sections:
+            w.table(f"analyses/{section.name}", section.table)
+            if section.figure is not None:
+                w.figure(f"analyses/{section.name}", section.figure)
+
+
 def export_run(cfg: ExportConfig) -> list[Path]:
     """Write every figure and table of a run; figures that need scores are skipped (and logged)
     while the run has none. Returns the written paths."""
@@ -100,6 +114,8 @@ def export_run(cfg: ExportConfig) -> list[Path]:
             w.table("accuracy_per_decile", deciles, index=True)
             w.figure("accuracy_per_decile", figures.decile_accuracy(deciles))
         _export_intervention(w, store, table, hp)
+
+    _export_analyses(w, store)
 
     for h in hookpoints:
         latents, _ = store.latent_table(h, sort="frequency", limit=store.n_latents(h))

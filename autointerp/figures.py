@@ -130,6 +130,83 @@ def intervention_vs_fuzzing(df: pd.DataFrame,
 
 
 # ---------------------------------------------------------------------------------------------
+# the paper's analyses (tables from autointerp.analysis.*)
+
+
+def _error_bars(mid, lo, hi) -> dict:
+    mid, lo, hi = (np.asarray(x, dtype=float) for x in (mid, lo, hi))
+    return {"type": "data", "symmetric": False, "array": np.nan_to_num(hi - mid), "arrayminus": np.nan_to_num(mid - lo)}
+
+
+def condition_scores(scores: pd.DataFrame, summary: pd.DataFrame, scorer: str, title: str) -> go.Figure:
+    """Per condition (strategy, latent set): every latent's score as a point in a box, and the
+    mean with its 95% CI beside it; n per condition in the axis labels."""
+    fig = go.Figure()
+    s = scores[scores.scorer == scorer] if len(scores) else scores
+    labels = {r.condition: f"{r.condition} (n={r.n})" for r in summary.itertuples()}
+    for r in summary.itertuples():
+        g = s[s.condition == r.condition]
+        fig.add_trace(go.Box(y=g.value.astype(float), name=labels[r.condition], boxpoints="all", jitter=0.4,
+                             pointpos=0, marker_color="#4c78a8", line_color="#4c78a8", showlegend=False,
+                             text=g.latent.astype(str), hovertemplate="latent %{text}: %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[labels[c] for c in summary.condition], y=summary["mean"], mode="markers",
+                             marker={"symbol": "diamond", "size": 11, "color": "#e45756"}, name="mean, 95% CI",
+                             error_y=_error_bars(summary["mean"], summary.mean_lo, summary.mean_hi)))
+    if scorer != "simulation":
+        fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="chance",
+                      annotation_position="bottom right")
+    return _layout(fig, f"{title}<br><sup>{scorer}: AUROC per latent (simulation: Pearson r); box = latents, "
+                        f"diamond = mean with 95% CI</sup>", "", scorer)
+
+
+def condition_deciles(dec: pd.DataFrame, scorer: str, title: str) -> go.Figure:
+    """Accuracy per activation decile (0 = silent windows), one line per condition, 95% CIs."""
+    fig = go.Figure()
+    for condition, g in dec.groupby("condition", sort=False):
+        fig.add_trace(go.Scatter(x=g.decile, y=g["mean"], mode="lines+markers", name=str(condition),
+                                 error_y=_error_bars(g["mean"], g.ci_lo, g.ci_hi), customdata=g.n,
+                                 hovertemplate="decile %{x}: %{y:.3f} (n=%{customdata} latents)<extra></extra>"))
+    ticks = sorted(int(d) for d in dec.decile.unique()) if len(dec) else []
+    fig.update_xaxes(tickvals=ticks, ticktext=["silent" if d == 0 else str(d) for d in ticks])
+    fig.update_yaxes(range=[0, 1.05])
+    return _layout(fig, f"{title}<br><sup>{scorer}: mean accuracy over latents with 95% CI</sup>",
+                   "activation decile (0 = silent windows, 10 = strongest)", "accuracy")
+
+
+def overlap_bars(table: pd.DataFrame, basis: str, title: str = "Adjacent-layer overlap") -> go.Figure:
+    """Per pair of adjacent sets: mean matched similarity and its baseline, 95% CIs, grouped
+    by family (residual stream vs MLP output)."""
+    t = table[table.basis == basis]
+    x = [[f for f in t.family], [p for p in t.pair]]
+    fig = go.Figure([
+        go.Bar(x=x, y=t.matched_mean, name="matched (Hungarian)" if basis != "partner explanation"
+               else "decoder partners", error_y=_error_bars(t.matched_mean, t.matched_lo, t.matched_hi),
+               customdata=t.n, hovertemplate="%{x}: %{y:.3f} (n=%{customdata})<extra></extra>"),
+        go.Bar(x=x, y=t.baseline_mean, name=f"baseline ({t.baseline.iloc[0]})" if len(t) else "baseline",
+               error_y=_error_bars(t.baseline_mean, t.baseline_lo, t.baseline_hi),
+               hovertemplate="%{x}: %{y:.3f}<extra></extra>")])
+    fig.update_layout(barmode="group")
+    what = {"decoder": "cosine of decoder directions", "explanation": "cosine of explanation embeddings (MiniLM)",
+            "partner explanation": "explanation similarity of decoder-matched latents"}[basis]
+    n = "–" if t.empty else f"{int(t.n.min())}–{int(t.n.max())}" if t.n.nunique() > 1 else str(int(t.n.iloc[0]))
+    return _layout(fig, f"{title}: {basis}<br><sup>{what}; mean with 95% CI, n = {n} pairs per bar</sup>",
+                   "family / pair of layers", "similarity")
+
+
+def agreement_intervals(table: pd.DataFrame, title: str = "Scorer agreement") -> go.Figure:
+    """Spearman rho with its bootstrap 95% CI for each pair of scorers, n in the labels."""
+    labels = [f"{r.scorer_a} vs {r.scorer_b} (n={r.n})" for r in table.itertuples()]
+    fig = go.Figure(go.Scatter(x=table.rho, y=labels, mode="markers", marker={"size": 10},
+                               error_x=_error_bars(table.rho, table.ci_lo, table.ci_hi),
+                               hovertemplate="%{y}: rho %{x:.2f}<extra></extra>"))
+    fig.add_vline(x=0, line_dash="dot", line_color="gray")
+    fig.update_xaxes(range=[-1.05, 1.05])
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, f"{title}<br><sup>Spearman rho over latents both scorers scored, bootstrap 95% CI</sup>",
+                   "Spearman rho", "")
+
+
+# ---------------------------------------------------------------------------------------------
 # export
 
 

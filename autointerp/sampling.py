@@ -101,6 +101,10 @@ def scoring_examples(store: RunStore, hookpoint: str, latent: int, cfg: Sampling
         negatives = hard_negatives(store, hookpoint, latent, activating, cfg, embedder)
     else:
         raise AutointerpError(f"unknown negatives {cfg.negatives!r}: use random or hard")
+    if len(negatives) < min(cfg.n_negative, cfg.min_examples):
+        raise TooFewExamples(f"latent {latent} of {hookpoint} is silent in only {len(negatives)} windows; at least "
+                             f"{min(cfg.n_negative, cfg.min_examples)} non-activating windows are needed to score it "
+                             f"(a dense unit: cache it with a threshold, e.g. neurons:0.4@HOOKPOINT)")
     return activating, negatives
 
 

@@ -284,7 +284,32 @@ RESULT_SCHEMAS = {
         ("random_mean", pa.float64()), ("neutral_mean", pa.float64()), ("diff", pa.float64()),
         ("ci_lo", pa.float64()), ("ci_hi", pa.float64()), ("validated", pa.bool_()),
         ("created_at", pa.timestamp("us"))]),
+    # the paper's analyses (autointerp/studies.py): one study_id per launch of a study, all its rows
+    # carry it; "condition" is what the study compares (a sampling strategy, a latent set)
+    "study_explanations": pa.schema([
+        ("study_id", pa.string()), ("study", pa.string()), ("condition", pa.string()), ("hookpoint", pa.string()),
+        ("latent", pa.int32()), ("explanation", pa.string()), ("raw", pa.string()), ("error", pa.string()),
+        ("model", pa.string()), ("strategy", pa.string()), ("n_examples", pa.int32()), ("shown", pa.string()),
+        ("created_at", pa.timestamp("us"))]),
+    "study_scores": pa.schema([
+        ("study_id", pa.string()), ("study", pa.string()), ("condition", pa.string()), ("hookpoint", pa.string()),
+        ("latent", pa.int32()), ("scorer", pa.string()), ("explanation", pa.string()), ("value", pa.float64()),
+        ("n", pa.int32()), ("n_failed", pa.int32()), ("error", pa.string()), ("model", pa.string()),
+        ("mode", pa.string()), ("accuracy_per_decile", pa.string()), ("created_at", pa.timestamp("us"))]),
+    # adjacent-layer overlap: one row per matched pair (basis "decoder" or "explanation")
+    "overlap_pairs": pa.schema([
+        ("study_id", pa.string()), ("basis", pa.string()), ("family", pa.string()), ("set_a", pa.string()),
+        ("set_b", pa.string()), ("latent_a", pa.int32()), ("latent_b", pa.int32()), ("similarity", pa.float64()),
+        ("decoder_partner", pa.bool_()), ("explanation_a", pa.string()), ("explanation_b", pa.string()),
+        ("created_at", pa.timestamp("us"))]),
+    "overlap_summary": pa.schema([
+        ("study_id", pa.string()), ("basis", pa.string()), ("family", pa.string()), ("set_a", pa.string()),
+        ("set_b", pa.string()), ("n", pa.int32()), ("matched_mean", pa.float64()), ("matched_lo", pa.float64()),
+        ("matched_hi", pa.float64()), ("baseline", pa.string()), ("baseline_mean", pa.float64()),
+        ("baseline_lo", pa.float64()), ("baseline_hi", pa.float64()), ("random_pair_mean", pa.float64()),
+        ("recovered", pa.float64()), ("model", pa.string()), ("created_at", pa.timestamp("us"))]),
 }
+STUDY_KINDS = ("study_explanations", "study_scores", "overlap_pairs", "overlap_summary")
 
 
 def append_results(run_dir: Path, kind: str, rows: list[dict]) -> Path | None:
@@ -421,6 +446,33 @@ class ResultsMixin:
     def validity_details(self, validation_id: str) -> pd.DataFrame:
         """Per-latent values (true, random, neutral explanation) behind one validation."""
         return self._rows("validity", "validation_id = ?", [validation_id], "scorer, latent, which")
+
+    def study_results(self, kind: str, study: str | None = None, study_id: str | None = None) -> pd.DataFrame:
+        """Every row of one study launch (results/<kind>, a STUDY_KINDS member): `study_id`, else
+        the newest launch that wrote rows of `study` (sampling, coders; for overlap kinds, any)."""
+        if kind not in STUDY_KINDS:
+            raise ValueError(kind)
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return _empty(kind)
+        if study_id is None:
+            cond, params = ("study = ?", [study]) if study and kind.startswith("study_") else ("TRUE", [])
+            latest = self._sql(f"SELECT study_id FROM read_parquet({src}, union_by_name = true) WHERE {cond} "
+                               f"GROUP BY study_id ORDER BY max(created_at) DESC LIMIT 1", params)
+            if latest.empty:
+                return _empty(kind)
+            study_id = str(latest.study_id[0])
+        return self._rows(kind, "study_id = ?", [study_id], "created_at")
+
+    def study_launches(self, kind: str) -> pd.DataFrame:
+        """(study_id, study, rows, first, last) of every launch that wrote results/<kind>, newest first."""
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return pd.DataFrame(columns=["study_id", "study", "rows", "first", "last"])
+        study = "study" if kind.startswith("study_") else "'overlap'"
+        return self._sql(f"SELECT study_id, any_value({study}) AS study, count(*) AS rows, min(created_at) AS first, "
+                         f"max(created_at) AS last FROM read_parquet({src}, union_by_name = true) "
+                         f"GROUP BY study_id ORDER BY last DESC")
 
     def corrupt_parts(self) -> list[Path]:
         """Result parts that every query skips because they do not read (shown by the app)."""

@@ -209,3 +209,59 @@ def figure_with_table(fig, table: pd.DataFrame, filename: str, key: str) -> None
     st.plotly_chart(fig, width="stretch", key=key)
     figure_downloads(fig, filename, key=f"dl-{key}")
     table_download(table, filename, key=f"dl-{key}-csv")
+
+
+def latent_url(run: str, hookpoint: str, latent: int) -> str:
+    """A link to the Latent page (query parameters as pick_run / pick_set / current_latent read them)."""
+    from urllib.parse import urlencode
+
+    return "Latent?" + urlencode({"run": run, "set": hookpoint, "latent": int(latent)})
+
+
+def study_form(store: RunStore, run: str, study: str, key: str) -> jobs.Job | None:
+    """Settings of one study, its estimated cost, and a button that launches it as a job."""
+    from autointerp.config import AnalyzeConfig
+    from autointerp.sampling import STRATEGIES
+    from autointerp.studies import coder_sets, estimate_seconds
+
+    defaults = AnalyzeConfig()
+    sets = store.hookpoints()
+    kw: dict = {}
+    with st.form(key):
+        c1, c2, c3 = st.columns(3)
+        n = int(c1.number_input("Latents per condition", 3, 500, defaults.random, key=f"{key}-n",
+                                help="at least 3: every number comes with a 95% CI over latents"))
+        model = c2.text_input("Explainer / scorer model", value=defaults.model, key=f"{key}-model",
+                              help="qwen1.5b (CPU default), smollm2 (fast, weak), a local folder or .gguf file")
+        backend = c2.selectbox("Backend", BACKENDS, key=f"{key}-backend")
+        base_url = c3.text_input("Server base URL (openai)", value="", key=f"{key}-url",
+                                 placeholder="http://127.0.0.1:8000/v1")
+        scorers = c3.multiselect("Scorers", [s for s in SCORERS if s != "intervention"], default=defaults.scorers,
+                                 key=f"{key}-scorers")
+        n_sets = 1
+        if study == "sampling":
+            kw["hookpoint"] = c1.selectbox("Latent set", sets, index=sets.index(defaults.hookpoint)
+                                           if defaults.hookpoint in sets else 0, key=f"{key}-set")
+            kw["strategies"] = c1.multiselect("Strategies", STRATEGIES, default=list(STRATEGIES), key=f"{key}-strat")
+        elif study == "coders":
+            kw["sets"] = c1.multiselect("Latent sets (first = reference)", sets, default=coder_sets(store, []),
+                                        key=f"{key}-sets")
+            n_sets = len(kw["sets"])
+        elif study == "overlap":
+            from autointerp.analysis.overlap import adjacent_pairs
+
+            found = [f"{a}:{b}" for a, b in adjacent_pairs(store)]
+            kw["pairs"] = c1.multiselect("Pairs of adjacent sets", found, default=found, key=f"{key}-pairs")
+            kw["basis"] = c1.multiselect("Match on", ["decoder", "explanation"], default=["decoder", "explanation"],
+                                         key=f"{key}-basis")
+            n_sets = max(1, len(kw["pairs"]))
+        cfg = AnalyzeConfig(run=run, random=n, model=model, backend=backend, base_url=base_url,
+                            scorers=list(scorers) or defaults.scorers, **kw)
+        st.caption(f"Estimated cost on 2 CPU cores: about {fmt_seconds(estimate_seconds(study, cfg, n_sets))} "
+                   f"(docs/benchmarks.md, 'Analyses'); a GPU backend is much faster.")
+        submitted = st.form_submit_button(f"Launch the {study} study")
+    if not submitted:
+        return None
+    job = jobs.launch("analyze", [study, *jobs.config_args(cfg)], title=f"analyze {study} on {run} ({backend}:{model})")
+    st.success(f"Launched job {job.id}: follow it on the Jobs page; results appear here as each chunk lands.")
+    return job

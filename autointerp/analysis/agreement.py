@@ -1,0 +1,66 @@
+"""Scorer agreement (the paper's Table 1): Spearman correlation between scorers over the latents
+both scored, with n and a bootstrap CI (resampling latents), next to each scorer's validity on
+the run (true vs random explanations, autointerp validate)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from autointerp.analysis.scores import score_table, scorer_columns
+from autointerp.analysis.stats import MIN_N, N_BOOT
+
+COLUMNS = ["scorer_a", "scorer_b", "n", "rho", "ci_lo", "ci_hi", "validated_a", "validated_b"]
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(x, y).statistic)
+
+
+def rho_ci(x, y, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(rho, low, high): Spearman rho and its percentile bootstrap CI over latents; NaN bounds
+    below MIN_N latents (and resamples with a constant side are skipped)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rho = _spearman(x, y) if len(x) >= MIN_N else np.nan
+    if len(x) < MIN_N or not np.isfinite(rho):
+        return rho, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    boots = np.array([_spearman(x[i], y[i]) for i in idx])
+    boots = boots[np.isfinite(boots)]
+    if len(boots) < n_boot // 2:
+        return rho, np.nan, np.nan
+    tail = (1 - level) / 2 * 100
+    return rho, float(np.percentile(boots, tail)), float(np.percentile(boots, 100 - tail))
+
+
+def verdicts(store, hookpoint: str | None = None) -> dict[str, str]:
+    """scorer -> 'validated' / 'not validated' / 'not checked', from the latest validations (a
+    scorer validated on every set it was checked on is validated)."""
+    v = store.validity(hookpoint)
+    out = {}
+    for scorer, g in v.groupby("scorer"):
+        out[scorer] = "validated" if g.validated.astype(bool).all() else "not validated"
+    return out
+
+
+def agreement_table(store, hookpoint: str | None = None, seed: int = 0, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """One row per pair of scorers with at least MIN_N shared latents."""
+    table = score_table(store, hookpoint)
+    cols = scorer_columns(table)
+    valid = verdicts(store, hookpoint)
+    rows = []
+    for i, a in enumerate(cols):
+        for b in cols[i + 1:]:
+            both = table[[a, b]].astype(float).dropna()
+            if len(both) < MIN_N:
+                continue
+            rho, lo, hi = rho_ci(both[a].to_numpy(), both[b].to_numpy(), n_boot, seed)
+            rows.append({"scorer_a": a, "scorer_b": b, "n": len(both), "rho": rho, "ci_lo": lo, "ci_hi": hi,
+                         "validated_a": valid.get(a, "not checked"), "validated_b": valid.get(b, "not checked")})
+    return pd.DataFrame(rows, columns=COLUMNS)
