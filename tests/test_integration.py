@@ -72,10 +72,13 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     (tmp_path / "models").symlink_to(smollm2_dir.parent)  # reuse the converted model
     cfg = DemoConfig(tokens=2048, train_tokens=3000, epochs=1, n_latents=256, k=8,
                      hookpoints=["resid_post.14", "mlp_out.15"], interpret=1, interpret_model="smollm2",
-                     interpret_scorers=["detection", "embedding"])
+                     interpret_scorers=["detection", "embedding"], overlap_hookpoints=["mlp_out.14"], studies=0)
     run = run_demo(cfg)
     store = RunStore(run)
-    assert store.hookpoints() == ["mlp_neurons.15-topk8", "mlp_out.15", "resid_post.14"]
+    # the main sets, the overlap study's extra SAE, and the SAE-vs-neurons study's baselines
+    assert store.hookpoints() == ["mlp_neurons.15-neurons", "mlp_neurons.15-topk8", "mlp_out.14", "mlp_out.15",
+                                  "mlp_out.15-random", "resid_post.14"]
+    assert store.info["coders"]["mlp_neurons.15-neurons"]["threshold"] == 0.4
     # the background job explains and scores one random latent of every set, the .15 sets first,
     # then steers the residual set's latent (intervention scoring)
     (job,) = jobs.list_jobs()
@@ -90,7 +93,16 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     steps = demo_steps(DemoConfig(interpret=6), store)
     assert [c for c, _ in steps] == ["explain", "score"] * 3 + ["validate", "score"]
     assert steps[-2][1] == steps[-3][1] and "resid_post.14" in steps[-2][1]
-    assert [c for c, _ in demo_steps(DemoConfig(interpret=6, intervention=False), store)][-1] == "validate"
+    assert [c for c, _ in demo_steps(DemoConfig(interpret=6, intervention=False, studies=0), store)][-1] == "validate"
+    # with studies: the overlap's decoder match first (no LLM: a figure within seconds), the small
+    # studies after everything the other pages rely on
+    steps = demo_steps(DemoConfig(interpret=6, studies=6, k=8, overlap_hookpoints=["mlp_out.14"]), store)
+    assert [c for c, _ in steps] == ["analyze"] + ["explain", "score"] * 3 + ["validate", "score"] + ["analyze"] * 3
+    assert steps[0][1][:1] == ["overlap"] and steps[0][1][steps[0][1].index("--basis") + 1:][:1] == ["decoder"]
+    assert [a[0] for _, a in steps[-3:]] == ["sampling", "coders", "overlap"]
+    coders = steps[-2][1]
+    assert coders[coders.index("--sets") + 1:coders.index("--sets") + 5] == [
+        "mlp_out.15", "mlp_neurons.15-neurons", "mlp_neurons.15-topk8", "mlp_out.15-random"]
     deadline = time.time() + 600
     while job.state == "running" and time.time() < deadline:
         time.sleep(1)

@@ -212,7 +212,33 @@ def _write_results(run_dir: Path, hookpoint: str, xss_latent: int, avoid: set[in
                            "mode": "logprob", "correlation_per_quantile": "{}",
                            "accuracy_per_decile": json.dumps({"0": 0.8, "1": 0.4 + 0.05 * i, "5": 0.6, "10": 0.9})})
     append_results(run_dir, "scores", scores)
+    _write_studies(run_dir, hookpoint, list(explained))
     return explained
+
+
+def _write_studies(run_dir: Path, hookpoint: str, latents: list[int]) -> None:
+    """Rows of a sampling, a coders and an overlap study (as `autointerp analyze` writes them),
+    so the Analyses page has every section; the overlap pairs match the run's latents to themselves."""
+    from autointerp.store import append_results
+
+    rows = []
+    for study, conditions in (("sampling", ("top", "random", "quantiles", "mix")),
+                              ("coders", (hookpoint, "mlp_neurons.15-topk32"))):
+        sid = uuid.uuid4().hex
+        rows += [{"study_id": sid, "study": study, "condition": c, "hookpoint": hookpoint, "latent": x,
+                  "scorer": "detection", "explanation": f"{c} {x}", "value": 0.55 + 0.05 * j + 0.02 * i, "n": 30,
+                  "n_failed": 0, "model": "fixture",
+                  "accuracy_per_decile": json.dumps({"0": 0.8, "5": 0.5 + 0.02 * j, "10": 0.9})}
+                 for j, c in enumerate(conditions) for i, x in enumerate(latents)]
+    append_results(run_dir, "study_scores", rows)
+    sid = uuid.uuid4().hex
+    head = {"study_id": sid, "basis": "decoder", "family": "resid_post sae", "set_a": hookpoint, "set_b": hookpoint}
+    append_results(run_dir, "overlap_pairs", [{**head, "latent_a": x, "latent_b": x, "similarity": 1.0,
+                                               "decoder_partner": True} for x in latents])
+    append_results(run_dir, "overlap_summary", [{**head, "n": len(latents), "matched_mean": 1.0, "matched_lo": 1.0,
+                                                 "matched_hi": 1.0, "baseline": "shuffled coordinates",
+                                                 "baseline_mean": 0.2, "baseline_lo": 0.19, "baseline_hi": 0.21,
+                                                 "random_pair_mean": 0.0}])
 
 
 @pytest.fixture(scope="session")

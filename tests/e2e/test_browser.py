@@ -3,7 +3,7 @@
 followed to the end, figure and table downloads, and hostile HTML from the corpus and from an
 explanation shown as inert text. Every test fails on any page error, console error or Python
 exception shown on a page. Elements are found by their visible text and labels; the pages' URLs
-are /, /Browse, /Latent, /Scores and /Jobs."""
+are /, /Browse, /Latent, /Scores, /Analyses and /Jobs."""
 
 from __future__ import annotations
 
@@ -227,6 +227,25 @@ def test_scores_page_shows_distributions_correlations_and_deciles(app, e2e_data)
     app.select("Latent sets", e2e_data.hookpoint)
     expect(page.get_by_role("heading", name=f"Scores · {e2e_data.hookpoint}")).to_be_visible()
     expect(charts).to_have_count(3)
+
+
+def test_analyses_page_shows_every_study_and_its_pairs_open_latent_pages(app, e2e_data):
+    app.open("Analyses")
+    page = app.page
+    for heading in ("Sampling strategies", "SAE latents vs neurons", "Adjacent-layer overlap", "Scorer agreement"):
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    expect(charts).to_have_count(6)  # sampling x2, coders x2, overlap, agreement
+    for i in range(6):
+        expect(charts.nth(i).locator("svg.main-svg").first).to_be_visible()
+    sampling = app.table(0)
+    assert list(sampling.condition) == ["top", "random", "quantiles", "mix"]
+    assert set(sampling.n) == {str(len(e2e_data.explained))}
+    app.screenshot("analyses")
+    # a matched pair's link opens the latent's page (the pairs table holds Latent?run=&set=&latent= links)
+    latent = next(iter(e2e_data.explained))
+    app.open(latent_url(e2e_data, latent))
+    expect(page.get_by_role("heading", name=f"{e2e_data.hookpoint} · latent {latent}")).to_be_visible()
 
 
 def test_jobs_page_loads(app):
