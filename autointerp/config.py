@@ -154,10 +154,10 @@ class AnalyzeConfig(InterpretConfig):
     random: int = _help("latents per condition: N random latents active enough to explain and score", default=8)
     strategies: list[str] = _help("sampling study: the explanation sampling strategies compared",
                                   default_factory=lambda: ["top", "random", "quantiles", "mix"])
-    sets: list[str] = _help("coders study: the latent sets compared, first is the reference (default: every set "
-                            "of the run, SAEs first)", default_factory=list)
-    pairs: list[str] = _help("overlap study: latent-set pairs A:B (default: every pair of sets of one coder kind "
-                             "at adjacent layers of one site)", default_factory=list)
+    sets: list[str] = _help("coders study: the latent sets compared, first is the reference (none given: every "
+                            "set of the run, SAEs first)", default_factory=list)
+    pairs: list[str] = _help("overlap study: latent-set pairs A:B (none given: every pair of sets of one coder "
+                             "kind at adjacent layers of one site)", default_factory=list)
     basis: list[str] = _help("overlap study: match on 'decoder' directions (every latent) and/or "
                              "'explanation' embeddings (explains --random latents of A and their decoder partners "
                              "in B where they have no explanation yet)",

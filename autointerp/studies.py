@@ -21,7 +21,6 @@ import json
 import logging
 import uuid
 
-import numpy as np
 import pandas as pd
 
 from autointerp.analysis import agreement as agreement_analysis

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import uuid
 from pathlib import Path
+
+from conftest import fresh_copy
 
 import numpy as np
 import pandas as pd
@@ -50,10 +51,7 @@ def analysis_run(tmp_path_factory, tiny_subject, tiny_sae_dir) -> Path:
 
 @pytest.fixture
 def run(tmp_path, analysis_run, monkeypatch) -> Path:
-    dest = tmp_path / "data" / "runs" / "analysis"
-    shutil.copytree(analysis_run, dest, ignore=shutil.ignore_patterns("results"))
-    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path / "data"))
-    return dest
+    return fresh_copy(analysis_run, tmp_path, monkeypatch, "analysis")
 
 
 @pytest.fixture(scope="module")

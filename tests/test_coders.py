@@ -225,8 +225,12 @@ def test_coder_specs_reject_bad_text():
         CoderSpec.parse("pca:3@resid_post.1")
     with pytest.raises(AutointerpError, match="needs a hookpoint"):
         CoderSpec.parse("topk:4")
-    with pytest.raises(AutointerpError, match="non-integer"):
+    with pytest.raises(AutointerpError, match="malformed size"):
         CoderSpec.parse("topk:x@resid_post.1")
+    with pytest.raises(AutointerpError, match="malformed size"):
+        CoderSpec.parse("neurons:high@mlp_neurons.1")
+    assert CoderSpec.parse("neurons:0.4@mlp_neurons.15").threshold == 0.4
+    assert CoderSpec.parse("neurons@mlp_neurons.15").threshold == 0.0
     spec = CoderSpec.parse("topk:32@mlp_neurons.15")
     assert (spec.kind, spec.k, spec.hookpoint, spec.default_name("mlp_neurons.15")) == \
         ("topk", 32, "mlp_neurons.15", "mlp_neurons.15-topk32")

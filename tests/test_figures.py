@@ -176,7 +176,9 @@ def test_export_command_writes_figures_and_tables(scored, tmp_path, monkeypatch,
     monkeypatch.setenv("AUTOINTERP_DATA", str(data))
     assert main(["export", "--run", "tiny", "--hookpoint", hp, "--top-latents", "1"]) == 0
     out = data / "exports" / "tiny"
-    names = {p.name for p in out.iterdir()}
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    # the run-level analyses go to analyses/: here scorer agreement (the run has no studies yet)
+    assert {f"analyses/scorer_agreement.{ext}" for ext in ("csv", "png", "svg", "pdf")} <= names
     for stem in ("score_distributions", "scorer_correlations", "accuracy_per_decile"):
         assert {f"{stem}.png", f"{stem}.svg", f"{stem}.pdf"} <= names
     assert {"scores.csv", "scorer_correlations_rho.csv", "scorer_correlations_n.csv", "accuracy_per_decile.csv",

@@ -5,9 +5,10 @@ page's Fig. 4 figures and their export, on copies of the tiny run with the tiny 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import uuid
 from pathlib import Path
+
+from conftest import fresh_copy
 
 import numpy as np
 import pandas as pd
@@ -48,10 +49,7 @@ class FakeExplainer:
 
 @pytest.fixture
 def run(tmp_path, tiny_run, monkeypatch) -> Path:
-    out = tmp_path / "data" / "runs" / "tiny"
-    shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("results"))
-    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path / "data"))
-    return out
+    return fresh_copy(tiny_run, tmp_path, monkeypatch, "tiny")
 
 
 def _top(run: Path, n: int) -> list[int]:

@@ -5,8 +5,9 @@ every latent can never be validated; explanations quoting a latent's own held-ou
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
+
+from conftest import fresh_copy
 
 import numpy as np
 import pytest
@@ -45,10 +46,7 @@ def tiny_llm(tiny_model_dir):
 
 @pytest.fixture
 def run(tmp_path, tiny_run, monkeypatch):
-    dest = tmp_path / "data" / "runs" / "tiny"
-    shutil.copytree(tiny_run, dest, ignore=shutil.ignore_patterns("results"))
-    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path / "data"))
-    return dest
+    return fresh_copy(tiny_run, tmp_path, monkeypatch, "tiny")
 
 
 def _latents(store: RunStore, n: int) -> list[int]:
