@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from autointerp.coders import CoderSpec, SparseCoder, build_coder
 from autointerp.config import CacheConfig
 from autointerp.corpus import load_texts, tokenize_contexts
+from autointerp.devices import resolve_device, resolve_dtype
 from autointerp.errors import AutointerpError
 from autointerp.faults import fault_point
 from autointerp.store import (ACT_SCHEMA, atomic_write_bytes, atomic_write_json, finalize_latent_set,
@@ -39,12 +40,13 @@ _IDENTITY_KEYS = ("model", "corpus", "ctx_len", "n_contexts", "seed", "part_cont
 
 def code_to_table(code, doc_ids: np.ndarray, ctx_len: int) -> pa.Table:
     """Sparse code of tokens [n_ctx * ctx_len] (positions 1..ctx_len) into (latent, doc_id, pos, value) rows."""
-    values = code.values.numpy()
+    values = code.values.cpu().numpy()
+    indices = code.indices.cpu().numpy()
     keep = values != 0
     rows, cols = np.nonzero(keep)
     tok_doc = np.repeat(doc_ids.astype(np.int32), ctx_len)
     tok_pos = np.tile(np.arange(1, ctx_len + 1, dtype=np.int16), len(doc_ids))
-    return pa.table([pa.array(code.indices.numpy()[rows, cols].astype(np.int32)),
+    return pa.table([pa.array(indices[rows, cols].astype(np.int32)),
                      pa.array(tok_doc[rows]), pa.array(tok_pos[rows]),
                      pa.array(values[rows, cols].astype(np.float32))], schema=ACT_SCHEMA)
 
@@ -96,8 +98,10 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
         raise AutointerpError("no coders given: pass --coders, e.g. sae:data/saes/smollm2/resid_post.15")
     run_dir = run_path(cfg.run)
     specs = [CoderSpec.parse(c) for c in cfg.coders]
-    subject = subject or load_subject(cfg.model)
-    coders: list[SparseCoder] = [build_coder(s, subject, dtype=cfg.coder_dtype) for s in specs]
+    device = resolve_device(cfg.device) if subject is None else str(subject.device)
+    subject = subject or load_subject(cfg.model, resolve_dtype(cfg.dtype, device), device)
+    coder_dtype = resolve_dtype(cfg.coder_dtype, device)
+    coders: list[SparseCoder] = [build_coder(s, subject, dtype=coder_dtype, device=device) for s in specs]
     names = [s.default_name(c.hookpoint) for s, c in zip(specs, coders)]
     if len(set(names)) != len(names):
         raise AutointerpError(f"two coders would share the latent set name in {names}: give each a distinct kind "

@@ -140,7 +140,7 @@ class SaeLensCoder:
 
     @torch.no_grad()
     def decoder_directions(self) -> torch.Tensor:
-        return self.sae.W_dec.detach().float()
+        return self.sae.W_dec.detach().float().cpu()
 
     def describe(self) -> dict:
         return {"kind": self.kind, "hookpoint": self.hookpoint, "source": self.source,
@@ -251,6 +251,11 @@ class SparsifyCoder:
         self.hookpoint = hookpoint
         self.source = str(path)
 
+    def to(self, device: str) -> "SparsifyCoder":
+        self.W_enc, self.b_enc, self.W_dec, self.b_dec = (t.to(device) for t in (self.W_enc, self.b_enc, self.W_dec,
+                                                                                  self.b_dec))
+        return self
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> SparseCode:
         _check_width(x, self.d_in, f"sparsify SAE {self.source}")
@@ -259,11 +264,11 @@ class SparsifyCoder:
             values, indices = pre.topk(self.k, dim=1, sorted=False)
         else:  # groupmax: the largest latent of each of k consecutive groups
             values, indices = pre.unflatten(-1, (self.k, -1)).max(dim=-1)
-            indices = indices + torch.arange(0, self.n_latents, self.n_latents // self.k)
+            indices = indices + torch.arange(0, self.n_latents, self.n_latents // self.k, device=x.device)
         return SparseCode(values.float(), indices)
 
     def decoder_directions(self) -> torch.Tensor:
-        return self.W_dec.float()
+        return self.W_dec.float().cpu()
 
     def describe(self) -> dict:
         return {"kind": self.kind, "hookpoint": self.hookpoint, "source": self.source, "d_in": self.d_in,
@@ -292,7 +297,7 @@ class NeuronCoder:
             values, indices = x.topk(self.k, dim=1, sorted=False)
             return SparseCode(values.clamp_min(0), indices)
         # Raw neurons: every unit's positive part (as the paper's neuron baseline); zeros are not stored.
-        idx = torch.arange(self.d_in).expand(x.shape[0], -1)
+        idx = torch.arange(self.d_in, device=x.device).expand(x.shape[0], -1)
         return SparseCode(torch.where(x > self.threshold, x, torch.zeros_like(x)).clamp_min(0), idx)
 
     def decoder_directions(self) -> torch.Tensor:
@@ -322,7 +327,7 @@ class RandomDirectionCoder:
         return SparseCode(values, indices)
 
     def decoder_directions(self) -> torch.Tensor:
-        return self.W
+        return self.W.cpu()
 
     def describe(self) -> dict:
         return {"kind": self.kind, "hookpoint": self.hookpoint, "d_in": self.d_in,
@@ -379,19 +384,24 @@ class CoderSpec:
         return f"{hookpoint}-{suffix[self.kind]}"
 
 
-def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None) -> SparseCoder:
-    """Instantiate a coder; with a subject, check hookpoint and width against the model.
-    dtype (SAEs only) overrides the stored weights' dtype."""
+def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None, device: str = "cpu") -> SparseCoder:
+    """Instantiate a coder on `device`; with a subject, check hookpoint and width against the
+    model. dtype (SAEs only) overrides the stored weights' dtype ("auto": autointerp.devices)."""
+    if dtype == "auto":
+        from autointerp.devices import resolve_dtype
+
+        dtype = resolve_dtype(dtype, device)
     if spec.kind == "sae":
-        coder: SparseCoder = load_sae(spec.source, spec.hookpoint, dtype=dtype)
+        coder: SparseCoder = load_sae(spec.source, spec.hookpoint, device=device, dtype=dtype)
     elif spec.kind == "sparsify":
-        coder = SparsifyCoder(spec.source, spec.hookpoint)
+        coder = SparsifyCoder(spec.source, spec.hookpoint).to(device)
     else:
         if subject is None:
             raise AutointerpError(f"a {spec.kind} coder needs the subject model to know its width")
         d = subject.hookpoint_dim(spec.hookpoint)
         if spec.kind == "random":
             coder = RandomDirectionCoder(spec.hookpoint, d, spec.n_latents, spec.k, spec.seed)
+            coder.W = coder.W.to(device)
         else:
             coder = NeuronCoder(spec.hookpoint, d, spec.k if spec.kind == "topk" else None, spec.threshold)
     if subject is not None:

@@ -52,8 +52,12 @@ class CacheConfig:
     part_contexts: int = _help("contexts per Parquet part (the unit of resume)", default=1024)
     seed: int = _help("seed of the corpus shuffle", default=0)
     histogram_bins: int = _help("bins of each latent's activation histogram", default=20)
-    coder_dtype: str = _help("dtype SAEs encode in (bfloat16 is ~4x faster than float32 on AMX CPUs)",
-                             default="bfloat16")
+    device: str = _help("where the subject and coders run: auto (a CUDA GPU when torch sees one), cpu, cuda, "
+                        "cuda:N", default="auto")
+    dtype: str = _help("subject dtype: auto (bfloat16 on a GPU or a CPU with AMX, float32 on other CPUs, where "
+                       "bfloat16 is slower), bfloat16, float16, float32", default="auto")
+    coder_dtype: str = _help("dtype SAEs encode in: auto as for --dtype (bfloat16 is ~3x faster than float32 on "
+                             "AMX CPUs)", default="auto")
 
 
 @dataclass
@@ -119,6 +123,10 @@ class InterpretConfig:
     negatives: str = _help("non-activating examples: random or hard (MiniLM-similar)", default="random")
     min_examples: int = _help("latents with fewer activating windows are recorded as failures", default=5)
     batch_size: int = _help("prompts per forward pass", default=8)
+    device: str = _help("transformers backend: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N",
+                        default="auto")
+    dtype: str = _help("transformers backend: auto (bfloat16 on a GPU or a CPU with AMX, else float32), "
+                       "bfloat16, float16, float32", default="auto")
     chunk: int = _help("latents per written result part (the unit of resume)", default=4)
     target_kls: list[float] = _help("intervention: KL(clean || steered) of the next token, in nats, that the "
                                     "steering strength is searched for; the score at the target nearest 1 is the "

@@ -66,6 +66,7 @@ def _sampling(cfg: InterpretConfig) -> SamplingConfig:
 
 def _client(cfg: InterpretConfig):
     return make_client(LLMConfig(backend=cfg.backend, model=cfg.model, batch_size=cfg.batch_size,
+                                 device=cfg.device, dtype=cfg.dtype,
                                  base_url=cfg.base_url or None, api_key=cfg.api_key or None,
                                  timeout_s=cfg.timeout_s, max_retries=cfg.max_retries))
 

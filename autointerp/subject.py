@@ -108,6 +108,10 @@ class Subject:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def hookpoint(self, name: str) -> Hookpoint:
         """Parse and check a hookpoint name against this model."""
         hp = Hookpoint.parse(name)
@@ -158,7 +162,7 @@ class Subject:
         handles.append(self.layers[deepest].register_forward_hook(stop))
         try:
             base = getattr(self.model, self.model.base_model_prefix, self.model)
-            base(input_ids=input_ids, use_cache=False)
+            base(input_ids=input_ids.to(self.device), use_cache=False)
         except _StopForward:
             pass
         finally:
@@ -275,6 +279,6 @@ def load_causal_lm(spec: str, dtype: str = "bfloat16"):
     return model, tok
 
 
-def load_subject(spec: str = "smollm2", dtype: str = "bfloat16") -> Subject:
+def load_subject(spec: str = "smollm2", dtype: str = "bfloat16", device: str = "cpu") -> Subject:
     model, tok = load_causal_lm(spec, dtype)
-    return Subject(model, tok, name=spec)
+    return Subject(model.to(device), tok, name=spec)

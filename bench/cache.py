@@ -55,18 +55,18 @@ def child_bare(tokens: int, one: bool = False) -> dict:
     return {"tok_per_s": contexts.shape[0] * 64 / dt, "seconds": dt, "hookpoints": hookpoints}
 
 
-def child_cache(tokens: int, one: bool = False) -> dict:
+def child_cache(tokens: int, one: bool = False, dtype: str = "bfloat16") -> dict:
     import torch
 
     from autointerp.cache import cache_run
     from autointerp.config import CacheConfig
     from autointerp.subject import load_subject
 
-    subject = load_subject("smollm2")
+    subject = load_subject("smollm2", dtype=dtype)
     subject.activations(torch.zeros(8, 65, dtype=torch.long), ["resid_post.16"])  # same warm-up as bare
     with tempfile.TemporaryDirectory() as tmp:
         coders = demo_coders()[1:2] if one else demo_coders()
-        cfg = CacheConfig(run=str(Path(tmp) / "bench"), coders=coders, tokens=tokens)
+        cfg = CacheConfig(run=str(Path(tmp) / "bench"), coders=coders, tokens=tokens, coder_dtype=dtype)
         t0 = time.perf_counter()
         cache_run(cfg, subject=subject)
         total = time.perf_counter() - t0
@@ -76,9 +76,9 @@ def child_cache(tokens: int, one: bool = False) -> dict:
             "total_seconds": total}
 
 
-def run_child(mode: str, tokens: int, one: bool = False) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--tokens", str(tokens)] + ["--one"] * one,
-                         check=True, capture_output=True, text=True)
+def run_child(mode: str, tokens: int, one: bool = False, dtype: str = "bfloat16") -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--tokens", str(tokens), "--dtype", dtype]
+                         + ["--one"] * one, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -88,11 +88,17 @@ def main() -> None:
     ap.add_argument("--big-tokens", type=int, default=262_144)
     ap.add_argument("--child", choices=["bare", "cache"])
     ap.add_argument("--one", action="store_true", help="(child) only the resid_post.15 SAE")
+    ap.add_argument("--dtype", default="bfloat16", help="(child cache) subject and SAE dtype")
+    ap.add_argument("--dtype-only", action="store_true", help="only the bf16 vs fp32 line (--tokens tokens)")
     args = ap.parse_args()
     if args.child:
-        result = (child_bare if args.child == "bare" else child_cache)(args.tokens, args.one)
+        result = (child_bare(args.tokens, args.one) if args.child == "bare"
+                  else child_cache(args.tokens, args.one, args.dtype))
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
+        return
+    if args.dtype_only:
+        dtype_line(args.tokens)
         return
     bare = run_child("bare", args.big_tokens)
     small = run_child("cache", args.tokens)
@@ -112,6 +118,19 @@ def main() -> None:
     print(f"peak RSS caching {args.tokens:>8} tokens: {small['peak_rss_mb']:7.0f} MB")
     print(f"peak RSS caching {args.big_tokens:>8} tokens: {big['peak_rss_mb']:7.0f} MB   "
           f"ratio {big['peak_rss_mb'] / small['peak_rss_mb']:.2f} for {args.big_tokens / args.tokens:.0f}x the tokens")
+    dtype_line(args.tokens)
+
+
+def dtype_line(tokens: int) -> None:
+    """bfloat16 vs float32 for the subject and the demo coders on this machine, and what
+    `--dtype auto` picks here (bfloat16 only with AMX)."""
+    from autointerp.devices import cpu_has_amx, resolve_dtype
+
+    bf16, fp32 = run_child("cache", tokens, dtype="bfloat16"), run_child("cache", tokens, dtype="float32")
+    ratio = bf16["stream_tok_per_s"] / fp32["stream_tok_per_s"]
+    print(f"dtype on this CPU (AMX: {'yes' if cpu_has_amx() else 'no'}), demo coders, {tokens} tokens: "
+          f"bf16 {bf16['stream_tok_per_s']:.0f} tok/s, fp32 {fp32['stream_tok_per_s']:.0f} tok/s, ratio bf16/fp32 "
+          f"{ratio:.2f}; --dtype auto picks {resolve_dtype('auto', 'cpu')}")
 
 
 if __name__ == "__main__":

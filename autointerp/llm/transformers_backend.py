@@ -46,8 +46,11 @@ class TransformersClient(TokenizerSide):
 
         self.cfg = cfg
         self.name = f"transformers:{cfg.model}"
-        self.model, self.tok = load_causal_lm(cfg.model, cfg.dtype)
-        self.model.eval()
+        from autointerp.devices import resolve_device, resolve_dtype
+
+        self.device = resolve_device(cfg.device)
+        self.model, self.tok = load_causal_lm(cfg.model, resolve_dtype(cfg.dtype, self.device))
+        self.model.to(self.device).eval()
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
 
@@ -59,7 +62,7 @@ class TransformersClient(TokenizerSide):
         self.tok.padding_side = "left"
         for i in range(0, len(prompts), self.cfg.batch_size):
             texts = [self.chat_text(m) for m in prompts[i:i + self.cfg.batch_size]]
-            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             kwargs = {"do_sample": False} if temperature <= 0 else {"do_sample": True, "temperature": temperature}
             gen = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=self.tok.pad_token_id, **kwargs)
             out += self.tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -97,7 +100,8 @@ class TransformersClient(TokenizerSide):
         shared = min(shared, min(first))
         if shared < MIN_SHARED_PREFIX:
             return self._suffix_hidden(batch, None, 0, positions)
-        past = self.model(input_ids=torch.tensor([batch[0][:shared]]), use_cache=True).past_key_values
+        past = self.model(input_ids=torch.tensor([batch[0][:shared]], device=self.device),
+                          use_cache=True).past_key_values
         out: list[torch.Tensor | None] = [None] * len(batch)
         alone: list[int] = []  # sequences with no longer prefix to share: one batched call after the prefix
         for group in _runs_sharing_prefix(batch, shared + MIN_SHARED_PREFIX):
@@ -106,9 +110,9 @@ class TransformersClient(TokenizerSide):
             if extra - shared < MIN_SHARED_PREFIX:
                 alone += group
                 continue
-            ids = torch.tensor([seqs[0][shared:extra]])
+            ids = torch.tensor([seqs[0][shared:extra]], device=self.device)
             group_past = self.model(input_ids=ids, past_key_values=copy.deepcopy(past), use_cache=True,
-                                    position_ids=torch.arange(shared, extra)[None]).past_key_values
+                                    position_ids=torch.arange(shared, extra, device=self.device)[None]).past_key_values
             got = self._suffix_hidden([s[extra:] for s in seqs], group_past, extra,
                                       [[q - extra for q in positions[i]] for i in group])
             for i, h in zip(group, got):
@@ -136,10 +140,11 @@ class TransformersClient(TokenizerSide):
             mask[j, :len(s)] = 1
         full_mask = mask if prefix_mask is None else torch.cat([prefix_mask, mask], dim=1)
         pos_ids = (torch.arange(width) + offset).expand(len(suffixes), -1)
+        ids, full_mask, pos_ids = ids.to(self.device), full_mask.to(self.device), pos_ids.to(self.device)
         base = getattr(self.model, self.model.base_model_prefix)
         hidden = base(input_ids=ids, attention_mask=full_mask, past_key_values=past, position_ids=pos_ids,
                       use_cache=past is not None).last_hidden_state
-        return [hidden[j, torch.tensor(p, dtype=torch.long)] for j, p in enumerate(positions)]
+        return [hidden[j, torch.tensor(p, dtype=torch.long, device=self.device)] for j, p in enumerate(positions)]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on some hidden states, float32, with the final-logit transforms some
@@ -166,7 +171,8 @@ class TransformersClient(TokenizerSide):
                                      [list(range(len(p) - 1, len(p) + len(t) - 1)) for p, t in seqs])
             for h, (_, t) in zip(hidden, seqs):
                 logp = torch.log_softmax(self._logits(h), dim=-1)
-                out.append((-logp[torch.arange(len(t)), torch.tensor(t)]).tolist())
+                rows, cols = torch.arange(len(t), device=self.device), torch.tensor(t, device=self.device)
+                out.append((-logp[rows, cols]).tolist())
         return out
 
     @torch.inference_mode()

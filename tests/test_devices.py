@@ -1,0 +1,45 @@
+"""--device / --dtype: auto follows the hardware (a GPU, AMX bfloat16 on the CPU), and asking for a
+GPU the machine does not have is a one-line error before anything loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autointerp import devices
+from autointerp.config import CacheConfig
+from autointerp.errors import AutointerpError
+
+
+def test_auto_device_is_the_cpu_without_a_gpu_and_cuda_is_refused_in_one_line():
+    if torch.cuda.is_available():  # a GPU machine: auto takes it, and an index past the last is refused
+        assert devices.resolve_device("auto") == "cuda"
+        with pytest.raises(AutointerpError, match="numbered 0"):
+            devices.resolve_device(f"cuda:{torch.cuda.device_count()}")
+        return
+    assert devices.resolve_device("auto") == "cpu" and devices.resolve_device("cpu") == "cpu"
+    for spec in ("cuda", "cuda:0", "cuda:1"):
+        with pytest.raises(AutointerpError, match="no CUDA GPU") as e:
+            devices.resolve_device(spec)
+        assert "\n" not in str(e.value) and "--device cpu" in str(e.value)
+    with pytest.raises(AutointerpError, match="unknown --device"):
+        devices.resolve_device("tpu")
+
+
+def test_auto_dtype_is_bfloat16_only_with_amx():
+    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+    assert devices.cpu_has_amx() == amx
+    assert devices.resolve_dtype("auto", "cpu") == ("bfloat16" if amx else "float32")
+    assert devices.resolve_dtype("float32", "cpu") == "float32"
+    with pytest.raises(AutointerpError, match="unknown dtype"):
+        devices.resolve_dtype("int4", "cpu")
+
+
+def test_cache_with_cuda_on_a_cpu_machine_stops_before_writing(tmp_path):
+    from autointerp.cache import cache_run
+
+    with pytest.raises(AutointerpError, match="no CUDA GPU"):
+        cache_run(CacheConfig(run=str(tmp_path / "run"), coders=["topk:4@mlp_neurons.1"], device="cuda"))
+    assert not (tmp_path / "run").exists()
