@@ -9,6 +9,7 @@ no duplicated or missing rows. Memory is bounded by one part, whatever the numbe
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import logging
 import shutil
@@ -27,7 +28,7 @@ from autointerp.corpus import load_texts, tokenize_contexts
 from autointerp.devices import resolve_device, resolve_dtype
 from autointerp.errors import AutointerpError
 from autointerp.faults import fault_point
-from autointerp.store import (ACT_SCHEMA, atomic_write_bytes, atomic_write_json, finalize_latent_set,
+from autointerp.store import (ACT_SCHEMA, TOKENS_NPY, atomic_write_bytes, atomic_write_json, finalize_latent_set,
                               remove_stale_temp, run_path, write_parquet_atomic)
 from autointerp.subject import Subject, load_subject
 
@@ -86,6 +87,10 @@ def _prepare_run(run_dir: Path, manifest: dict, contexts: np.ndarray, tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "tokens.parquet").exists():
         write_parquet_atomic(_tokens_table(contexts), run_dir / "tokens.parquet")
+    if not (run_dir / TOKENS_NPY).exists():  # the same matrix, memory-mapped by readers
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(contexts, dtype=np.int32))
+        atomic_write_bytes(run_dir / TOKENS_NPY, buf.getvalue())
     if not (run_dir / "token_strings.parquet").exists():
         write_parquet_atomic(_token_strings(tokenizer, contexts), run_dir / "token_strings.parquet")
     atomic_write_json(run_dir / "run.json", manifest)

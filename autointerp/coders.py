@@ -64,6 +64,22 @@ def _sparse_from_dense(dense: torch.Tensor, k: int | None = None) -> SparseCode:
     return SparseCode(values.float(), indices)
 
 
+# The largest dense [rows, latents] tile a non-top-k encode holds: 64 MB of float32. The demo's
+# 4096-latent SAEs over 4096-token batches fit in one tile (bit-identical to the library's encode);
+# wider SAEs are encoded in row tiles, equal to it up to float32 rounding (BLAS sums in another order).
+DENSE_TILE_ELEMENTS = 2**24
+
+
+def concat_codes(codes: list[SparseCode]) -> SparseCode:
+    """Stack codes of consecutive row blocks, padding narrower ones with zeros (padding)."""
+    if len(codes) == 1:
+        return codes[0]
+    k = max(c.values.shape[1] for c in codes)
+    pad = [(torch.nn.functional.pad(c.values, (0, k - c.values.shape[1])),
+            torch.nn.functional.pad(c.indices, (0, k - c.indices.shape[1]))) for c in codes]
+    return SparseCode(torch.cat([v for v, _ in pad]), torch.cat([i for _, i in pad]))
+
+
 def _check_width(x: torch.Tensor, d_in: int, what: str) -> None:
     if x.shape[-1] != d_in:
         raise AutointerpError(
@@ -127,7 +143,11 @@ class SaeLensCoder:
         _check_width(x, self.d_in, f"SAE {self.source}")
         sae = self.sae
         if sae.cfg.architecture() != "topk":  # values are >= 0 (SAE_LENS_EXACT), so the top k loses nothing
-            return _sparse_from_dense(sae.encode(x.to(sae.dtype)), self.k)
+            # A few rows at a time: a dense [rows, n_latents] tile stays near DENSE_TILE_ELEMENTS
+            # whatever the batch, where [4096 tokens, 131k latents] would be 2 GB in float32.
+            rows = max(1, DENSE_TILE_ELEMENTS // self.n_latents)
+            return concat_codes([_sparse_from_dense(sae.encode(x[i:i + rows].to(sae.dtype)), self.k)
+                                 for i in range(0, x.shape[0], rows)])
         # sae-lens's TopKSAE.encode step by step, minus scattering the top k into a dense
         # [n, n_latents] tensor (the same ops on the same dtype, so the same result).
         hidden_pre = sae.hook_sae_acts_pre(sae.process_sae_in(x) @ sae.W_enc + sae.b_enc)

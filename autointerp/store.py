@@ -6,6 +6,7 @@ place, so readers never see half a file.
 
   run.json                          manifest: model, corpus, coders, n_tokens, status
   tokens.parquet                    (doc_id, pos, token_id), pos 0 is the BOS token
+  tokens.npy                        the same as an int32 [n_contexts, 1 + ctx_len] matrix, memory-mapped
   token_strings.parquet             (token_id, token) for every token id in the run
   acts/<set>/parts/part-NNNNN.parquet   streaming cache output, one per part of contexts
   acts/<set>/acts.parquet           (latent, doc_id, pos, value) sorted by latent, value desc
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ACT_SCHEMA = pa.schema([("latent", pa.int32()), ("doc_id", pa.int32()), ("pos", pa.int16()),
                         ("value", pa.float32())])
+TOKENS_NPY = "tokens.npy"
 ROW_GROUP_ROWS = 100_000  # small row groups: a latent's rows span few groups, zone maps skip the rest
 LATENT_SORT_COLUMNS = ("latent", "count", "frequency", "max_act", "mean_act")
 
@@ -562,7 +564,10 @@ class RunStore(ResultsMixin):
 
     @property
     def tokens(self) -> np.ndarray:
-        """[n_contexts, 1 + ctx_len] token ids, loaded once."""
+        """[n_contexts, 1 + ctx_len] token ids: memory-mapped from tokens.npy (only the pages read
+        are in memory), or loaded once from tokens.parquet for runs cached before the .npy existed."""
+        if self._tokens is None and (self.run_dir / TOKENS_NPY).exists():
+            self._tokens = np.load(self.run_dir / TOKENS_NPY, mmap_mode="r")
         if self._tokens is None:
             df = self._sql(f"SELECT doc_id, pos, token_id FROM read_parquet('{self.run_dir / 'tokens.parquet'}')")
             arr = np.zeros((int(df.doc_id.max()) + 1, int(df.pos.max()) + 1), dtype=np.int32)

@@ -234,3 +234,26 @@ def test_coder_specs_reject_bad_text():
     spec = CoderSpec.parse("topk:32@mlp_neurons.15")
     assert (spec.kind, spec.k, spec.hookpoint, spec.default_name("mlp_neurons.15")) == \
         ("topk", 32, "mlp_neurons.15", "mlp_neurons.15-topk32")
+
+
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu"])
+def test_non_topk_saes_encode_a_few_rows_at_a_time_exactly(tmp_path, tiny_subject, monkeypatch, architecture):
+    """Wide ReLU-style SAEs never hold a dense [batch, latents] tensor: rows are encoded in tiles of
+    DENSE_TILE_ELEMENTS (forced here to 5 rows per tile). The code is the library's up to float32
+    rounding: BLAS sums a 5-row matmul in another order than a 36-row one (about 1 ulp apart, as
+    sae-lens's own encode is between batch sizes). Untiled (the demo's 4096-latent SAEs over the
+    cache's 4096-token batches) it is bit for bit, tested above."""
+    from sae_lens import SAE
+
+    from autointerp import coders
+
+    _sae_lens_sae(architecture).save_model(tmp_path / "sae")
+    coder = build_coder(CoderSpec.parse(f"sae:{tmp_path / 'sae'}"), tiny_subject, dtype="float32")
+    x = _acts(tiny_subject) * 4
+    monkeypatch.setattr(coders, "DENSE_TILE_ELEMENTS", 5 * coder.n_latents)
+    code = coder.encode(x)
+    with torch.no_grad():
+        expected = SAE.load_from_disk(str(tmp_path / "sae"), dtype="float32").encode(x)
+    assert int((expected != 0).sum()) > 0 and code.values.shape[0] == x.shape[0]
+    torch.testing.assert_close(code.to_dense(coder.n_latents), expected, rtol=1e-5, atol=1e-6)
+    assert ((code.to_dense(coder.n_latents) != 0) == (expected != 0)).float().mean() > 0.999

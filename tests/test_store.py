@@ -155,3 +155,21 @@ def test_latest_explanation_of_one_explainer(tiny_run, tmp_path):
     assert store.explanations(SET, model="b").explanation.tolist() == ["b's"]
     assert store.explanations(SET, model="a").explanation.tolist() == ["new a"]
     assert store.explanations(SET, model="c").empty
+
+
+def test_token_matrix_is_memory_mapped_and_equals_the_parquet_one(tiny_run, tmp_path):
+    import shutil
+
+    store = RunStore(tiny_run)
+    assert isinstance(store.tokens, np.memmap) and store.tokens.dtype == np.int32
+    tokens = duckdb.sql(f"SELECT doc_id, pos, token_id FROM read_parquet('{tiny_run / 'tokens.parquet'}')").df()
+    expected = np.zeros(store.tokens.shape, dtype=np.int32)
+    expected[tokens.doc_id, tokens.pos] = tokens.token_id
+    np.testing.assert_array_equal(np.asarray(store.tokens), expected)
+    # a run cached before tokens.npy existed reads the same matrix from tokens.parquet
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("results", "tokens.npy"))
+    legacy = RunStore(old)
+    assert not isinstance(legacy.tokens, np.memmap)
+    np.testing.assert_array_equal(legacy.tokens, expected)
+    assert legacy.window_example(3, 1).tokens == store.window_example(3, 1).tokens
