@@ -9,7 +9,8 @@ import logging
 import sys
 import typing
 
-from autointerp.config import STUDIES, AnalyzeConfig, CacheConfig, DemoConfig, ExportConfig, InterpretConfig, TrainConfig
+from autointerp.config import (STUDIES, AnalyzeConfig, CacheConfig, DemoConfig, ExportConfig, InterpretConfig,
+                               TrainConfig)
 from autointerp.errors import AutointerpError
 
 log = logging.getLogger("autointerp")

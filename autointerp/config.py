@@ -86,6 +86,9 @@ class DemoConfig:
                                     default=0.4)
     random_baseline: bool = _help("also cache random directions (n_latents, k) at the neuron baseline's mlp_out "
                                   "hookpoint, the floor of that study", default=True)
+    study_scorers: list[str] = _help("scorers of the job's sampling and coders studies (the two validated on the "
+                                     "demo that cost least; fuzzing would double the studies' time)",
+                                     default_factory=lambda: ["detection", "embedding"])
     studies: int = _help("latents per condition in the job's small studies (sampling, coders; overlap explains "
                          "this many per adjacent pair; 0: no studies)", default=6)
 

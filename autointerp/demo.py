@@ -131,8 +131,11 @@ def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
     if main_set is not None and cfg.intervention:
         steps.append(("score", args(main_set, ["intervention"])))
     if studies:
-        steps.append(analyze("sampling", hookpoint=main_set or "resid_post.15"))
+        residual = [s for s in sorted(store.hookpoints(), key=lambda s: (".15" not in s, s))
+                    if s.startswith("resid_post.")]
+        if residual:  # the middle residual SAE, whether or not this job scores it
+            steps.append(analyze("sampling", hookpoint=residual[0], scorers=list(cfg.study_scorers)))
         if coder_study_sets(cfg, store):
-            steps.append(analyze("coders", sets=coder_study_sets(cfg, store)))
+            steps.append(analyze("coders", sets=coder_study_sets(cfg, store), scorers=list(cfg.study_scorers)))
         steps.append(analyze("overlap"))
     return steps

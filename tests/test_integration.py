@@ -100,6 +100,8 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     assert [c for c, _ in steps] == ["analyze"] + ["explain", "score"] * 3 + ["validate", "score"] + ["analyze"] * 3
     assert steps[0][1][:1] == ["overlap"] and steps[0][1][steps[0][1].index("--basis") + 1:][:1] == ["decoder"]
     assert [a[0] for _, a in steps[-3:]] == ["sampling", "coders", "overlap"]
+    assert "resid_post.14" in steps[-3][1] and steps[-3][1][steps[-3][1].index("--scorers") + 1:][:2] == [
+        "detection", "embedding"]
     coders = steps[-2][1]
     assert coders[coders.index("--sets") + 1:coders.index("--sets") + 5] == [
         "mlp_out.15", "mlp_neurons.15-neurons", "mlp_neurons.15-topk8", "mlp_out.15-random"]
