@@ -19,8 +19,17 @@ def of_scorer(scores: pd.DataFrame, scorer: str) -> pd.DataFrame:
 
 
 def conditions_in_order(scores: pd.DataFrame) -> list[str]:
-    """Conditions in the order the study ran them (its first rows first)."""
-    return list(dict.fromkeys(scores.sort_values("created_at", kind="stable").condition)) if len(scores) else []
+    """Sampling strategies in their canonical order; other conditions (latent sets) in the order
+    the study ran them (a chunk's rows share one timestamp, so ties go by name)."""
+    from autointerp.sampling import STRATEGIES
+
+    if scores.empty:
+        return []
+    names = set(scores.condition)
+    if names <= set(STRATEGIES):
+        return [s for s in STRATEGIES if s in names]
+    first = scores.groupby("condition").created_at.min()
+    return sorted(names, key=lambda c: (first[c], c))
 
 
 def condition_summary(scores: pd.DataFrame, scorer: str, explanations: pd.DataFrame | None = None) -> pd.DataFrame:
