@@ -88,12 +88,17 @@ def store(tiny_run):
     return RunStore(tiny_run)
 
 
-def fresh_copy(run: Path, tmp_path: Path, monkeypatch, name: str | None = None) -> Path:
-    """A copy of a shared session run without its results (other tests write results into the
-    shared one), under a data folder of its own that AUTOINTERP_DATA points at."""
+
+@pytest.fixture
+def fresh_copy(tmp_path, monkeypatch):
+    """copy(run, name): a copy of a shared session run without its results (other tests write
+    results into the shared one), under a data folder of its own that AUTOINTERP_DATA points at."""
     import shutil
 
-    dest = tmp_path / "data" / "runs" / (name or run.name)
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("results"))
-    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path / "data"))
-    return dest
+    def copy(run: Path, name: str | None = None) -> Path:
+        dest = tmp_path / "data" / "runs" / (name or run.name)
+        shutil.copytree(run, dest, ignore=shutil.ignore_patterns("results"))
+        monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path / "data"))
+        return dest
+
+    return copy

@@ -9,7 +9,6 @@ import json
 import uuid
 from pathlib import Path
 
-from conftest import fresh_copy
 
 import numpy as np
 import pandas as pd
@@ -50,8 +49,8 @@ def analysis_run(tmp_path_factory, tiny_subject, tiny_sae_dir) -> Path:
 
 
 @pytest.fixture
-def run(tmp_path, analysis_run, monkeypatch) -> Path:
-    return fresh_copy(analysis_run, tmp_path, monkeypatch, "analysis")
+def run(analysis_run, fresh_copy) -> Path:
+    return fresh_copy(analysis_run, "analysis")
 
 
 @pytest.fixture(scope="module")

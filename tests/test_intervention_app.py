@@ -8,7 +8,6 @@ import dataclasses
 import uuid
 from pathlib import Path
 
-from conftest import fresh_copy
 
 import numpy as np
 import pandas as pd
@@ -48,8 +47,8 @@ class FakeExplainer:
 
 
 @pytest.fixture
-def run(tmp_path, tiny_run, monkeypatch) -> Path:
-    return fresh_copy(tiny_run, tmp_path, monkeypatch, "tiny")
+def run(tiny_run, fresh_copy) -> Path:
+    return fresh_copy(tiny_run, "tiny")
 
 
 def _top(run: Path, n: int) -> list[int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from conftest import fresh_copy
 
 import numpy as np
 import pytest
@@ -45,8 +44,8 @@ def tiny_llm(tiny_model_dir):
 
 
 @pytest.fixture
-def run(tmp_path, tiny_run, monkeypatch):
-    return fresh_copy(tiny_run, tmp_path, monkeypatch, "tiny")
+def run(tiny_run, fresh_copy):
+    return fresh_copy(tiny_run, "tiny")
 
 
 def _latents(store: RunStore, n: int) -> list[int]:
