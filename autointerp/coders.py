@@ -436,11 +436,17 @@ def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None, device:
     return coder
 
 
-def coder_from_manifest(entry: dict) -> SparseCoder:
-    """Rebuild a run's coder from its manifest entry (run.json "coders"), without the subject
-    model: for its decoder directions (the overlap study). SAE folders must still be where they
-    were cached from."""
+def coder_from_manifest(run_info: dict, latent_set: str, subject=None) -> SparseCoder:
+    """Rebuild a run's coder for one latent set from its manifest (run.json "coders"): checked
+    against `subject` when given, else without it (widths from the manifest). SAE folders must
+    still be where they were cached from."""
+    entry = run_info.get("coders", {}).get(latent_set)
+    if not entry or not entry.get("spec"):
+        raise AutointerpError(f"run {run_info.get('name')} records no coder for latent set {latent_set!r}: "
+                              f"choose one of {', '.join(run_info.get('coders', {})) or '(none)'}")
     spec = CoderSpec.parse(entry["spec"])
+    if subject is not None:
+        return build_coder(spec, subject)
     hookpoint = entry.get("hookpoint") or spec.hookpoint
     if spec.kind in ("sae", "sparsify"):
         coder = build_coder(spec)

@@ -64,6 +64,10 @@ def _sampling(cfg: InterpretConfig) -> SamplingConfig:
                           min_examples=cfg.min_examples)
 
 
+def explain_config(cfg: InterpretConfig) -> ExplainConfig:
+    return ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
+
+
 def _client(cfg: InterpretConfig):
     return make_client(LLMConfig(backend=cfg.backend, model=cfg.model, batch_size=cfg.batch_size,
                                  device=cfg.device, dtype=cfg.dtype,
@@ -85,8 +89,7 @@ def _explainer(cfg: InterpretConfig, client, store: RunStore):
     """chunk of latents -> explanation records, of the kind cfg.kind asks for."""
     if cfg.kind == "output":
         return OutputExplainer(client, store, cfg).explain
-    ecfg = ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
-    return lambda chunk: explain_latents(client, store, cfg.hookpoint, chunk, _sampling(cfg), ecfg)
+    return lambda chunk: explain_latents(client, store, cfg.hookpoint, chunk, _sampling(cfg), explain_config(cfg))
 
 
 def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:

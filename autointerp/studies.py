@@ -30,8 +30,9 @@ from autointerp.analysis import sampling as sampling_analysis
 from autointerp.analysis.stats import MIN_N
 from autointerp.config import STUDIES, AnalyzeConfig
 from autointerp.errors import AutointerpError
-from autointerp.explain import ExplainConfig, explain_latents
-from autointerp.interpret import _chunks, _client, _sampling, score_latent, scoring_models, select_latents
+from autointerp.explain import explain_latents
+from autointerp.interpret import (_chunks, _client, _sampling, explain_config, score_latent, scoring_models,
+                                  select_latents)
 from autointerp.jobs import report_progress
 from autointerp.sampling import STRATEGIES
 from autointerp.scorers import SCORERS
@@ -63,7 +64,7 @@ def _explain_and_score(store: RunStore, client, embedder, cfg: AnalyzeConfig, he
                        latents: list[int], conditions: dict[str, str]) -> tuple[list[dict], list[dict]]:
     """Explain `latents` once per condition (condition -> sampling strategy) and score every
     explanation of a latent on one test set: the windows none of its explanations showed."""
-    ecfg = ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
+    ecfg = explain_config(cfg)
     explained: list[dict] = []
     for condition, strategy in conditions.items():
         sampling = dataclasses.replace(_sampling(cfg), strategy=strategy)
@@ -161,10 +162,11 @@ def run_overlap(cfg: AnalyzeConfig, client=None) -> pd.DataFrame:
     pairs = overlap_analysis.parse_pairs(store, cfg.pairs)
     study_id = uuid.uuid4().hex
     embedder = client_ = None
+    loaded: dict = {}  # latent set -> decoder directions: a middle layer's SAE is in two pairs
     report_progress(0, len(pairs), unit="pair")
     for i, (a, b) in enumerate(pairs):
         family = overlap_analysis.family(store, a)
-        wa, wb = overlap_analysis.decoders(store, a, b)
+        wa, wb = overlap_analysis.decoders(store, a, b, loaded)
         match = overlap_analysis.match_decoders(wa, wb, seed=cfg.seed)
         head = {"study_id": study_id, "family": family, "set_a": a, "set_b": b}
         rows, summaries = [], []
@@ -215,7 +217,7 @@ def _explain_missing(store: RunStore, cfg: AnalyzeConfig, hookpoint: str, latent
     if not missing:
         return client
     client = client or _client(cfg)
-    ecfg = ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
+    ecfg = explain_config(cfg)
     for chunk in _chunks(missing, cfg.chunk):
         append_results(store.run_dir, "explanations",
                        explain_latents(client, store, hookpoint, chunk, _sampling(cfg), ecfg))

@@ -84,22 +84,21 @@ def parse_pairs(store, pairs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def decoders(store, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
-    """The two sets' decoder directions [n_latents, d], checked to live in one space."""
+def decoders(store, a: str, b: str, loaded: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two sets' decoder directions [n_latents, d], checked to live in one space; `loaded`
+    keeps directions already read (set -> array) across the pairs of one study."""
     from autointerp.coders import coder_from_manifest
 
-    out = []
+    loaded = {} if loaded is None else loaded
     for name in (a, b):
-        entry = store.info.get("coders", {}).get(name)
-        if entry is None:
-            raise AutointerpError(f"run {store.run_dir.name} does not record how latent set {name} was coded: "
-                                  f"re-cache it with `autointerp cache`")
-        out.append(coder_from_manifest(entry).decoder_directions().float().numpy())
-    if out[0].shape[1] != out[1].shape[1]:
-        raise AutointerpError(f"latent sets {a} and {b} decode into spaces of different widths ({out[0].shape[1]} vs "
-                              f"{out[1].shape[1]}): decoder directions can only be matched within one kind of "
+        if name not in loaded:
+            loaded[name] = coder_from_manifest(store.info, name).decoder_directions().float().numpy()
+    wa, wb = loaded[a], loaded[b]
+    if wa.shape[1] != wb.shape[1]:
+        raise AutointerpError(f"latent sets {a} and {b} decode into spaces of different widths ({wa.shape[1]} vs "
+                              f"{wb.shape[1]}): decoder directions can only be matched within one kind of "
                               f"hookpoint, e.g. resid_post.14:resid_post.15")
-    return out[0], out[1]
+    return wa, wb
 
 
 @dataclass

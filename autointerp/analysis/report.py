@@ -33,13 +33,6 @@ class StudyReport:
     scorers: list[str] = field(default_factory=list)
 
 
-def _study_scores(store, study: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    scores = store.study_results("study_scores", study)
-    if scores.empty:
-        return scores, store.study_results("study_explanations", study)
-    return scores, store.study_results("study_explanations", study_id=scores.study_id.iloc[0])
-
-
 def _too_few(summary: pd.DataFrame) -> str | None:
     thin = summary[summary.n < MIN_N].condition.tolist() if len(summary) else []
     return (f"not enough data for a CI in {', '.join(map(str, thin))}: fewer than {MIN_N} scored latents "
@@ -47,9 +40,10 @@ def _too_few(summary: pd.DataFrame) -> str | None:
 
 
 def _conditions_report(store, study: str, scorer: str | None, summarize, what: str) -> StudyReport:
-    scores, explanations = _study_scores(store, study)
+    scores = store.study_results("study_scores", study)
     if scores.empty:
         return StudyReport(study, [], f"no {study} study on this run yet: launch one (`autointerp analyze {study}`)")
+    explanations = store.study_results("study_explanations", study_id=scores.study_id.iloc[0])
     scorers = list(dict.fromkeys(scores.scorer))
     scorer = scorer if scorer in scorers else scorers[0]
     summary = summarize(scores, scorer, explanations)

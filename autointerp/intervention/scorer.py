@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from autointerp.coders import CoderSpec, build_coder
+from autointerp.coders import coder_from_manifest
 from autointerp.errors import AutointerpError
 from autointerp.intervention.search import LOG10_ALPHA_RANGE, AlphaResult, search_alphas
 from autointerp.intervention.steering import (check_lengths, greedy_continuations, mean_kl, next_token_logprobs)
@@ -93,11 +93,7 @@ def coder_directions(coder, width: int) -> torch.Tensor:
 
 def latent_directions(run_info: dict, latent_set: str, subject: Subject) -> tuple[str, torch.Tensor]:
     """(hookpoint, decoder directions) of a run's latent set, rebuilt from the manifest's coder spec."""
-    coder_info = run_info.get("coders", {}).get(latent_set)
-    if not coder_info or not coder_info.get("spec"):
-        raise AutointerpError(f"run {run_info.get('name')} records no coder for latent set {latent_set!r}: "
-                              f"choose one of {', '.join(run_info.get('coders', {})) or '(none)'}")
-    coder = build_coder(CoderSpec.parse(coder_info["spec"]), subject)
+    coder = coder_from_manifest(run_info, latent_set, subject)
     return coder.hookpoint, coder_directions(coder, subject.hookpoint_dim(coder.hookpoint))
 
 
