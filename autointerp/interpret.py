@@ -5,6 +5,7 @@ and a rerun skips what is done."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import uuid
@@ -23,6 +24,7 @@ from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.jobs import report_progress
 from autointerp.llm import make_client
 from autointerp.llm.base import LLMConfig
+from autointerp.llm.lockstep import run_lockstep
 from autointerp.sampling import (SamplingConfig, TooFewExamples, explanation_examples, scoring_examples,
                                  shown_windows)
 from autointerp.scorers import SCORERS
@@ -172,6 +174,11 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
     return scores, decisions
 
 
+def _score_job(client, *, cfg: InterpretConfig, **kw) -> tuple[list[dict], list[dict]]:
+    """score_latent as a lockstep job; nothing to do when only the intervention scorer is due."""
+    return score_latent(client, cfg=cfg, **kw) if cfg.scorers else ([], [])
+
+
 def open_for_scoring(cfg: InterpretConfig, steering: bool = False
                      ) -> tuple[RunStore, list[int], pd.DataFrame, dict[int, str]]:
     """(store, chosen latents, their explanation records, latent -> current explanation) after
@@ -236,10 +243,12 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         report_progress(0, len(latents), failed=n_failed)
         for chunk in _chunks(latents, cfg.chunk):
             scores, decisions, steered, steered_examples = [], [], [], []
-            for latent in chunk:
-                context = [s for s in todo[latent] if s != INTERVENTION]
-                s, d = (score_latent(client, store, cfg.hookpoint, latent, expl[latent],
-                                     dataclasses.replace(cfg, scorers=context), embedder) if context else ([], []))
+            # the context scorers of the whole chunk share backend calls (llm/lockstep.py)
+            context = {x: [s for s in todo[x] if s != INTERVENTION] for x in chunk}
+            jobs = [functools.partial(_score_job, store=store, hookpoint=cfg.hookpoint, latent=x,
+                                      explanation=expl[x], cfg=dataclasses.replace(cfg, scorers=context[x]),
+                                      embedder=embedder) for x in chunk]
+            for latent, (s, d) in zip(chunk, run_lockstep(client, jobs)):
                 if INTERVENTION in todo[latent]:
                     row, targets, examples = steer.score_latent(latent, expl)
                     s, steered, steered_examples = s + [row], steered + targets, steered_examples + examples

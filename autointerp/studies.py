@@ -17,6 +17,7 @@ per chunk of latents, so the app shows a study while it runs and a killed study 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import uuid
@@ -31,6 +32,7 @@ from autointerp.analysis.stats import MIN_N
 from autointerp.config import STUDIES, AnalyzeConfig
 from autointerp.errors import AutointerpError
 from autointerp.explain import explain_latents
+from autointerp.llm.lockstep import run_lockstep
 from autointerp.interpret import (_chunks, _client, _sampling, explain_config, score_latent, scoring_models,
                                   select_latents)
 from autointerp.jobs import report_progress
@@ -70,22 +72,27 @@ def _explain_and_score(store: RunStore, client, embedder, cfg: AnalyzeConfig, he
         sampling = dataclasses.replace(_sampling(cfg), strategy=strategy)
         explained += [{**r, **head, "condition": condition}
                       for r in explain_latents(client, store, hookpoint, latents, sampling, ecfg)]
-    scored: list[dict] = []
-    for latent in latents:
+    def score_one(client, latent: int) -> list[dict]:
         mine = [r for r in explained if r["latent"] == latent]
         shown = sorted({tuple(k) for r in mine if r.get("shown") for k in json.loads(r["shown"])})
         texts = tuple(dict.fromkeys(r["explanation"] for r in mine if present(r["explanation"])))
         cache: dict = {}
+        out: list[dict] = []
         for r in mine:
             if not present(r["explanation"]):
                 continue
             scores, _ = score_latent(client, store, hookpoint, latent, r["explanation"], cfg, embedder,
                                      shown=shown, cache=cache, also=texts)
-            scored += [{**head, "condition": r["condition"], "hookpoint": hookpoint, "latent": int(latent),
-                        "scorer": s["scorer"], "explanation": r["explanation"], "value": headline_value(s),
-                        "n": s.get("n"), "n_failed": s.get("n_failed"), "error": s.get("error"),
-                        "model": s.get("model"), "mode": s.get("mode"),
-                        "accuracy_per_decile": s.get("accuracy_per_decile")} for s in scores]
+            out += [{**head, "condition": r["condition"], "hookpoint": hookpoint, "latent": int(latent),
+                     "scorer": s["scorer"], "explanation": r["explanation"], "value": headline_value(s),
+                     "n": s.get("n"), "n_failed": s.get("n_failed"), "error": s.get("error"),
+                     "model": s.get("model"), "mode": s.get("mode"),
+                     "accuracy_per_decile": s.get("accuracy_per_decile")} for s in scores]
+        return out
+
+    # the latents' scoring shares backend calls (llm/lockstep.py)
+    scored = [row for rows in run_lockstep(client, [functools.partial(score_one, latent=x) for x in latents])
+              for row in rows]
     return explained, scored
 
 

@@ -12,6 +12,7 @@ own scores.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import uuid
 
@@ -21,8 +22,9 @@ from tqdm.auto import tqdm
 
 from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
-from autointerp.interpret import open_for_scoring, score_latent, scoring_models
+from autointerp.interpret import _chunks, open_for_scoring, score_latent, scoring_models
 from autointerp.jobs import report_progress
+from autointerp.llm.lockstep import run_lockstep
 from autointerp.metrics import paired_bootstrap_ci
 from autointerp.prompts import NEUTRAL_EXPLANATION
 from autointerp.store import append_results
@@ -83,21 +85,27 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
     rows: list[dict] = []
     with tqdm(total=len(expl), desc=f"validate {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(expl))
-        for latent in sorted(expl):
+        def job(client, latent: int) -> list[dict]:
             # The three explanations are read in the same detection/fuzzing passes (one examples
             # prefix per prompt); the cache hands the readings from the first call to the others.
             cache: dict = {}
             texts = (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION))
+            out = []
             for which, text in texts:
                 # the neutral explanation is read uncalibrated: calibrated against itself it is 0.5
                 one = cfg if which != "neutral" else dataclasses.replace(cfg, calibrate=False)
                 scores, _ = score_latent(client, store, cfg.hookpoint, latent, text, one, embedder, cache=cache,
                                          also=tuple(t for _, t in texts))
-                rows += [{"validation_id": validation_id, "hookpoint": cfg.hookpoint, "latent": int(latent),
-                          "scorer": s["scorer"], "which": which, "explanation": text, "value": headline_value(s),
-                          "n": s.get("n"), "n_failed": s.get("n_failed"), "error": s.get("error"),
-                          "model": s.get("model"), "mode": s.get("mode")} for s in scores]
-            bar.update(1)
+                out += [{"validation_id": validation_id, "hookpoint": cfg.hookpoint, "latent": int(latent),
+                         "scorer": s["scorer"], "which": which, "explanation": text, "value": headline_value(s),
+                         "n": s.get("n"), "n_failed": s.get("n_failed"), "error": s.get("error"),
+                         "model": s.get("model"), "mode": s.get("mode")} for s in scores]
+            return out
+
+        for chunk in _chunks(sorted(expl), cfg.chunk):  # a chunk's latents share backend calls
+            for got in run_lockstep(client, [functools.partial(job, latent=x) for x in chunk]):
+                rows += got
+            bar.update(len(chunk))
             report_progress(bar.n, len(expl))
     per_latent = pd.DataFrame(rows)
     summary = summarize_validity(per_latent, seed=cfg.seed)

@@ -18,6 +18,9 @@ from autointerp.llm.base import LLMConfig, Message, TokenizerSide
 log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 8  # below this, reuse costs more bookkeeping than it saves
+# next_token_probs batches up to this many times batch_size sequences: most of each sequence is a
+# prefix computed once for many of them, and only the short suffixes take batch memory
+PACK_FACTOR = 4
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:
@@ -27,6 +30,23 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
         if any(s[i] != first[i] for s in seqs[1:]):
             return i
     return n
+
+
+def _packed(seqs: list[list[int]], limit: int) -> list[list[int]]:
+    """Indices of seqs cut into consecutive batches of at most `limit`, cutting between runs that
+    share a prefix beyond the one all of them share, so that no prompt's examples are split across
+    two batches (and computed twice) unless a run alone is longer than the limit."""
+    if len(seqs) <= limit:
+        return [list(range(len(seqs)))]
+    base = _common_prefix_len(seqs)
+    batches: list[list[int]] = [[]]
+    for run in _runs_sharing_prefix(seqs, base + MIN_SHARED_PREFIX):
+        for i in range(0, len(run), limit):
+            piece = run[i:i + limit]
+            if len(batches[-1]) + len(piece) > limit:
+                batches.append([])
+            batches[-1] += piece
+    return [b for b in batches if b]
 
 
 def _runs_sharing_prefix(seqs: list[list[int]], min_len: int) -> list[list[int]]:
@@ -71,56 +91,55 @@ class TransformersClient(TokenizerSide):
     @torch.inference_mode()
     def next_token_probs(self, seqs: list[list[int]], answer_ids: list[int]) -> list[list[float]]:
         """P(answer | seq) renormalised over answer_ids, for token sequences; batches reuse their
-        longest shared prefix."""
+        shared prefixes."""
+        # Answer logits in float32 from the hidden state: bf16 logits are rounded to ~0.125 and
+        # tie many probabilities (measured: 70 distinct values among 240 scores).
+        head = self.model.get_output_embeddings().weight[answer_ids].float()
         out: list[list[float]] = []
-        size = self.cfg.batch_size
-        # One prompt read under several explanations shares everything up to the explanation: run it
-        # as one batch so that prefix is computed once (the suffixes are a few dozen tokens each).
-        if len(seqs) <= 4 * size and _common_prefix_len(seqs) >= MIN_SHARED_PREFIX:
-            size = len(seqs)
-        for i in range(0, len(seqs), size):
-            batch = seqs[i:i + size]
-            # Answer logits in float32 from the hidden state: bf16 logits are rounded to ~0.125 and
-            # tie many probabilities (measured: 70 distinct values among 240 scores).
-            head = self.model.get_output_embeddings().weight[answer_ids].float()
-            out += torch.softmax(self._last_hidden(batch) @ head.T, dim=-1).tolist()
+        for idx in _packed(seqs, PACK_FACTOR * self.cfg.batch_size):
+            out += torch.softmax(self._last_hidden([seqs[i] for i in idx]) @ head.T, dim=-1).tolist()
         return out
 
     def _last_hidden(self, batch: list[list[int]]) -> torch.Tensor:
         """Final hidden state at each sequence's last token, float32 [batch, d_model]."""
         return torch.stack([h[0] for h in self._hidden_at(batch, [[len(s) - 1] for s in batch])]).float()
 
-    def _hidden_at(self, batch: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
+    def _extend(self, past, ids: list[int], offset: int):
+        """The KV cache of `past` (batch 1, `offset` tokens, or None) extended by ids."""
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True,
+                         position_ids=torch.arange(offset, offset + len(ids), device=self.device)[None])
+        return out.past_key_values
+
+    def _hidden_at(self, batch: list[list[int]], positions: list[list[int]], past=None,
+                   offset: int = 0) -> list[torch.Tensor]:
         """Final hidden states [len(positions[j]), d_model] (model dtype) at the given positions of
-        each sequence. The prefix shared by the whole batch runs once; then each run of consecutive
-        sequences sharing a longer prefix (one explanation under several "Example j:" answers)
-        extends it once. A prefix never reaches a position asked for."""
+        each sequence, after a batch-1 KV cache `past` of the `offset` tokens they all start with.
+        Prefixes run once, as a tree: the prefix the whole batch shares, then, recursively, each run
+        of consecutive sequences sharing a longer one (a chunk's instructions, then one prompt's
+        examples, then one explanation under several "Example j:" answers). A prefix never
+        reaches a position asked for."""
         first = [min(p) if p else len(s) - 1 for s, p in zip(batch, positions)]
-        shared = _common_prefix_len(batch) if len(batch) > 1 else 0
-        shared = min(shared, min(first))
-        if shared < MIN_SHARED_PREFIX:
-            return self._suffix_hidden(batch, None, 0, positions)
-        past = self.model(input_ids=torch.tensor([batch[0][:shared]], device=self.device),
-                          use_cache=True).past_key_values
+        if len(batch) > 1:
+            shared = min(_common_prefix_len(batch), min(first))
+            if shared - offset >= MIN_SHARED_PREFIX:
+                past, offset = self._extend(past, batch[0][offset:shared], offset), shared
         out: list[torch.Tensor | None] = [None] * len(batch)
-        alone: list[int] = []  # sequences with no longer prefix to share: one batched call after the prefix
-        for group in _runs_sharing_prefix(batch, shared + MIN_SHARED_PREFIX):
-            seqs = [batch[i] for i in group]
-            extra = min(_common_prefix_len(seqs), min(first[i] for i in group)) if len(group) > 1 else shared
-            if extra - shared < MIN_SHARED_PREFIX:
+        alone: list[int] = []  # sequences with no longer prefix to share: one batched call
+        for group in (_runs_sharing_prefix(batch, offset + MIN_SHARED_PREFIX) if len(batch) > 1 else [[0]]):
+            if len(group) == 1 or min(first[i] for i in group) - offset < MIN_SHARED_PREFIX:
                 alone += group
                 continue
-            ids = torch.tensor([seqs[0][shared:extra]], device=self.device)
-            group_past = self.model(input_ids=ids, past_key_values=copy.deepcopy(past), use_cache=True,
-                                    position_ids=torch.arange(shared, extra, device=self.device)[None]).past_key_values
-            got = self._suffix_hidden([s[extra:] for s in seqs], group_past, extra,
-                                      [[q - extra for q in positions[i]] for i in group])
+            got = self._hidden_at([batch[i] for i in group], [positions[i] for i in group],
+                                  copy.deepcopy(past), offset)
             for i, h in zip(group, got):
                 out[i] = h
-        if alone:
-            got = self._suffix_hidden([batch[i][shared:] for i in alone], past, shared,
-                                      [[q - shared for q in positions[i]] for i in alone])
-            for i, h in zip(alone, got):
+        # the suffixes go batch_size at a time: the memory budget of one forward
+        pieces = [alone[i:i + self.cfg.batch_size] for i in range(0, len(alone), self.cfg.batch_size)]
+        for k, piece in enumerate(pieces):
+            kv = past if past is None or k == len(pieces) - 1 else copy.deepcopy(past)
+            got = self._suffix_hidden([batch[i][offset:] for i in piece], kv, offset,
+                                      [[q - offset for q in positions[i]] for i in piece])
+            for i, h in zip(piece, got):
                 out[i] = h
         return out
 
@@ -163,13 +182,13 @@ class TransformersClient(TokenizerSide):
         """Loss of each text token after its prompt. The LM head runs only at the text's positions
         (with a 152k vocabulary it costs more than the rest of a short forward), and a prompt shared
         by the batch runs once."""
+        seqs = [(self.token_ids(p), self.token_ids(t)) for p, t in zip(prompts, texts)]
         out: list[list[float]] = []
-        for i in range(0, len(prompts), self.cfg.batch_size):
-            pairs = list(zip(prompts[i:i + self.cfg.batch_size], texts[i:i + self.cfg.batch_size]))
-            seqs = [(self.token_ids(p), self.token_ids(t)) for p, t in pairs]
-            hidden = self._hidden_at([p + t for p, t in seqs],
-                                     [list(range(len(p) - 1, len(p) + len(t) - 1)) for p, t in seqs])
-            for h, (_, t) in zip(hidden, seqs):
+        for idx in _packed([p + t for p, t in seqs], PACK_FACTOR * self.cfg.batch_size):
+            batch = [seqs[i] for i in idx]
+            hidden = self._hidden_at([p + t for p, t in batch],
+                                     [list(range(len(p) - 1, len(p) + len(t) - 1)) for p, t in batch])
+            for h, (_, t) in zip(hidden, batch):
                 logp = torch.log_softmax(self._logits(h), dim=-1)
                 rows, cols = torch.arange(len(t), device=self.device), torch.tensor(t, device=self.device)
                 out.append((-logp[rows, cols]).tolist())
@@ -183,8 +202,8 @@ class TransformersClient(TokenizerSide):
         explanation that the sequences share run once."""
         head = self.model.get_output_embeddings().weight[answer_ids].float()
         out: list[list[list[float]]] = []
-        for i in range(0, len(items), self.cfg.batch_size):
-            batch = items[i:i + self.cfg.batch_size]
+        for idx in _packed([ids for ids, _ in items], PACK_FACTOR * self.cfg.batch_size):
+            batch = [items[i] for i in idx]
             hidden = self._hidden_at([ids for ids, _ in batch], [pos for _, pos in batch])
             out += [torch.softmax(h.float() @ head.T, dim=-1).tolist() for h in hidden]
         return out
