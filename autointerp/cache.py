@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +97,53 @@ def _prepare_run(run_dir: Path, manifest: dict, contexts: np.ndarray, tokenizer)
     return manifest
 
 
-def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
-    """Cache every coder's activations over the corpus into the run folder; resumable."""
+@dataclass
+class CacheJob:
+    """An opened run: the subject, its coders and the corpus contexts, ready to cache parts."""
+
+    cfg: CacheConfig
+    run_dir: Path
+    subject: Subject
+    coders: list[SparseCoder]
+    names: list[str]
+    contexts: np.ndarray
+    manifest: dict
+
+    @property
+    def n_parts(self) -> int:
+        return -(-len(self.contexts) // self.cfg.part_contexts)
+
+    def todo(self) -> list[int]:
+        """Parts not yet done (a part is done once its .done marker is written)."""
+        progress = self.run_dir / "progress"
+        return [p for p in range(self.n_parts) if not (progress / f"part-{p:05d}.done").exists()]
+
+    def compute_part(self, p: int, on_batch=None) -> dict[str, list[pa.Table]]:
+        """Part p's activations, as tables per latent set (nothing written)."""
+        cfg, hookpoints = self.cfg, sorted({c.hookpoint for c in self.coders})
+        lo, hi = p * cfg.part_contexts, min(len(self.contexts), (p + 1) * cfg.part_contexts)
+        tables: dict[str, list[pa.Table]] = {n: [] for n in self.names}
+        for start in range(lo, hi, cfg.batch_contexts):
+            stop = min(hi, start + cfg.batch_contexts)
+            acts = self.subject.activations(torch.from_numpy(self.contexts[start:stop]).long(), hookpoints)
+            for name, coder in zip(self.names, self.coders):
+                x = acts[coder.hookpoint][:, 1:].reshape(-1, coder.d_in)
+                tables[name].append(code_to_table(coder.encode(x), np.arange(start, stop), cfg.ctx_len))
+            if on_batch:
+                on_batch((stop - start) * cfg.ctx_len)
+        return tables
+
+    def cache_part(self, p: int) -> int:
+        """Compute and write part p (files, then its .done marker); the tokens it cached."""
+        _write_part(self.run_dir, self.names, self.compute_part(p), p)
+        fault_point("cache-part-written")
+        return min(self.cfg.part_contexts, len(self.contexts) - p * self.cfg.part_contexts) * self.cfg.ctx_len
+
+
+def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool = True) -> CacheJob:
+    """Load the subject and coders, tokenize the corpus, and (prepare) create the run folder or
+    check that an existing one was made with the same settings. Without prepare the run must exist
+    (a distributed worker opens the run its driver prepared)."""
     if not cfg.coders:
         raise AutointerpError("no coders given: pass --coders, e.g. sae:data/saes/smollm2/resid_post.15")
     run_dir = run_path(cfg.run)
@@ -112,6 +157,9 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
         raise AutointerpError(f"two coders would share the latent set name in {names}: give each a distinct kind "
                               f"or hookpoint")
     contexts = tokenize_contexts(load_texts(cfg.corpus), subject.tokenizer, cfg.ctx_len, cfg.tokens, cfg.seed)
+    if not prepare:
+        manifest = json.loads((run_dir / "run.json").read_text())
+        return CacheJob(cfg, run_dir, subject, coders, names, contexts, manifest)
     n_ctx = len(contexts)
     manifest = {
         "name": run_dir.name, "model": cfg.model, "corpus": cfg.corpus, "ctx_len": cfg.ctx_len,
@@ -124,61 +172,61 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     for folder in (run_dir, run_dir / "progress", *(run_dir / "acts" / n / "parts" for n in names)):
         remove_stale_temp(folder)
     manifest = _prepare_run(run_dir, manifest, contexts, subject.tokenizer)
-    if manifest.get("status") == "complete":
-        log.info("run %s is already complete", run_dir)
-        return run_dir
+    return CacheJob(cfg, run_dir, subject, coders, names, contexts, manifest)
 
-    hookpoints = sorted({c.hookpoint for c in coders})
-    n_parts = -(-n_ctx // cfg.part_contexts)
-    progress = run_dir / "progress"
-    done = {p for p in range(n_parts) if (progress / f"part-{p:05d}.done").exists()}
-    done_ctx = sum(min(cfg.part_contexts, n_ctx - p * cfg.part_contexts) for p in done)
-    bar = tqdm(total=n_ctx * cfg.ctx_len, initial=done_ctx * cfg.ctx_len, unit="tok", unit_scale=True,
-               desc=f"cache {run_dir.name}", smoothing=0.1)
+
+def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
+    """Cache every coder's activations over the corpus into the run folder; resumable. With
+    cfg.ray the parts are spread over a Ray cluster (distributed.py)."""
+    if cfg.ray:
+        from autointerp.distributed import cache_distributed
+
+        return cache_distributed(cfg)
+    job = open_cache(cfg, subject)
+    if job.manifest.get("status") == "complete":
+        log.info("run %s is already complete", job.run_dir)
+        return job.run_dir
+    todo = job.todo()
+    n_ctx, ctx_len = len(job.contexts), cfg.ctx_len
+    bar = tqdm(total=n_ctx * ctx_len, initial=n_ctx * ctx_len - sum(
+        min(cfg.part_contexts, n_ctx - p * cfg.part_contexts) for p in todo) * ctx_len, unit="tok",
+        unit_scale=True, desc=f"cache {job.run_dir.name}", smoothing=0.1)
     # Parquet writing runs in a thread (pyarrow releases the GIL) while the next part computes.
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     pending: concurrent.futures.Future | None = None
     t_start, n_new = time.perf_counter(), 0
     try:
-        for p in range(n_parts):
-            if p in done:
-                continue
-            lo, hi = p * cfg.part_contexts, min(n_ctx, (p + 1) * cfg.part_contexts)
-            tables: dict[str, list[pa.Table]] = {n: [] for n in names}
-            for start in range(lo, hi, cfg.batch_contexts):
-                stop = min(hi, start + cfg.batch_contexts)
-                ids = torch.from_numpy(contexts[start:stop]).long()
-                acts = subject.activations(ids, hookpoints)
-                doc_ids = np.arange(start, stop)
-                for name, coder in zip(names, coders):
-                    x = acts[coder.hookpoint][:, 1:].reshape(-1, coder.d_in)
-                    tables[name].append(code_to_table(coder.encode(x), doc_ids, cfg.ctx_len))
-                bar.update((stop - start) * cfg.ctx_len)
-                n_new += (stop - start) * cfg.ctx_len
+        for p in todo:
+            tables = job.compute_part(p, on_batch=bar.update)
+            n_new += min(cfg.part_contexts, n_ctx - p * cfg.part_contexts) * ctx_len
             if pending is not None:
                 pending.result()
                 fault_point("cache-part-written")
-            pending = writer.submit(_write_part, run_dir, names, tables, p)
+            pending = writer.submit(_write_part, job.run_dir, job.names, tables, p)
         if pending is not None:
             pending.result()
             fault_point("cache-part-written")
-        stream_s = time.perf_counter() - t_start
-        manifest["stream_stats"] = {"tokens": n_new, "seconds": round(stream_s, 2),
-                                    "tok_per_s": round(n_new / stream_s) if n_new else None}
     finally:
         writer.shutdown(wait=True)
         bar.close()
+    return finish_cache(job.run_dir, job.manifest, n_new, time.perf_counter() - t_start, cfg.histogram_bins)
 
-    for name, coder in zip(names, coders):
+
+def finish_cache(run_dir: Path, manifest: dict, n_new: int, stream_s: float, histogram_bins: int) -> Path:
+    """Once every part is done: sort each latent set, compute its latent table, mark the run
+    complete. Needs no model: everything comes from the manifest."""
+    manifest["stream_stats"] = {"tokens": n_new, "seconds": round(stream_s, 2),
+                                "tok_per_s": round(n_new / stream_s) if n_new else None}
+    for name, coder in manifest["coders"].items():
         set_dir = run_dir / "acts" / name
         if not (set_dir / "latents.parquet").exists():
             log.info("finalizing %s", name)
-            finalize_latent_set(run_dir, name, coder.n_latents, n_ctx * cfg.ctx_len, cfg.histogram_bins)
+            finalize_latent_set(run_dir, name, coder["n_latents"], manifest["n_tokens"], histogram_bins)
         shutil.rmtree(set_dir / "parts", ignore_errors=True)
     shutil.rmtree(run_dir / ".duckdb-tmp", ignore_errors=True)
     manifest["status"] = "complete"
     atomic_write_json(run_dir / "run.json", manifest)
-    shutil.rmtree(progress, ignore_errors=True)
+    shutil.rmtree(run_dir / "progress", ignore_errors=True)
     return run_dir
 
 

@@ -58,6 +58,10 @@ class CacheConfig:
                        "bfloat16 is slower), bfloat16, float16, float32", default="auto")
     coder_dtype: str = _help("dtype SAEs encode in: auto as for --dtype (bfloat16 is ~3x faster than float32 on "
                              "AMX CPUs)", default="auto")
+    ray: str = _help("spread the work over a Ray cluster: 'auto' (the cluster this machine belongs to) or the "
+                     "head's HOST:PORT; needs the ray extra (pip install -e '.[ray]')", default="")
+    ray_workers: int = _help("with --ray: at most this many workers, each loading its own models (0: one per GPU "
+                             "on a GPU cluster, else one per node)", default=0)
 
 
 @dataclass
@@ -147,6 +151,10 @@ class InterpretConfig:
                       "score: scores the output explanations, stored apart from input ones)", default="input")
     force: bool = _help("redo latents that already have results", default=False)
     seed: int = _help("random seed", default=0)
+    ray: str = _help("spread the work over a Ray cluster: 'auto' (the cluster this machine belongs to) or the "
+                     "head's HOST:PORT; needs the ray extra (pip install -e '.[ray]')", default="")
+    ray_workers: int = _help("with --ray: at most this many workers, each loading its own models (0: one per GPU "
+                             "on a GPU cluster, else one per node)", default=0)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 `AUTOINTERP_FAULT=POINT:N:SIGNAL` (e.g. `cache-part-written:3:KILL`) makes the process send itself
 SIGNAL (KILL or INT) the N-th time it passes the named point, so a test kills a real run at an
-exact place instead of racing the clock. Unset (always, outside tests) it costs one dict lookup.
+exact place instead of racing the clock. Several specs may be given, comma-separated (a Ray worker
+node started with them dies at whichever it reaches). Unset (always, outside tests) it costs one
+dict lookup.
 
 Points:
   cache-part-written      after a cache part's files and its .done marker are in place
@@ -10,6 +12,7 @@ Points:
   score-between-writes    after a score chunk's decisions (and intervention) parts, before its scores part
   score-chunk-written     after a score chunk's scores part
   mid-write               inside an atomic file write: data written to the temporary file, not renamed
+  worker-chunk-done       in a Ray worker: a chunk explained or scored, before its rows go to the driver
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from autointerp.errors import AutointerpError
 
 FAULT_ENV = "AUTOINTERP_FAULT"
 POINTS = ("cache-part-written", "explain-chunk-written", "score-between-writes", "score-chunk-written",
-          "mid-write")
+          "mid-write", "worker-chunk-done")
 _SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}
 _passes: Counter = Counter()
 
@@ -39,15 +42,16 @@ def _parse(spec: str) -> tuple[str, int, signal.Signals]:
 
 
 def fault_point(name: str) -> None:
-    """Signal this process if the fault spec names this point and this is its N-th pass."""
+    """Signal this process if a fault spec names this point and this is its N-th pass."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    point, n, sig = _parse(spec)
-    if point != name:
+    for point, n, sig in (_parse(one) for one in spec.split(",")):
+        if point != name:
+            continue
+        _passes[name] += 1
+        if _passes[name] == n:
+            # Python runs the SIGINT handler (KeyboardInterrupt) in the main thread before its next
+            # bytecode, so the interrupt lands here; from a worker thread it lands in the main thread.
+            os.kill(os.getpid(), sig)
         return
-    _passes[name] += 1
-    if _passes[name] == n:
-        # Python runs the SIGINT handler (KeyboardInterrupt) in the main thread before its next
-        # bytecode, so the interrupt lands here; from a worker thread it lands in the main thread.
-        os.kill(os.getpid(), sig)

@@ -107,18 +107,26 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
         # deterministic explainer would fail the same way again); --force redoes them.
         have = set(done.latent.tolist())
         latents = [x for x in latents if x not in have]
-    client = client or _client(cfg)
-    explain = _explainer(cfg, client, store)
     rows: list[dict] = []
     with tqdm(total=len(latents), desc=f"explain {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(latents))  # a job's progress.json (no-op outside a job)
-        for chunk in _chunks(latents, cfg.chunk):
-            part = explain(chunk)
+
+        def write(chunk: list[int], part: list[dict]) -> None:
             append_results(store.run_dir, "explanations", part)
             fault_point("explain-chunk-written")
-            rows += part
+            rows.extend(part)
             bar.update(len(chunk))
             report_progress(bar.n, len(latents), failed=sum(r["explanation"] is None for r in rows))
+
+        chunks = list(_chunks(latents, cfg.chunk))
+        if cfg.ray and chunks:
+            from autointerp.distributed import interpret_distributed
+
+            interpret_distributed(cfg, chunks, False, write)
+        elif chunks:
+            explain = _explainer(cfg, client or _client(cfg), store)
+            for chunk in chunks:
+                write(chunk, explain(chunk))
     failed = sum(r["explanation"] is None for r in rows)
     log.info("explained %d latents (%d failures)", len(rows), failed)
     return rows
@@ -179,6 +187,12 @@ def _score_job(client, *, cfg: InterpretConfig, **kw) -> tuple[list[dict], list[
     return score_latent(client, cfg=cfg, **kw) if cfg.scorers else ([], [])
 
 
+def current_explanations(store: RunStore, hookpoint: str, kind: str) -> dict[int, str]:
+    """latent -> its current explanation of that kind; failed explanations (None) left out."""
+    records = store.explanations(hookpoint, kind=kind)
+    return {int(r.latent): r.explanation for r in records.itertuples() if present(r.explanation)}
+
+
 def open_for_scoring(cfg: InterpretConfig, steering: bool = False
                      ) -> tuple[RunStore, list[int], pd.DataFrame, dict[int, str]]:
     """(store, chosen latents, their explanation records, latent -> current explanation) after
@@ -201,8 +215,7 @@ def open_for_scoring(cfg: InterpretConfig, steering: bool = False
     remove_stale_result_temp(store.run_dir)
     latents = select_latents(store, cfg)
     records = store.explanations(cfg.hookpoint, kind=cfg.kind)
-    expl = {int(r.latent): r.explanation for r in records.itertuples() if present(r.explanation)}
-    return store, latents, records, expl
+    return store, latents, records, current_explanations(store, cfg.hookpoint, cfg.kind)
 
 
 def scoring_models(cfg: InterpretConfig, client=None) -> tuple:
@@ -215,6 +228,36 @@ def scoring_models(cfg: InterpretConfig, client=None) -> tuple:
 
         embedder = load_embedder()
     return client, embedder
+
+
+def chunk_scorer(cfg: InterpretConfig, store: RunStore, expl: dict[int, str], client=None,
+                 steering: bool | None = None):
+    """Load the scoring models once; returns score(chunk, todo) -> the chunk's rows by result
+    kind (scores, decisions, steered, steered_examples), nothing written. todo maps each latent to
+    the scorers it still needs; expl holds the set's current explanations (the intervention
+    scorer's random-explanation baseline draws from all of them). `steering`: load the
+    intervention scorer (default: when cfg.scorers names it)."""
+    client, embedder = scoring_models(cfg, client)
+    steering = INTERVENTION in cfg.scorers if steering is None else steering
+    steer = InterventionScorer.for_run(cfg, client, store) if steering else None
+
+    def score(chunk: list[int], todo: dict[int, list[str]]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {"scores": [], "decisions": [], "steered": [], "steered_examples": []}
+        # the context scorers of the whole chunk share backend calls (llm/lockstep.py)
+        jobs = [functools.partial(_score_job, store=store, hookpoint=cfg.hookpoint, latent=x, explanation=expl[x],
+                                  cfg=dataclasses.replace(cfg, scorers=[s for s in todo[x] if s != INTERVENTION]),
+                                  embedder=embedder) for x in chunk]
+        for latent, (s, d) in zip(chunk, run_lockstep(client, jobs)):
+            if INTERVENTION in todo[latent]:
+                row, targets, examples = steer.score_latent(latent, expl)
+                s = s + [row]
+                out["steered"] += targets
+                out["steered_examples"] += examples
+            out["scores"] += [{**r, "explanation_kind": cfg.kind} for r in s]  # kept apart from the other kind's
+            out["decisions"] += d
+        return out
+
+    return score
 
 
 def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
@@ -234,37 +277,34 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         have = scored.groupby(["latent", "explanation"]).scorer.agg(set).to_dict() if len(scored) else {}
         todo = {x: [s for s in cfg.scorers if s not in have.get((x, expl[x]), set())] for x in latents}
         latents = [x for x in latents if todo[x]]
-    client, embedder = scoring_models(cfg, client)
-    steer = (InterventionScorer.for_run(cfg, client, store)
-             if any(INTERVENTION in todo[x] for x in latents) else None)
     rows: list[dict] = []
     n_failed = len(failed)  # latents that cannot be scored: failed explanations, too few examples
     with tqdm(total=len(latents), desc=f"score {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(latents), failed=n_failed)
-        for chunk in _chunks(latents, cfg.chunk):
-            scores, decisions, steered, steered_examples = [], [], [], []
-            # the context scorers of the whole chunk share backend calls (llm/lockstep.py)
-            context = {x: [s for s in todo[x] if s != INTERVENTION] for x in chunk}
-            jobs = [functools.partial(_score_job, store=store, hookpoint=cfg.hookpoint, latent=x,
-                                      explanation=expl[x], cfg=dataclasses.replace(cfg, scorers=context[x]),
-                                      embedder=embedder) for x in chunk]
-            for latent, (s, d) in zip(chunk, run_lockstep(client, jobs)):
-                if INTERVENTION in todo[latent]:
-                    row, targets, examples = steer.score_latent(latent, expl)
-                    s, steered, steered_examples = s + [row], steered + targets, steered_examples + examples
-                scores += [{**r, "explanation_kind": cfg.kind} for r in s]  # kept apart from the other kind's
-                decisions += d
-                n_failed += any(r.get("error") for r in s)
-                bar.update(1)
-                report_progress(bar.n, len(latents), failed=n_failed)
+
+        def write(unit: tuple, part: dict) -> None:
+            nonlocal n_failed
             # decisions first: a score row is only visible once its decisions are in place
-            append_results(store.run_dir, "decisions", decisions)
-            append_results(store.run_dir, "intervention_examples", steered_examples)
-            append_results(store.run_dir, "interventions", steered)
+            append_results(store.run_dir, "decisions", part["decisions"])
+            append_results(store.run_dir, "intervention_examples", part["steered_examples"])
+            append_results(store.run_dir, "interventions", part["steered"])
             fault_point("score-between-writes")
-            append_results(store.run_dir, "scores", scores)
+            append_results(store.run_dir, "scores", part["scores"])
             fault_point("score-chunk-written")
-            rows += scores
+            rows.extend(part["scores"])
+            n_failed += len({r["latent"] for r in part["scores"] if r.get("error")})
+            bar.update(len(unit[0]))
+            report_progress(bar.n, len(latents), failed=n_failed)
+
+        units = [(chunk, {x: todo[x] for x in chunk}) for chunk in _chunks(latents, cfg.chunk)]
+        if cfg.ray and units:
+            from autointerp.distributed import interpret_distributed
+
+            interpret_distributed(cfg, units, True, write)
+        elif units:
+            score = chunk_scorer(cfg, store, expl, client, steering=any(INTERVENTION in todo[x] for x in latents))
+            for unit in units:
+                write(unit, score(*unit))
     log.info("scored %d latents (%d could not be scored)", len(latents) - (n_failed - len(failed)),
              n_failed)
     return rows

@@ -68,6 +68,10 @@ class VLLMClient(TokenizerSide):
             raise AutointerpError(f"vLLM worker: {reply['error']}".splitlines()[0])
         return reply
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget the engine's cached prefixes (benchmarks compare phases from a cold cache)."""
+        return self._call({"op": "reset_prefix_cache"})["reset"]
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.stdin.close()

@@ -6,6 +6,7 @@ is {"ready": true}. Requests carry token ids (the client tokenizes with the same
   {"op": "generate", "prompts": [[ids]], "max_tokens": n, "temperature": t} -> {"texts": [...]}
   {"op": "answer_logprobs", "prompts": [[ids]], "answer_ids": [ids]}        -> {"logprobs": [[...]]}
   {"op": "token_logprobs", "prompts": [[ids]]}                              -> {"logprobs": [[...]]}
+  {"op": "reset_prefix_cache"}                                              -> {"reset": true}
 Errors reply {"error": "..."}; the worker keeps serving.
 """
 
@@ -36,6 +37,9 @@ def main() -> None:
     for line in sys.stdin:
         try:
             req = json.loads(line)
+            if req["op"] == "reset_prefix_cache":  # benchmarks: each phase starts from a cold cache
+                reply({"reset": bool(llm.reset_prefix_cache())})
+                continue
             prompts = [TokensPrompt(prompt_token_ids=p) for p in req["prompts"]]
             if req["op"] == "generate":
                 params = SamplingParams(temperature=req.get("temperature", 0.0), max_tokens=req["max_tokens"])

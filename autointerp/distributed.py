@@ -1,0 +1,264 @@
+"""`--ray auto|ADDRESS`: cache, explain and score spread over a Ray cluster.
+
+The driver (the process that ran the command) plans the work exactly as a single-process run does,
+and hands out units: corpus parts for the cache, chunks of latents for explain and score. Each
+worker is a Ray actor that loads its own models once (one per GPU on a GPU cluster, else one per
+node, using that node's CPUs) and takes one unit at a time.
+
+What is written is what a single-process run writes. A cache worker writes its part's files and
+then the part's .done marker, as the single-process loop does, so a part is either complete or
+redone. Explain and score workers write nothing: they return a chunk's rows and the driver appends
+them as one part per chunk. When a worker dies (kill -9, a lost node) its unit goes back to the
+queue for the others, and a rerun skips everything already done; only when every worker is gone
+does the command stop, with a one-line error.
+
+The run folder must be on storage that every node sees at the same path (one machine, or a
+shared file system).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from autointerp.errors import AutointerpError
+
+log = logging.getLogger(__name__)
+
+EXTRA = "pip install -e '.[ray]'"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise AutointerpError(f"--ray needs Ray, which is an optional extra: {EXTRA}") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A plain TCP connect first: ray.init on an address nobody listens at retries for a minute."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise AutointerpError(f"--ray {address!r} is not an address: use auto or HOST:PORT of the cluster's head "
+                              f"(`ray start --head` prints it)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise AutointerpError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}): start one with "
+                              f"`ray start --head` or check the address") from None
+
+
+def connect(address: str):
+    """The ray module, connected to the cluster at `address` ('auto' or HOST:PORT)."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    if address != "auto":
+        _check_reachable(address)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AutointerpError(f"cannot connect to the Ray cluster at {address}: {first} (start one with "
+                              f"`ray start --head`, or pass --ray HOST:PORT)") from None
+    return ray
+
+
+def worker_options(ray, device: str, max_workers: int = 0) -> list[dict]:
+    """Ray actor options, one entry per worker: one per GPU when the cluster has GPUs and the
+    device allows them, else one per node that has CPUs, pinned to it and using all of them."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpus = int(sum(n["Resources"].get("GPU", 0) for n in nodes))
+    if gpus and device != "cpu":
+        options = [{"num_gpus": 1, "num_cpus": 1} for _ in range(gpus)]
+    else:
+        options = [{"num_cpus": int(n["Resources"]["CPU"]),
+                    "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False)}
+                   for n in nodes if n["Resources"].get("CPU", 0) >= 1]
+    if not options:
+        raise AutointerpError("the Ray cluster has no node with a CPU or GPU to run workers on: start workers "
+                              "with `ray start --address HEAD:PORT`")
+    return options[:max_workers] if max_workers > 0 else options
+
+
+def _cause(error: BaseException) -> str:
+    """The first line of what went wrong inside a worker."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith(("Traceback", "  ", "ray::", "The actor")):
+            return line.strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
+def run_pool(ray, actors: list, method: str, units: list, on_result: Callable[[Any, Any], None]) -> int:
+    """Run actor.method(unit) for every unit, one unit per actor at a time; on_result(unit, result)
+    on the driver as each finishes. A unit whose actor died is queued again for the others.
+    Returns the number of workers lost."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+    queue, idle, running = collections.deque(units), list(actors), {}
+    lost = 0
+    while queue or running:
+        while queue and idle:
+            actor, unit = idle.pop(0), queue.popleft()
+            running[getattr(actor, method).remote(unit)] = (actor, unit)
+        [ref], _ = ray.wait(list(running), num_returns=1)
+        actor, unit = running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RayTaskError as e:  # the work itself failed: the same error a single process would raise
+            if isinstance(e.cause, AutointerpError):
+                raise e.cause from None
+            raise AutointerpError(f"a Ray worker failed on {unit}: {_cause(e)}") from None
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
+            lost += 1
+            queue.appendleft(unit)
+            log.warning("a Ray worker died (%s); its unit %s goes to another worker", _cause(e), unit)
+            if not idle and not running:
+                raise AutointerpError(f"every Ray worker died ({_cause(e)}); what finished is kept: rerun the same "
+                                      f"command to do the rest") from None
+            continue
+        on_result(unit, result)
+        idle.append(actor)
+    return lost
+
+
+# Environment a worker takes from the driver (not AUTOINTERP_FAULT: tests set that per node).
+FORWARDED_ENV = ("AUTOINTERP_DATA", "AUTOINTERP_VLLM_PYTHON", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def driver_context() -> dict:
+    """The driver's working folder and settings, so relative paths mean the same on a worker."""
+    return {"cwd": os.getcwd(), "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+
+
+def _enter(context: dict) -> None:
+    os.environ.update(context["env"])
+    if os.path.isdir(context["cwd"]):
+        os.chdir(context["cwd"])
+
+
+def start_workers(ray, cls, options: list[dict], *args) -> list:
+    """One actor of cls per options entry, each constructed with (driver context, *args); waits
+    until all are ready, so that a worker that cannot load its models is a one-line error before
+    any work is sent."""
+    remote = ray.remote(max_restarts=0, max_task_retries=0)(cls)
+    context = driver_context()
+    actors = [remote.options(**o).remote(context, *args) for o in options]
+    try:
+        ray.get([a.ready.remote() for a in actors])
+    except Exception as e:  # noqa: BLE001 - RayActorError with the constructor's exception inside
+        for a in actors:
+            ray.kill(a)
+        raise AutointerpError(f"a Ray worker could not start: {_cause(e)}") from None
+    return actors
+
+
+# -- cache ------------------------------------------------------------------------------------------
+
+class CacheWorker:
+    """Holds the subject and coders; caches one corpus part per call."""
+
+    def __init__(self, context: dict, cfg, prepare: bool):
+        from autointerp.cache import open_cache
+
+        _enter(context)
+        self.job = open_cache(cfg, prepare=prepare)
+
+    def ready(self) -> dict:
+        return {"status": self.job.manifest.get("status"), "todo": self.job.todo(), "pid": os.getpid()}
+
+    def part(self, p: int) -> int:
+        return self.job.cache_part(p)
+
+
+def cache_distributed(cfg) -> Path:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from autointerp.cache import finish_cache
+
+    ray = connect(cfg.ray)
+    options = worker_options(ray, cfg.device, cfg.ray_workers)
+    # One worker creates (or checks) the run folder; the others open what it made.
+    [first] = start_workers(ray, CacheWorker, options[:1], cfg, True)
+    state = ray.get(first.ready.remote())
+    from autointerp.store import run_path
+
+    run_dir = run_path(cfg.run)
+    if state["status"] == "complete":
+        log.info("run %s is already complete", run_dir)
+        return run_dir
+    actors = [first] + (start_workers(ray, CacheWorker, options[1:], cfg, False) if len(options) > 1 else [])
+    manifest = json.loads((run_dir / "run.json").read_text())
+    log.info("caching %d parts of %s on %d Ray workers", len(state["todo"]), run_dir.name, len(actors))
+    t0, n_new = time.perf_counter(), 0
+    with tqdm(total=len(state["todo"]), desc=f"cache {run_dir.name} (ray)", unit="part") as bar:
+        def done(_p, tokens):
+            nonlocal n_new
+            n_new += tokens
+            bar.update(1)
+
+        run_pool(ray, actors, "part", state["todo"], done)
+    for a in actors:
+        ray.kill(a)
+    return finish_cache(run_dir, manifest, n_new, time.perf_counter() - t0, cfg.histogram_bins)
+
+
+# -- explain and score ------------------------------------------------------------------------------
+
+class InterpretWorker:
+    """Holds an LLM engine (and for scoring the embedder and steering); explains or scores one
+    chunk of latents per call and returns the rows for the driver to write."""
+
+    def __init__(self, context: dict, cfg, scoring: bool):
+        _enter(context)
+        from autointerp.interpret import _client, _explainer, chunk_scorer, current_explanations
+        from autointerp.store import RunStore, run_path
+
+        self.cfg, store = cfg, RunStore(run_path(cfg.run))
+        if scoring:  # the explanations the driver planned from: nothing writes them while scoring runs
+            self.score = chunk_scorer(cfg, store, current_explanations(store, cfg.hookpoint, cfg.kind))
+        else:
+            self.explain = _explainer(cfg, _client(cfg), store)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def explain_chunk(self, chunk: list[int]) -> list[dict]:
+        from autointerp.faults import fault_point
+
+        rows = self.explain(chunk)
+        fault_point("worker-chunk-done")
+        return rows
+
+    def score_chunk(self, unit: tuple) -> dict:
+        from autointerp.faults import fault_point
+
+        out = self.score(*unit)
+        fault_point("worker-chunk-done")
+        return out
+
+
+def interpret_distributed(cfg, units: list, scoring: bool, on_result: Callable[[Any, Any], None]) -> int:
+    """Explain (units: chunks of latents) or score (units: (chunk, latent -> scorers to run)) on Ray
+    workers; on_result(unit, rows) writes each chunk on the driver. Returns the workers lost."""
+    ray = connect(cfg.ray)
+    actors = start_workers(ray, InterpretWorker, worker_options(ray, cfg.device, cfg.ray_workers)[:len(units)],
+                           cfg, scoring)
+    log.info("%s %d chunks on %d Ray workers", "scoring" if scoring else "explaining", len(units), len(actors))
+    try:
+        return run_pool(ray, actors, "score_chunk" if scoring else "explain_chunk", units, on_result)
+    finally:
+        for a in actors:
+            ray.kill(a)
