@@ -218,47 +218,51 @@ def cache_distributed(cfg) -> Path:
 # -- explain and score ------------------------------------------------------------------------------
 
 class InterpretWorker:
-    """Holds an LLM engine (and for scoring the embedder and steering); explains or scores one
-    chunk of latents per call and returns the rows for the driver to write."""
+    """Holds an LLM engine (and for scoring the embedder and steering); explains, scores or runs a
+    study on one chunk of latents per call and returns the rows for the driver to write."""
 
-    def __init__(self, context: dict, cfg, scoring: bool):
+    def __init__(self, context: dict, cfg, task: str):
         _enter(context)
-        from autointerp.interpret import _client, _explainer, chunk_scorer, current_explanations
+        from autointerp.interpret import _client, _explainer, chunk_scorer, current_explanations, scoring_models
         from autointerp.store import RunStore, run_path
 
-        self.cfg, store = cfg, RunStore(run_path(cfg.run))
-        if scoring:  # the explanations the driver planned from: nothing writes them while scoring runs
-            self.score = chunk_scorer(cfg, store, current_explanations(store, cfg.hookpoint, cfg.kind))
+        self.cfg, self.task, store = cfg, task, RunStore(run_path(cfg.run))
+        if task == "score":  # the explanations the driver planned from: nothing writes them while scoring runs
+            self.work = chunk_scorer(cfg, store, current_explanations(store, cfg.hookpoint, cfg.kind))
+        elif task == "explain":
+            self.work = _explainer(cfg, _client(cfg), store)
         else:
-            self.explain = _explainer(cfg, _client(cfg), store)
+            from autointerp.studies import explain_and_score
+
+            client, embedder = scoring_models(cfg, _client(cfg))
+            self.work = lambda head, hookpoint, chunk, conditions: explain_and_score(
+                store, client, embedder, cfg, head, hookpoint, chunk, conditions)
 
     def ready(self) -> int:
         return os.getpid()
 
-    def explain_chunk(self, chunk: list[int]) -> list[dict]:
+    def run(self, unit):
         from autointerp.faults import fault_point
 
-        rows = self.explain(chunk)
-        fault_point("worker-chunk-done")
-        return rows
-
-    def score_chunk(self, unit: tuple) -> dict:
-        from autointerp.faults import fault_point
-
-        out = self.score(*unit)
+        out = self.work(*unit) if isinstance(unit, tuple) else self.work(unit)
         fault_point("worker-chunk-done")
         return out
 
 
-def interpret_distributed(cfg, units: list, scoring: bool, on_result: Callable[[Any, Any], None]) -> int:
-    """Explain (units: chunks of latents) or score (units: (chunk, latent -> scorers to run)) on Ray
-    workers; on_result(unit, rows) writes each chunk on the driver. Returns the workers lost."""
+TASKS = ("explain", "score", "study")
+
+
+def interpret_distributed(cfg, units: list, task: str, on_result: Callable[[Any, Any], None]) -> int:
+    """Run a task's units on Ray workers: explain (a chunk of latents), score ((chunk, latent ->
+    scorers to run)) or study ((study head, latent set, chunk, condition -> strategy)).
+    on_result(unit, rows) writes each unit's rows on the driver. Returns the workers lost."""
+    assert task in TASKS, task
     ray = connect(cfg.ray)
     actors = start_workers(ray, InterpretWorker, worker_options(ray, cfg.device, cfg.ray_workers)[:len(units)],
-                           cfg, scoring)
-    log.info("%s %d chunks on %d Ray workers", "scoring" if scoring else "explaining", len(units), len(actors))
+                           cfg, task)
+    log.info("%s: %d chunks on %d Ray workers", task, len(units), len(actors))
     try:
-        return run_pool(ray, actors, "score_chunk" if scoring else "explain_chunk", units, on_result)
+        return run_pool(ray, actors, "run", units, on_result)
     finally:
         for a in actors:
             ray.kill(a)

@@ -122,7 +122,7 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
         if cfg.ray and chunks:
             from autointerp.distributed import interpret_distributed
 
-            interpret_distributed(cfg, chunks, False, write)
+            interpret_distributed(cfg, chunks, "explain", write)
         elif chunks:
             explain = _explainer(cfg, client or _client(cfg), store)
             for chunk in chunks:
@@ -300,7 +300,7 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         if cfg.ray and units:
             from autointerp.distributed import interpret_distributed
 
-            interpret_distributed(cfg, units, True, write)
+            interpret_distributed(cfg, units, "score", write)
         elif units:
             score = chunk_scorer(cfg, store, expl, client, steering=any(INTERVENTION in todo[x] for x in latents))
             for unit in units:

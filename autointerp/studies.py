@@ -62,7 +62,7 @@ def _enough(latents: list[int], where: str) -> None:
                               f"{MIN_N}: pass --random {MIN_N} or more, or cache more tokens so more latents fire")
 
 
-def _explain_and_score(store: RunStore, client, embedder, cfg: AnalyzeConfig, head: dict, hookpoint: str,
+def explain_and_score(store: RunStore, client, embedder, cfg: AnalyzeConfig, head: dict, hookpoint: str,
                        latents: list[int], conditions: dict[str, str]) -> tuple[list[dict], list[dict]]:
     """Explain `latents` once per condition (condition -> sampling strategy) and score every
     explanation of a latent on one test set: the windows none of its explanations showed."""
@@ -101,20 +101,31 @@ def _run_conditions(store: RunStore, cfg: AnalyzeConfig, study: str,
     """plan: (latent set, latents, condition -> strategy). Returns the study id."""
     study_id = uuid.uuid4().hex
     head = {"study_id": study_id, "study": study}
-    client = client or _client(cfg)  # explaining always needs the LLM
-    client, embedder = scoring_models(cfg, client)
     total = sum(len(latents) for _, latents, _ in plan)
     done = failed = 0
     report_progress(0, total)
-    for hookpoint, latents, conditions in plan:
-        for chunk in _chunks(latents, cfg.chunk):
-            explained, scored = _explain_and_score(store, client, embedder, cfg, head, hookpoint, chunk, conditions)
-            append_results(store.run_dir, "study_explanations", explained)
-            append_results(store.run_dir, "study_scores", scored)
-            done += len(chunk)
-            failed += sum(not present(r["explanation"]) for r in explained)
-            report_progress(done, total, failed=failed)
-            log.info("%s study: %d of %d latents done (%d failed explanations)", study, done, total, failed)
+
+    def write(unit: tuple, part: tuple[list[dict], list[dict]]) -> None:
+        nonlocal done, failed
+        explained, scored = part
+        append_results(store.run_dir, "study_explanations", explained)
+        append_results(store.run_dir, "study_scores", scored)
+        done += len(unit[2])
+        failed += sum(not present(r["explanation"]) for r in explained)
+        report_progress(done, total, failed=failed)
+        log.info("%s study: %d of %d latents done (%d failed explanations)", study, done, total, failed)
+
+    units = [(head, hookpoint, chunk, conditions) for hookpoint, latents, conditions in plan
+             for chunk in _chunks(latents, cfg.chunk)]
+    if cfg.ray:
+        from autointerp.distributed import interpret_distributed
+
+        interpret_distributed(cfg, units, "study", write)
+        return study_id
+    client = client or _client(cfg)  # explaining always needs the LLM
+    client, embedder = scoring_models(cfg, client)
+    for unit in units:
+        write(unit, explain_and_score(store, client, embedder, cfg, *unit))
     return study_id
 
 
@@ -203,7 +214,7 @@ def run_overlap(cfg: AnalyzeConfig, client=None) -> pd.DataFrame:
             eb = [texts[b][y] for _, y in keep]
             emb = embedder.encode(ea + eb, normalize_embeddings=True, batch_size=64)
             result = overlap_analysis.match_explanations(emb[: len(ea)], emb[len(ea):], seed=cfg.seed)
-            model = getattr(client or client_, "name", None)
+            model = getattr(client or client_, "name", None) or f"{cfg.backend}:{cfg.model}"
             for r, c in zip(result.rows, result.cols):
                 rows.append({**head, "basis": "explanation", "latent_a": keep[r][0], "latent_b": keep[c][1],
                              "similarity": float(result.sim[r, c]), "decoder_partner": bool(r == c),
@@ -223,9 +234,16 @@ def _explain_missing(store: RunStore, cfg: AnalyzeConfig, hookpoint: str, latent
     missing = [x for x in latents if x not in have]
     if not missing:
         return client
+    chunks = list(_chunks(missing, cfg.chunk))
+    if cfg.ray:
+        from autointerp.distributed import interpret_distributed
+
+        interpret_distributed(dataclasses.replace(cfg, hookpoint=hookpoint), chunks, "explain",
+                              lambda _chunk, rows: append_results(store.run_dir, "explanations", rows))
+        return client
     client = client or _client(cfg)
     ecfg = explain_config(cfg)
-    for chunk in _chunks(missing, cfg.chunk):
+    for chunk in chunks:
         append_results(store.run_dir, "explanations",
                        explain_latents(client, store, hookpoint, chunk, _sampling(cfg), ecfg))
     return client
