@@ -129,7 +129,7 @@ class InterpretConfig:
     n_negative: int = _help("non-activating test examples", default=20)
     negatives: str = _help("non-activating examples: random or hard (MiniLM-similar)", default="random")
     min_examples: int = _help("latents with fewer activating windows are recorded as failures", default=5)
-    batch_size: int = _help("prompts per forward pass", default=8)
+    batch_size: int = _help("prompts per forward pass (openai backend: requests in flight at once)", default=8)
     device: str = _help("transformers backend: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N",
                         default="auto")
     dtype: str = _help("transformers backend: auto (bfloat16 on a GPU or a CPU with AMX, else float32), "

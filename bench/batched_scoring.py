@@ -1,13 +1,14 @@
 """Latents per hour, one latent at a time vs a chunk of latents batched (llm/lockstep.py).
 
-    .venv/bin/python bench/batched_scoring.py [--backend transformers|vllm] [--model qwen1.5b]
+    .venv/bin/python bench/batched_scoring.py [--backend transformers|vllm|openai] [--model qwen1.5b]
         [--latents 8] [--chunk 8] [--scorers detection,fuzzing]
 
 The same latents, explanations and test sets in both phases, one client loaded once. "one at a
 time" is how scoring ran before batching: each latent's scorers call the backend on their own;
 "batched" sends a chunk's calls together. Prints both rates, their ratio, and the largest score
 difference between the phases (batching must not change scores beyond float noise). With vLLM the
-engine's prefix cache is reset before each phase, so neither phase reuses the other's prompts.
+engine's prefix cache is reset before each phase, so neither phase reuses the other's prompts
+(an OpenAI-compatible server's is not: run the batched phase first there, with --batched-first).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from autointerp.store import RunStore, present, run_path  # noqa: E402
 
 def main() -> None:
     ap = llm_bench_parser(__doc__, latents=8)
-    ap.add_argument("--backend", default="transformers")
+    ap.add_argument("--backend", default="transformers", help="transformers, vllm or openai (with --base-url)")
+    ap.add_argument("--base-url", default=None, help="openai backend: the server, e.g. http://127.0.0.1:8000/v1")
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--scorers", default="detection,fuzzing")
+    ap.add_argument("--batched-first", action="store_true", help="time the batched phase first")
     ap.add_argument("--dtype", default="bfloat16", help="transformers backend: bfloat16, float32 or auto")
     args = ap.parse_args()
     store = RunStore(run_path(args.run))
@@ -48,7 +51,7 @@ def main() -> None:
     cfg = InterpretConfig(run=args.run, hookpoint=args.hookpoint, per_prompt=args.per_prompt,
                           scorers=args.scorers.split(","))
     client = make_client(LLMConfig(backend=args.backend, model=args.model, batch_size=args.batch_size,
-                                   dtype=args.dtype))
+                                   dtype=args.dtype, base_url=args.base_url))
     client.answer_probs([[{"role": "user", "content": "warm-up"}]], [" Yes", " No"])
     print(f"{client.name}, {len(latents)} latents of {args.hookpoint}, scorers {args.scorers}, "
           f"chunk {args.chunk}, batch size {args.batch_size}")
@@ -65,8 +68,12 @@ def main() -> None:
             out += run_lockstep(client, jobs)
         return time.perf_counter() - t0, out
 
-    alone_s, alone = phase(1)
-    batched_s, batched = phase(args.chunk)
+    if args.batched_first:
+        batched_s, batched = phase(args.chunk)
+        alone_s, alone = phase(1)
+    else:
+        alone_s, alone = phase(1)
+        batched_s, batched = phase(args.chunk)
     n_examples = sum(r["n"] for scores, _ in alone for r in scores)
     diffs = [abs((a["auroc"] or 0) - (b["auroc"] or 0))
              for (sa, _), (sb, _) in zip(alone, batched) for a, b in zip(sa, sb)]

@@ -74,3 +74,17 @@ def test_unreachable_server_is_a_one_line_error():
         with pytest.raises(AutointerpError, match="unreachable") as e:
             client.generate([[{"role": "user", "content": "hi"}]])
     assert "\n" not in str(e.value) and time.time() - t0 < 30
+
+
+def test_openai_requests_in_flight_keep_their_order(server_url):
+    """batch_size requests go out concurrently (batched scoring sends a chunk's prompts in one
+    call); each answer must still land at its prompt's place."""
+    texts = [t * (i + 1) for i, t in enumerate(TEXTS[:3])] + TEXTS[:3]
+    one = _openai(server_url, batch_size=1).token_losses([LOSS_PROMPT] * len(texts), texts)
+    many = _openai(server_url, batch_size=6).token_losses([LOSS_PROMPT] * len(texts), texts)
+    assert [len(x) for x in many] == [len(x) for x in one]  # texts of different lengths, in order
+    for a, b in zip(one, many):
+        assert abs(np.mean(a) - np.mean(b)) < 0.05
+    probs_one = _openai(server_url, batch_size=1).answer_probs(PROMPTS, list(ANSWERS), PREFIXES)
+    probs_many = _openai(server_url, batch_size=6).answer_probs(PROMPTS, list(ANSWERS), PREFIXES)
+    assert np.abs(np.array(probs_one, dtype=float) - np.array(probs_many, dtype=float)).max() < 0.05

@@ -25,7 +25,7 @@ class LLMConfig:
     max_retries: int = 3
     dtype: str = "bfloat16"  # transformers: or auto (autointerp.devices.resolve_dtype)
     device: str = "cpu"  # transformers: auto, cpu, cuda or cuda:N
-    batch_size: int = 8
+    batch_size: int = 8  # transformers: prompts per forward; openai: requests in flight
     vllm_python: str | None = None  # interpreter with vllm; default $AUTOINTERP_VLLM_PYTHON or .venv-vllm
 
 
