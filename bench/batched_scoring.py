@@ -53,6 +53,7 @@ def main() -> None:
     client = make_client(LLMConfig(backend=args.backend, model=args.model, batch_size=args.batch_size,
                                    dtype=args.dtype, base_url=args.base_url))
     client.answer_probs([[{"role": "user", "content": "warm-up"}]], [" Yes", " No"])
+    client.combines_latents = True  # measure combining even where the backend leaves it off (CPU transformers)
     print(f"{client.name}, {len(latents)} latents of {args.hookpoint}, scorers {args.scorers}, "
           f"chunk {args.chunk}, batch size {args.batch_size}")
 

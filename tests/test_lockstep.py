@@ -21,7 +21,10 @@ SET = "resid_post.2"
 
 @pytest.fixture(scope="module")
 def tiny_llm(tiny_model_dir):
-    return TransformersClient(LLMConfig(model=str(tiny_model_dir), dtype="float32", batch_size=4))
+    client = TransformersClient(LLMConfig(model=str(tiny_model_dir), dtype="float32", batch_size=4))
+    assert client.combines_latents is False  # on a CPU it scores one latent at a time (measured faster)
+    client.combines_latents = True  # what it does on a GPU: the combining is the code under test
+    return client
 
 
 class Counting:
@@ -151,3 +154,16 @@ def test_run_score_batches_each_chunk(tiny_run, tiny_llm, fresh_copy):
     for a, b in zip(rows, again):
         assert (a["latent"], a["n"]) == (b["latent"], b["n"])
         assert b["auroc"] == pytest.approx(a["auroc"], abs=1e-4)
+
+
+def test_a_cpu_transformers_client_scores_one_latent_at_a_time(tiny_model_dir, store):
+    client = Counting(TransformersClient(LLMConfig(model=str(tiny_model_dir), dtype="float32", batch_size=4)))
+    cfg = InterpretConfig(run=str(store.run_dir), hookpoint=SET, n_explain=6, test_per_quantile=1, n_negative=6,
+                          scorers=["detection"], calibrate=False)
+    latents = _chosen(store, 2)
+    run_lockstep(client, [functools.partial(score_latent, store=store, hookpoint=SET, latent=x, explanation="dates",
+                                            cfg=cfg) for x in latents])
+    alone = Counting(client.client)
+    for x in latents:
+        score_latent(alone, store, SET, x, "dates", cfg)
+    assert client.calls == alone.calls and client.calls["answer_probs"] >= 2

@@ -120,9 +120,9 @@ class LockstepClient:
 
 def run_lockstep(client, jobs: list[Callable[[Any], T]]) -> list[T]:
     """Results of job(client) for each job, their LLM calls batched across jobs. The first job error
-    (in job order) is raised once every job has ended. Without a client, or with one job, the jobs
-    simply run in order."""
-    if client is None or len(jobs) <= 1:
+    (in job order) is raised once every job has ended. Without a client, with one job, or with a
+    client whose `combines_latents` is False, the jobs simply run in order."""
+    if client is None or len(jobs) <= 1 or not getattr(client, "combines_latents", True):
         return [job(client) for job in jobs]
     lockstep = _Lockstep(client, len(jobs))
     results: list = [None] * len(jobs)
