@@ -127,8 +127,12 @@ def _explain_args(run: Path, model: Path, latents: list[int]) -> list[str]:
 
 
 def _score_args(run: Path, model: Path, latents: list[int]) -> list[str]:
+    # float32: the tiny random model's P(Yes) values sit within bf16 rounding of each other, and in
+    # bf16 one latent's AUROC was seen to differ by one pair between two uninterrupted processes
+    # (0.583 vs 0.611, 2 of ~11 processes): a numeric effect, not a resume one
     return ["score", "--run", str(run), "--hookpoint", SET, "--latents", *map(str, latents), "--model", str(model),
-            "--scorers", "detection", "--test-per-quantile", "1", "--n-negative", "6", "--chunk", "1"]
+            "--scorers", "detection", "--test-per-quantile", "1", "--n-negative", "6", "--chunk", "1",
+            "--dtype", "float32"]
 
 
 def _explanation_rows(run: Path) -> pd.DataFrame:

