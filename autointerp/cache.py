@@ -113,6 +113,10 @@ class CacheJob:
     def n_parts(self) -> int:
         return -(-len(self.contexts) // self.cfg.part_contexts)
 
+    def part_tokens(self, p: int) -> int:
+        """Tokens cached by part p (the last part may be short)."""
+        return min(self.cfg.part_contexts, len(self.contexts) - p * self.cfg.part_contexts) * self.cfg.ctx_len
+
     def todo(self) -> list[int]:
         """Parts not yet done (a part is done once its .done marker is written)."""
         progress = self.run_dir / "progress"
@@ -137,7 +141,7 @@ class CacheJob:
         """Compute and write part p (files, then its .done marker); the tokens it cached."""
         _write_part(self.run_dir, self.names, self.compute_part(p), p)
         fault_point("cache-part-written")
-        return min(self.cfg.part_contexts, len(self.contexts) - p * self.cfg.part_contexts) * self.cfg.ctx_len
+        return self.part_tokens(p)
 
 
 def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool = True) -> CacheJob:
@@ -186,11 +190,9 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     if job.manifest.get("status") == "complete":
         log.info("run %s is already complete", job.run_dir)
         return job.run_dir
-    todo = job.todo()
-    n_ctx, ctx_len = len(job.contexts), cfg.ctx_len
-    bar = tqdm(total=n_ctx * ctx_len, initial=n_ctx * ctx_len - sum(
-        min(cfg.part_contexts, n_ctx - p * cfg.part_contexts) for p in todo) * ctx_len, unit="tok",
-        unit_scale=True, desc=f"cache {job.run_dir.name}", smoothing=0.1)
+    todo, total = job.todo(), job.manifest["n_tokens"]
+    bar = tqdm(total=total, initial=total - sum(job.part_tokens(p) for p in todo), unit="tok", unit_scale=True,
+               desc=f"cache {job.run_dir.name}", smoothing=0.1)
     # Parquet writing runs in a thread (pyarrow releases the GIL) while the next part computes.
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     pending: concurrent.futures.Future | None = None
@@ -198,7 +200,7 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     try:
         for p in todo:
             tables = job.compute_part(p, on_batch=bar.update)
-            n_new += min(cfg.part_contexts, n_ctx - p * cfg.part_contexts) * ctx_len
+            n_new += job.part_tokens(p)
             if pending is not None:
                 pending.result()
                 fault_point("cache-part-written")

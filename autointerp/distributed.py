@@ -175,7 +175,7 @@ class CacheWorker:
         self.job = open_cache(cfg, prepare=prepare)
 
     def ready(self) -> dict:
-        return {"status": self.job.manifest.get("status"), "todo": self.job.todo(), "pid": os.getpid()}
+        return {"status": self.job.manifest.get("status"), "todo": self.job.todo()}
 
     def part(self, p: int) -> int:
         return self.job.cache_part(p)
@@ -187,31 +187,33 @@ def cache_distributed(cfg) -> Path:
     from tqdm.auto import tqdm
 
     from autointerp.cache import finish_cache
+    from autointerp.store import run_path
 
     ray = connect(cfg.ray)
     options = worker_options(ray, cfg.device, cfg.ray_workers)
-    # One worker creates (or checks) the run folder; the others open what it made.
-    [first] = start_workers(ray, CacheWorker, options[:1], cfg, True)
-    state = ray.get(first.ready.remote())
-    from autointerp.store import run_path
-
     run_dir = run_path(cfg.run)
-    if state["status"] == "complete":
-        log.info("run %s is already complete", run_dir)
-        return run_dir
-    actors = [first] + (start_workers(ray, CacheWorker, options[1:], cfg, False) if len(options) > 1 else [])
-    manifest = json.loads((run_dir / "run.json").read_text())
-    log.info("caching %d parts of %s on %d Ray workers", len(state["todo"]), run_dir.name, len(actors))
-    t0, n_new = time.perf_counter(), 0
-    with tqdm(total=len(state["todo"]), desc=f"cache {run_dir.name} (ray)", unit="part") as bar:
-        def done(_p, tokens):
-            nonlocal n_new
-            n_new += tokens
-            bar.update(1)
+    # One worker creates (or checks) the run folder; the others open what it made.
+    actors = start_workers(ray, CacheWorker, options[:1], cfg, True)
+    try:
+        state = ray.get(actors[0].ready.remote())
+        if state["status"] == "complete":
+            log.info("run %s is already complete", run_dir)
+            return run_dir
+        if len(options) > 1:
+            actors += start_workers(ray, CacheWorker, options[1:], cfg, False)
+        log.info("caching %d parts of %s on %d Ray workers", len(state["todo"]), run_dir.name, len(actors))
+        t0, n_new = time.perf_counter(), 0
+        with tqdm(total=len(state["todo"]), desc=f"cache {run_dir.name} (ray)", unit="part") as bar:
+            def done(_p, tokens):
+                nonlocal n_new
+                n_new += tokens
+                bar.update(1)
 
-        run_pool(ray, actors, "part", state["todo"], done)
-    for a in actors:
-        ray.kill(a)
+            run_pool(ray, actors, "part", state["todo"], done)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    manifest = json.loads((run_dir / "run.json").read_text())
     return finish_cache(run_dir, manifest, n_new, time.perf_counter() - t0, cfg.histogram_bins)
 
 
@@ -223,12 +225,12 @@ class InterpretWorker:
 
     def __init__(self, context: dict, cfg, task: str):
         _enter(context)
-        from autointerp.interpret import _client, _explainer, chunk_scorer, current_explanations, scoring_models
+        from autointerp.interpret import _client, _explainer, chunk_scorer, explanation_dict, scoring_models
         from autointerp.store import RunStore, run_path
 
         self.cfg, self.task, store = cfg, task, RunStore(run_path(cfg.run))
         if task == "score":  # the explanations the driver planned from: nothing writes them while scoring runs
-            self.work = chunk_scorer(cfg, store, current_explanations(store, cfg.hookpoint, cfg.kind))
+            self.work = chunk_scorer(cfg, store, explanation_dict(store.explanations(cfg.hookpoint, kind=cfg.kind)))
         elif task == "explain":
             self.work = _explainer(cfg, _client(cfg), store)
         else:
@@ -238,8 +240,8 @@ class InterpretWorker:
             self.work = lambda head, hookpoint, chunk, conditions: explain_and_score(
                 store, client, embedder, cfg, head, hookpoint, chunk, conditions)
 
-    def ready(self) -> int:
-        return os.getpid()
+    def ready(self) -> bool:
+        return True
 
     def run(self, unit):
         from autointerp.faults import fault_point

@@ -187,9 +187,8 @@ def _score_job(client, *, cfg: InterpretConfig, **kw) -> tuple[list[dict], list[
     return score_latent(client, cfg=cfg, **kw) if cfg.scorers else ([], [])
 
 
-def current_explanations(store: RunStore, hookpoint: str, kind: str) -> dict[int, str]:
-    """latent -> its current explanation of that kind; failed explanations (None) left out."""
-    records = store.explanations(hookpoint, kind=kind)
+def explanation_dict(records: pd.DataFrame) -> dict[int, str]:
+    """latent -> explanation of store.explanations() records; failed explanations (None) left out."""
     return {int(r.latent): r.explanation for r in records.itertuples() if present(r.explanation)}
 
 
@@ -215,7 +214,7 @@ def open_for_scoring(cfg: InterpretConfig, steering: bool = False
     remove_stale_result_temp(store.run_dir)
     latents = select_latents(store, cfg)
     records = store.explanations(cfg.hookpoint, kind=cfg.kind)
-    return store, latents, records, current_explanations(store, cfg.hookpoint, cfg.kind)
+    return store, latents, records, explanation_dict(records)
 
 
 def scoring_models(cfg: InterpretConfig, client=None) -> tuple:
@@ -230,16 +229,13 @@ def scoring_models(cfg: InterpretConfig, client=None) -> tuple:
     return client, embedder
 
 
-def chunk_scorer(cfg: InterpretConfig, store: RunStore, expl: dict[int, str], client=None,
-                 steering: bool | None = None):
-    """Load the scoring models once; returns score(chunk, todo) -> the chunk's rows by result
-    kind (scores, decisions, steered, steered_examples), nothing written. todo maps each latent to
-    the scorers it still needs; expl holds the set's current explanations (the intervention
-    scorer's random-explanation baseline draws from all of them). `steering`: load the
-    intervention scorer (default: when cfg.scorers names it)."""
+def chunk_scorer(cfg: InterpretConfig, store: RunStore, expl: dict[int, str], client=None):
+    """Load the models of cfg.scorers once; returns score(chunk, todo) -> the chunk's rows by
+    result kind (scores, decisions, steered, steered_examples), nothing written. todo maps each
+    latent to the scorers it still needs; expl holds the set's current explanations (the
+    intervention scorer's random-explanation baseline draws from all of them)."""
     client, embedder = scoring_models(cfg, client)
-    steering = INTERVENTION in cfg.scorers if steering is None else steering
-    steer = InterventionScorer.for_run(cfg, client, store) if steering else None
+    steer = InterventionScorer.for_run(cfg, client, store) if INTERVENTION in cfg.scorers else None
 
     def score(chunk: list[int], todo: dict[int, list[str]]) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {"scores": [], "decisions": [], "steered": [], "steered_examples": []}
@@ -297,12 +293,14 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
             report_progress(bar.n, len(latents), failed=n_failed)
 
         units = [(chunk, {x: todo[x] for x in chunk}) for chunk in _chunks(latents, cfg.chunk)]
+        # only the models of scorers still due are loaded (a rerun may need no steering, no MiniLM)
+        due = dataclasses.replace(cfg, scorers=[s for s in cfg.scorers if any(s in todo[x] for x in latents)])
         if cfg.ray and units:
             from autointerp.distributed import interpret_distributed
 
-            interpret_distributed(cfg, units, "score", write)
+            interpret_distributed(due, units, "score", write)
         elif units:
-            score = chunk_scorer(cfg, store, expl, client, steering=any(INTERVENTION in todo[x] for x in latents))
+            score = chunk_scorer(due, store, expl, client)
             for unit in units:
                 write(unit, score(*unit))
     log.info("scored %d latents (%d could not be scored)", len(latents) - (n_failed - len(failed)),

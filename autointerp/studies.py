@@ -72,6 +72,7 @@ def explain_and_score(store: RunStore, client, embedder, cfg: AnalyzeConfig, hea
         sampling = dataclasses.replace(_sampling(cfg), strategy=strategy)
         explained += [{**r, **head, "condition": condition}
                       for r in explain_latents(client, store, hookpoint, latents, sampling, ecfg)]
+
     def score_one(client, latent: int) -> list[dict]:
         mine = [r for r in explained if r["latent"] == latent]
         shown = sorted({tuple(k) for r in mine if r.get("shown") for k in json.loads(r["shown"])})

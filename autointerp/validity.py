@@ -85,6 +85,7 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
     rows: list[dict] = []
     with tqdm(total=len(expl), desc=f"validate {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(expl))
+
         def job(client, latent: int) -> list[dict]:
             # The three explanations are read in the same detection/fuzzing passes (one examples
             # prefix per prompt); the cache hands the readings from the first call to the others.

@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_args import llm_bench_parser  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.interpret import score_latent  # noqa: E402
+from autointerp.interpret import explanation_dict, score_latent  # noqa: E402
 from autointerp.llm import make_client  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.lockstep import run_lockstep  # noqa: E402
-from autointerp.store import RunStore, present, run_path  # noqa: E402
+from autointerp.store import RunStore, run_path  # noqa: E402
 
 
 def main() -> None:
@@ -45,8 +45,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", help="transformers backend: bfloat16, float32 or auto")
     args = ap.parse_args()
     store = RunStore(run_path(args.run))
-    records = store.explanations(args.hookpoint)
-    expl = {int(r.latent): r.explanation for r in records.itertuples() if present(r.explanation)}
+    expl = explanation_dict(store.explanations(args.hookpoint))
     latents = sorted(expl)[: args.latents]
     cfg = InterpretConfig(run=args.run, hookpoint=args.hookpoint, per_prompt=args.per_prompt,
                           scorers=args.scorers.split(","))

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from child import run_json_child  # noqa: E402
 
 
 def demo_coders() -> list[str]:
@@ -77,9 +79,7 @@ def child_cache(tokens: int, one: bool = False, dtype: str = "bfloat16") -> dict
 
 
 def run_child(mode: str, tokens: int, one: bool = False, dtype: str = "bfloat16") -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--tokens", str(tokens), "--dtype", dtype]
-                         + ["--one"] * one, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json_child(__file__, mode, "--tokens", str(tokens), "--dtype", dtype, *["--one"] * one)
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from child import run_json_child  # noqa: E402
 
 N_LATENTS = 131_072
 HOOKPOINT = "mlp_out.15"
@@ -74,9 +76,7 @@ def child(folder: str, tokens: int, dense: bool) -> dict:
 
 
 def run_child(folder: Path, tokens: int, dense: bool = False) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", str(folder), "--tokens", str(tokens)]
-                         + ["--dense"] * dense, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json_child(__file__, str(folder), "--tokens", str(tokens), *["--dense"] * dense)
 
 
 def main() -> None:

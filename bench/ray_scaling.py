@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from autointerp.cache import cache_run  # noqa: E402
 from autointerp.config import CacheConfig, InterpretConfig  # noqa: E402
-from autointerp.interpret import current_explanations, run_score  # noqa: E402
+from autointerp.interpret import explanation_dict, run_score  # noqa: E402
 from autointerp.store import RunStore, append_results, run_path  # noqa: E402
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -67,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     sae = ROOT / "data" / "saes" / "smollm2-4096x32" / args.hookpoint
     demo = run_path("demo")
-    expl = current_explanations(RunStore(demo), args.hookpoint, "input")
+    expl = explanation_dict(RunStore(demo).explanations(args.hookpoint, kind="input"))
     latents = sorted(expl)[: args.latents]
     tmp = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     address = f"127.0.0.1:{PORT}"

@@ -54,6 +54,11 @@ def ray_cluster():
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
+def _worker_died(caplog) -> bool:
+    """Whether the driver logged a dead worker whose unit it queued again."""
+    return any("a Ray worker died" in r.getMessage() for r in caplog.records)
+
+
 def _add_faulty_node(address: str) -> None:
     """A third worker node whose workers die (SIGKILL) at the first part or chunk they finish."""
     _ray_start(f"--address={address}", "--num-cpus=1", "--num-gpus=0", env={"AUTOINTERP_FAULT": FAULTS})
@@ -116,7 +121,7 @@ def test_distributed_cache_equals_single_process_even_when_a_worker_is_killed(
     run2 = tmp_path / "runs" / "tiny-ray-killed"
     with caplog.at_level("WARNING", logger="autointerp.distributed"):
         cache_run(dataclasses.replace(cfg, run=str(run2)))
-    assert [r for r in caplog.records if "a Ray worker died" in r.getMessage()], "the faulty worker was not killed"
+    assert _worker_died(caplog), "the faulty worker was not killed"
     _assert_same_cache(tiny_run, run2)
     before = sorted(p.stat().st_mtime_ns for p in run2.rglob("*.parquet"))
     cache_run(dataclasses.replace(cfg, run=str(run2)))  # a rerun finds it complete and writes nothing
@@ -150,16 +155,18 @@ def test_distributed_explain_and_score_equal_single_process(ray_cluster, tiny_ru
     assert len(latents) == 6
     for run in (single, spread):
         cfg = dataclasses.replace(base, run=str(run), ray=ray_cluster if run == spread else "")
-        rows = run_explain(cfg)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="autointerp.distributed"):
+            rows = run_explain(cfg)
         assert len(rows) == 6
+        assert _worker_died(caplog) == (run == spread)  # the faulty node's explain worker was killed
         # the tiny random model's explanations fail to parse; give every latent a human one to score
         append_results(run, "explanations", [{"hookpoint": SET, "latent": x, "explanation": f"numbers {x}",
                                               "model": "human"} for x in latents])
         caplog.clear()
         with caplog.at_level("WARNING", logger="autointerp.distributed"):
             assert len(run_score(cfg)) == 18
-        died = [r for r in caplog.records if "a Ray worker died" in r.getMessage()]
-        assert bool(died) == (run == spread)  # the faulty node's worker was killed, its chunk redone
+        assert _worker_died(caplog) == (run == spread)  # the faulty node's worker was killed, its chunk redone
         assert run_score(cfg) == []  # a rerun has nothing left to do
     ea, eb = (RunStore(r).explanations(SET).sort_values("latent") for r in (single, spread))
     sa, sb = _scores(single), _scores(spread)
@@ -181,7 +188,7 @@ def test_distributed_explain_and_score_equal_single_process(ray_cluster, tiny_ru
     assert ea.latent.tolist() == eb.latent.tolist()
 
 
-def test_distributed_study_equals_single_process(ray_cluster, tiny_run, tiny_model_dir, fresh_copy):
+def test_distributed_study_equals_single_process(ray_cluster, tiny_run, tiny_model_dir, fresh_copy, caplog):
     """`analyze sampling --ray`: each chunk's explanations (one per strategy) and scores are made on
     a worker (one of them killed after its first chunk) and written by the driver."""
     from autointerp.config import AnalyzeConfig
@@ -194,10 +201,13 @@ def test_distributed_study_equals_single_process(ray_cluster, tiny_run, tiny_mod
                             top_frequent=3, random=0, n_explain=6, test_per_quantile=1, n_negative=6, chunk=1,
                             batch_size=4, strategies=["top", "random"], scorers=["detection"],
                             ray=ray_cluster if name == "spread" else "")
-        try:
-            run_study("sampling", cfg)
-        except AutointerpError as e:  # the tiny random model's explanations do not parse: nothing to compare
-            assert "explanation" in str(e) or "enough" in str(e)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="autointerp.distributed"):
+            try:
+                run_study("sampling", cfg)
+            except AutointerpError as e:  # the tiny random model's explanations do not parse: nothing to compare
+                assert "explanation" in str(e) or "enough" in str(e)
+        assert _worker_died(caplog) == (name == "spread")
         results[name] = RunStore(run).study_results("study_explanations")
     a, b = (results[k].sort_values(["latent", "condition"]).reset_index(drop=True) for k in ("single", "spread"))
     assert len(a) == len(b) == 6  # 3 latents x 2 strategies, none lost or duplicated

@@ -51,7 +51,6 @@ class _Lockstep:
         self.turn = threading.Lock()
         self.live = n_jobs
         self.parked: dict[int, _Request] = {}
-        self.calls = 0  # backend calls made, for tests and logs
 
     def request(self, job: int, method: str, args: tuple, kwargs: dict) -> list:
         """Called by a job holding the turn."""
@@ -92,7 +91,6 @@ class _Lockstep:
             first = reqs[0]
             lists = {k: [x for r in reqs for x in r.lists[k]] for k in first.lists}
             try:
-                self.calls += 1
                 out = getattr(self.client, first.method)(**lists, **first.rest)
                 at = 0
                 for r in reqs:
