@@ -53,8 +53,14 @@ $(VSTAMP): Makefile
 vllm-venv: $(VSTAMP)
 
 # The whole suite: the main tests, then the vLLM tests (offline engine and an OpenAI-compatible
-# server on 127.0.0.1, both real, through .venv-vllm).
-test: test-main test-vllm
+# server on 127.0.0.1, both real, through .venv-vllm). Both suites run whatever the first one gives;
+# the two results are printed together and either failing fails `make test`.
+test: install browser vllm-venv
+	@main=0; vllm=0; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest || main=$$?; \
+	HF_HUB_OFFLINE=1 AUTOINTERP_VLLM_PYTHON=$(VVENV)/bin/python $(PY) -m pytest tests_vllm || vllm=$$?; \
+	echo "make test: main suite exit $$main, vLLM suite exit $$vllm"; \
+	test $$main -eq 0 && test $$vllm -eq 0
 
 test-main: install browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

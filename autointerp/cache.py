@@ -81,6 +81,14 @@ def _prepare_run(run_dir: Path, manifest: dict, contexts: np.ndarray, tokenizer)
                 f"run {run_dir} already exists with different {', '.join(diff)}: choose a new --run name "
                 f"or delete {run_dir}")
         manifest = {**manifest, **{k: existing[k] for k in ("created", "status") if k in existing}}
+        for key in ("dtype", "coder_dtype"):  # a resume in another dtype: both are named, in order
+            before = existing.get(key)
+            if before and manifest[key] not in before.split(" then "):
+                log.warning("run %s was cached in %s %s; its remaining parts are cached in %s", run_dir, key,
+                            before, manifest[key])
+                manifest[key] = f"{before} then {manifest[key]}"
+            elif before:
+                manifest[key] = before
     else:
         manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         manifest["status"] = "caching"
@@ -153,8 +161,8 @@ def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool =
     run_dir = run_path(cfg.run)
     specs = [CoderSpec.parse(c) for c in cfg.coders]
     device = resolve_device(cfg.device) if subject is None else str(subject.device)
-    subject = subject or load_subject(cfg.model, resolve_dtype(cfg.dtype, device), device)
-    coder_dtype = resolve_dtype(cfg.coder_dtype, device)
+    subject = subject or load_subject(cfg.model, cfg.dtype, device)
+    coder_dtype = resolve_dtype(cfg.coder_dtype, device, subject.d_model)
     coders: list[SparseCoder] = [build_coder(s, subject, dtype=coder_dtype, device=device) for s in specs]
     names = [s.default_name(c.hookpoint) for s, c in zip(specs, coders)]
     if len(set(names)) != len(names):
@@ -169,6 +177,8 @@ def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool =
         "name": run_dir.name, "model": cfg.model, "corpus": cfg.corpus, "ctx_len": cfg.ctx_len,
         "n_contexts": n_ctx, "n_tokens": n_ctx * cfg.ctx_len, "window": WINDOW, "seed": cfg.seed,
         "part_contexts": cfg.part_contexts,
+        # the dtypes this cache computed in (what --dtype / --coder-dtype auto resolved to here)
+        "dtype": str(subject.dtype).removeprefix("torch."), "coder_dtype": coder_dtype, "device": device,
         "coders": {n: {**c.describe(), "spec": s} for n, c, s in zip(names, coders, cfg.coders)},
         "subject": {"n_layers": subject.n_layers, "d_model": subject.d_model, "d_mlp": subject.d_mlp},
         "config": asdict(cfg),

@@ -31,7 +31,11 @@ class TrainConfig:
     epochs: int = _help("passes over the training tokens", default=3)
     batch_size: int = _help("activations per optimiser step", default=1024)
     lr: float = _help("Adam learning rate", default=2e-3)
-    autocast: bool = _help("train in bfloat16 autocast (fast on CPUs with AMX/AVX512-BF16)", default=True)
+    dtype: str = _help("subject dtype while collecting activations: auto (measured on this machine: bfloat16 on a "
+                       "GPU or where bfloat16 runs faster than float32, else float32), bfloat16, float16, float32",
+                       default="auto")
+    autocast: bool = _help("train in bfloat16 autocast when --dtype resolves to bfloat16 (so never on CPUs where "
+                           "bfloat16 is slow)", default=True)
     dead_feature_window: int = _help("steps without firing before a latent counts as dead (aux-k loss)", default=50)
     ctx_len: int = _help("corpus tokens per context (a BOS token is prepended)", default=64)
     outlier_factor: float = _help("drop training tokens whose norm exceeds this x the median (attention sinks)",
@@ -54,10 +58,10 @@ class CacheConfig:
     histogram_bins: int = _help("bins of each latent's activation histogram", default=20)
     device: str = _help("where the subject and coders run: auto (a CUDA GPU when torch sees one), cpu, cuda, "
                         "cuda:N", default="auto")
-    dtype: str = _help("subject dtype: auto (bfloat16 on a GPU or a CPU with AMX, float32 on other CPUs, where "
-                       "bfloat16 is slower), bfloat16, float16, float32", default="auto")
-    coder_dtype: str = _help("dtype SAEs encode in: auto as for --dtype (bfloat16 is ~3x faster than float32 on "
-                             "AMX CPUs)", default="auto")
+    dtype: str = _help("subject dtype: auto (measured on this machine: bfloat16 on a GPU or where bfloat16 runs "
+                       "faster than float32, e.g. CPUs with AMX; float32 on others, where bfloat16 is up to 30x "
+                       "slower), bfloat16, float16, float32", default="auto")
+    coder_dtype: str = _help("dtype SAEs encode in: auto as for --dtype", default="auto")
     ray: str = _help("spread the work over a Ray cluster: 'auto' (the cluster this machine belongs to) or the "
                      "head's HOST:PORT; needs the ray extra (pip install -e '.[ray]')", default="")
     ray_workers: int = _help("with --ray: at most this many workers, each loading its own models (0: one per GPU "
@@ -95,6 +99,8 @@ class DemoConfig:
                                      default_factory=lambda: ["detection", "embedding"])
     studies: int = _help("latents per condition in the job's small studies (sampling, coders; overlap explains "
                          "this many per adjacent pair; 0: no studies)", default=6)
+    dtype: str = _help("dtype of every model the demo runs (subject, SAEs, explainer/scorer): auto (measured on "
+                       "this machine), bfloat16, float16, float32", default="auto")
 
 
 @dataclass
@@ -132,8 +138,8 @@ class InterpretConfig:
     batch_size: int = _help("prompts per forward pass (openai backend: requests in flight at once)", default=8)
     device: str = _help("transformers backend: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N",
                         default="auto")
-    dtype: str = _help("transformers backend: auto (bfloat16 on a GPU or a CPU with AMX, else float32), "
-                       "bfloat16, float16, float32", default="auto")
+    dtype: str = _help("transformers backend: auto (measured on this machine: bfloat16 on a GPU or where bfloat16 "
+                       "runs faster than float32, else float32), bfloat16, float16, float32", default="auto")
     chunk: int = _help("latents per written result part (the unit of resume)", default=4)
     target_kls: list[float] = _help("intervention: KL(clean || steered) of the next token, in nats, that the "
                                     "steering strength is searched for; the score at the target nearest 1 is the "

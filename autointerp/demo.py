@@ -31,17 +31,20 @@ def demo_sae_dir(cfg: DemoConfig) -> Path:
 def run_demo(cfg: DemoConfig) -> Path:
     t0 = time.time()
     log.info("[1/3] subject model SmolLM2-135M-Instruct")
-    subject = load_subject("smollm2")
+    subject = load_subject("smollm2", cfg.dtype)
+    log.info("  dtype %s (--dtype %s)", str(subject.dtype).removeprefix("torch."), cfg.dtype)
     hookpoints = list(dict.fromkeys(cfg.hookpoints + cfg.overlap_hookpoints))
     log.info("[2/3] demo SAEs on %s", ", ".join(hookpoints))
     sae_dir = demo_sae_dir(cfg)
     metrics = train_saes(TrainConfig(hookpoints=hookpoints, out_dir=str(sae_dir), n_latents=cfg.n_latents,
-                                     k=cfg.k, tokens=cfg.train_tokens, epochs=cfg.epochs), subject=subject)
+                                     k=cfg.k, tokens=cfg.train_tokens, epochs=cfg.epochs, dtype=cfg.dtype),
+                         subject=subject)
     for hp, m in metrics.items():
         log.info("  %s: FVU %.3f  L0 %.1f  dead %.1f%%", hp, m["fvu"], m["l0"], m["dead_pct"])
     log.info("[3/3] activation cache over %d tokens", cfg.tokens)
     coders = [f"sae:{sae_dir / hp}" for hp in hookpoints] + baseline_coders(cfg)
-    run_dir = cache_run(CacheConfig(run=cfg.run, model="smollm2", coders=coders, tokens=cfg.tokens),
+    run_dir = cache_run(CacheConfig(run=cfg.run, model="smollm2", coders=coders, tokens=cfg.tokens, dtype=cfg.dtype,
+                                    coder_dtype=cfg.dtype),
                         subject=subject)
     log.info("demo ready in %.0f s: %s", time.time() - t0, run_dir)
     job = launch_demo_job(cfg, RunStore(run_dir))
@@ -109,11 +112,11 @@ def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
 
     def args(s: str, scorers: list[str] | None = None) -> list[str]:
         return jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=s, random=cfg.interpret,
-                                                   model=cfg.interpret_model,
+                                                   model=cfg.interpret_model, dtype=cfg.dtype,
                                                    scorers=list(scorers or cfg.interpret_scorers)))
 
     def analyze(study: str, **kw) -> tuple[str, list[str]]:
-        acfg = AnalyzeConfig(run=cfg.run, random=cfg.studies, model=cfg.interpret_model, **kw)
+        acfg = AnalyzeConfig(run=cfg.run, random=cfg.studies, model=cfg.interpret_model, dtype=cfg.dtype, **kw)
         return "analyze", [study, *jobs.config_args(acfg)]
 
     studies = cfg.studies >= 3 and store.study_launches("overlap_summary").empty

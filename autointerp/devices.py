@@ -1,31 +1,88 @@
 """Where models run and in which dtype: `--device auto|cpu|cuda[:N]` and `--dtype auto|...`.
 
-auto picks CUDA when torch sees a GPU, else the CPU. The dtype auto rule is measured, not
-assumed: bfloat16 is fast on GPUs that support it and on CPUs with AMX (Intel Sapphire Rapids
-and later: 5k tokens/s caching the demo), but an AMD EPYC with AVX-512 and no AMX cached at 1.6k
-tokens/s in bfloat16, slower than float32; so on CPUs without AMX auto means float32
-(bench/cache.py prints the bf16 vs fp32 line for the machine it runs on).
+Every model load (subject, coders, explainer/scorer, steering, SAE training) resolves its dtype
+here. auto on a GPU is bfloat16 where supported (else float16). auto on a CPU is decided by a
+measurement, not by CPU flags: machines differ by 10-30x (bfloat16 is 2.5x float32 with AMX,
+slower than float32 on AMD AVX-512 without AMX, 0.03x on AVX2-only CPUs), so a one-second probe
+times a small MLP block of the model's width in both dtypes and keeps bfloat16 only where it wins
+clearly. The verdict is cached per machine (CPU, ISA limits, torch version, threads) in
+data/machine/dtype-probe.json; bench/cache.py prints the bf16 vs fp32 line for a whole model.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
 from pathlib import Path
 
 import torch
 
 from autointerp.errors import AutointerpError
 
+log = logging.getLogger(__name__)
+
 DTYPES = ("bfloat16", "float16", "float32")
+# bfloat16 must beat float32 by this factor in the probe: whole models run norms, softmax and
+# casts beside the matmuls, where bfloat16 gains less (an AVX-512 EPYC without AMX was slower in
+# bfloat16 on the whole demo cache), so a marginal matmul win is not enough.
+BF16_MIN_SPEEDUP = 1.3
+PROBE_WIDTH = 576  # SmolLM2-135M, the embedded subject, when the caller does not know the model
+# Wider models are probed at this width: one bfloat16 pass at width 1536 takes 5 s on an AVX2 CPU,
+# and by 1024 the matmuls dominate the block as they do the model.
+PROBE_MAX_WIDTH = 1024
+# Environment variables that change which CPU kernels torch runs (and so the verdict).
+_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
 @functools.cache
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bfloat16 tiles (the `amx_bf16` flag of /proc/cpuinfo)."""
+    """Whether this CPU has AMX bfloat16 tiles (the `amx_bf16` flag of /proc/cpuinfo); shown in
+    benchmarks beside the measured verdict, never used to decide it."""
+    return "amx_bf16" in cpu_flags()
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.partition(":")[2].split())
     except OSError:
-        return False
+        pass
+    return frozenset()
+
+
+def cpu_class() -> str:
+    """A short description of the CPU's matrix features: 'AMX', 'AVX-512 + AVX512-BF16', 'AVX-512',
+    'AVX2' (for benchmark tables and the run's metadata)."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512f" in flags:
+        return "AVX-512 + AVX512-BF16" if "avx512_bf16" in flags else "AVX-512"
+    return "AVX2" if "avx2" in flags else (platform.machine() or "unknown")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key(width: int) -> str:
+    """What the probe's verdict depends on: CPU, its flags, ISA limits, torch and the thread count."""
+    parts = [cpu_name(), " ".join(sorted(cpu_flags())), torch.__version__, str(torch.get_num_threads()), str(width),
+             *(f"{k}={os.environ.get(k, '')}" for k in _ISA_ENV)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def resolve_device(spec: str = "auto") -> str:
@@ -49,13 +106,94 @@ def resolve_device(spec: str = "auto") -> str:
     raise AutointerpError(f"unknown --device {spec!r}: use auto, cpu, cuda or cuda:N")
 
 
-def resolve_dtype(spec: str = "auto", device: str = "cpu") -> str:
-    """A torch dtype name. auto: bfloat16 on a GPU that supports it or a CPU with AMX, else float32."""
+def resolve_dtype(spec: str = "auto", device: str = "cpu", width: int | None = None) -> str:
+    """A torch dtype name. auto: bfloat16 on a GPU that supports it (else float16); on a CPU the
+    measured verdict of cpu_bf16_probe (bfloat16 only where it runs >= BF16_MIN_SPEEDUP x float32)."""
     spec = (spec or "auto").strip().lower()
     if spec in DTYPES:
         return spec
     if spec != "auto":
         raise AutointerpError(f"unknown dtype {spec!r}: use auto or one of {', '.join(DTYPES)}")
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if cpu_has_amx() else "float32"
+    probe_width = min(width or PROBE_WIDTH, PROBE_MAX_WIDTH)
+    return "bfloat16" if cpu_bf16_probe(probe_width)["speedup"] >= BF16_MIN_SPEEDUP else "float32"
+
+
+def probe_path() -> Path:
+    from autointerp.paths import data_dir
+
+    return data_dir() / "machine" / "dtype-probe.json"
+
+
+def cpu_bf16_probe(width: int = PROBE_WIDTH) -> dict:
+    """{"speedup": bf16 throughput / fp32 throughput, ...} for an MLP block of `width` on this CPU,
+    read from data/machine/dtype-probe.json when this machine (machine_key) measured it before."""
+    key = machine_key(width)
+    path = probe_path()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    result = _cached_measure(key, width)
+    known[key] = result
+    try:  # atomic: a reader never sees half a file; a read-only data folder only costs a re-measure
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not store the dtype probe in %s (%s); it is measured again next time", path, e)
+    return result
+
+
+@functools.cache
+def _cached_measure(key: str, width: int) -> dict:
+    result = measure_bf16_speedup(width)
+    log.info("dtype probe (%s, width %d): bfloat16 runs at %.2fx float32 -> --dtype auto is %s on this CPU",
+             cpu_class(), width, result["speedup"],
+             "bfloat16" if result["speedup"] >= BF16_MIN_SPEEDUP else "float32")
+    return result
+
+
+def measure_bf16_speedup(width: int = PROBE_WIDTH, budget_s: float = 0.6) -> dict:
+    """Time a transformer MLP block (RMS norm, up and gate projections, SiLU, down projection) on
+    32 tokens in float32 and bfloat16, each for about budget_s / 2 seconds after a warm-up pass.
+    Where bfloat16 has no fast kernels a single pass can take seconds (AVX2: 0.01-0.1x float32),
+    so a warm-up that alone overruns the budget is the measurement. Returns tokens/s and ratio."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = 4 * width
+    tokens = 32
+    weights32 = [torch.randn(width, hidden, generator=gen) / width ** 0.5,
+                 torch.randn(width, hidden, generator=gen) / width ** 0.5,
+                 torch.randn(hidden, width, generator=gen) / hidden ** 0.5]
+    x32 = torch.randn(tokens, width, generator=gen)
+
+    def block(x, up, gate, down):
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+        return (torch.nn.functional.silu(x @ gate) * (x @ up)) @ down
+
+    rates = {}
+    with torch.inference_mode():
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            ws, x = [w.to(dtype) for w in weights32], x32.to(dtype)
+            t0 = time.perf_counter()
+            block(x, *ws)  # warm-up: kernel selection and first-touch allocation
+            warm = time.perf_counter() - t0
+            if warm >= budget_s / 2:  # hopeless: the warm-up's own rate is (at most) the answer
+                rates[name] = tokens / warm
+                continue
+            n, t0 = 0, time.perf_counter()
+            while True:
+                block(x, *ws)
+                n += 1
+                elapsed = time.perf_counter() - t0
+                if elapsed >= budget_s / 2 or n >= 500:
+                    break
+            rates[name] = n * tokens / elapsed
+    return {"float32_tok_s": round(rates["float32"]), "bfloat16_tok_s": round(rates["bfloat16"]),
+            "speedup": round(rates["bfloat16"] / rates["float32"], 3), "cpu": cpu_name(), "cpu_class": cpu_class(),
+            "width": width, "threads": torch.get_num_threads(),
+            "isa_limits": {k: os.environ[k] for k in _ISA_ENV if k in os.environ}}

@@ -260,15 +260,32 @@ def resolve_model_source(spec: str) -> tuple[Path | str, str | None]:
     return spec, None
 
 
-def load_causal_lm(spec: str, dtype: str = "bfloat16"):
-    """(model, tokenizer) for a model spec; see resolve_model_source."""
+def model_width(source, gguf_file: str | None) -> int | None:
+    """The model's width from its config.json (None for GGUF files or a config without one)."""
+    if gguf_file or not isinstance(source, Path):
+        return None
+    try:
+        cfg = json.loads((source / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    width = cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model") or (cfg.get("text_config") or {}).get(
+        "hidden_size")
+    return int(width) if width else None
+
+
+def load_causal_lm(spec: str, dtype: str = "auto", device: str = "cpu"):
+    """(model, tokenizer) for a model spec (see resolve_model_source), in the dtype that
+    autointerp.devices.resolve_dtype gives for `dtype` on `device` (auto: measured on this CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autointerp.devices import resolve_dtype
 
     source, gguf_file = resolve_model_source(spec)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device, model_width(source, gguf_file)))
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     except OSError as e:
         if isinstance(source, str):
             raise AutointerpError(
@@ -279,6 +296,7 @@ def load_causal_lm(spec: str, dtype: str = "bfloat16"):
     return model, tok
 
 
-def load_subject(spec: str = "smollm2", dtype: str = "bfloat16", device: str = "cpu") -> Subject:
-    model, tok = load_causal_lm(spec, dtype)
+def load_subject(spec: str = "smollm2", dtype: str = "auto", device: str = "cpu") -> Subject:
+    """The subject model on `device`; dtype as for load_causal_lm (auto: measured on this machine)."""
+    model, tok = load_causal_lm(spec, dtype, device)
     return Subject(model.to(device), tok, name=spec)

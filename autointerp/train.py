@@ -82,7 +82,10 @@ def evaluate(sae, acts: torch.Tensor, batch: int = 4096) -> dict:
 
 
 def train_one(acts: torch.Tensor, eval_acts: torch.Tensor, hookpoint: str, cfg: TrainConfig,
-              model_name: str, out_dir: Path, n_dropped: int = 0) -> dict:
+              model_name: str, out_dir: Path, n_dropped: int = 0, autocast: bool | None = None,
+              subject_dtype: str = "") -> dict:
+    """Train one top-k SAE; autocast (bfloat16) defaults to cfg.autocast where --dtype resolves to
+    bfloat16 on this machine (see train_autocast)."""
     from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -109,13 +112,15 @@ def train_one(acts: torch.Tensor, eval_acts: torch.Tensor, hookpoint: str, cfg: 
         total_training_samples=total, train_batch_size_samples=cfg.batch_size, lr=cfg.lr, lr_end=cfg.lr / 10,
         lr_scheduler_name="constant", lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5,
         dead_feature_window=cfg.dead_feature_window, feature_sampling_window=max(steps, 1),
-        n_batches_for_norm_estimate=20, device="cpu", autocast=cfg.autocast,
+        n_batches_for_norm_estimate=20, device="cpu",
+        autocast=train_autocast(cfg) if autocast is None else autocast,
     )
     t0 = time.time()
     SAETrainer(trainer_cfg, sae, _batches(acts, cfg.batch_size, cfg.seed)).fit()
     train_s = time.time() - t0
     metrics = {"hookpoint": hookpoint, "n_latents": cfg.n_latents, "k": cfg.k,
                "train_tokens": int(len(acts)), "massive_tokens_dropped": n_dropped, "epochs": cfg.epochs, "steps": steps,
+               "autocast": trainer_cfg.autocast, "subject_dtype": subject_dtype,
                "train_seconds": round(train_s, 1), "train_tok_per_s": round(total / train_s),
                **evaluate(sae, eval_acts)}
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir.parent))
@@ -131,6 +136,13 @@ def train_one(acts: torch.Tensor, eval_acts: torch.Tensor, hookpoint: str, cfg: 
     return metrics
 
 
+def train_autocast(cfg: TrainConfig) -> bool:
+    """bfloat16 autocast only where bfloat16 is the dtype --dtype resolves to on this machine."""
+    from autointerp.devices import resolve_dtype
+
+    return cfg.autocast and resolve_dtype(cfg.dtype, "cpu") == "bfloat16"
+
+
 def train_saes(cfg: TrainConfig, subject: Subject | None = None) -> dict[str, dict]:
     """Train one top-k SAE per hookpoint; skip hookpoints whose SAE folder already exists."""
     out_root = Path(cfg.out_dir)
@@ -140,7 +152,7 @@ def train_saes(cfg: TrainConfig, subject: Subject | None = None) -> dict[str, di
                for h in cfg.hookpoints if h not in todo and (out_root / h / "metrics.json").exists()}
     if not todo:
         return results
-    subject = subject or load_subject(cfg.model)
+    subject = subject or load_subject(cfg.model, cfg.dtype)
     for h in todo:
         subject.hookpoint(h)
     contexts = tokenize_contexts(load_texts(cfg.corpus), subject.tokenizer, cfg.ctx_len,
@@ -154,7 +166,8 @@ def train_saes(cfg: TrainConfig, subject: Subject | None = None) -> dict[str, di
     for h in todo:
         x, n_dropped = drop_massive_activations(acts[h], cfg.outlier_factor)
         n_eval_kept = int((~_massive(acts[h][:n_eval_tok], cfg.outlier_factor)).sum())
-        m = train_one(x[n_eval_kept:], x[:n_eval_kept], h, cfg, subject.name, out_root / h, n_dropped)
+        m = train_one(x[n_eval_kept:], x[:n_eval_kept], h, cfg, subject.name, out_root / h, n_dropped,
+                      subject_dtype=str(subject.dtype).removeprefix("torch."))
         log.info("%s: FVU %.3f  L0 %.1f  dead %.1f%%  (%d tok/s)", h, m["fvu"], m["l0"], m["dead_pct"],
                  m["train_tok_per_s"])
         results[h] = m

@@ -16,6 +16,15 @@ VALIDITY_HELP = ("Validated = on this run, the scorer scores latents' own explan
                  "(another latent's), paired bootstrap 95% CI over latents above 0 (`autointerp validate`).")
 
 
+def run_dtype(run: dict) -> str:
+    """The dtype a run was cached in, as the Overview shows it: the subject's, plus the coders' when
+    they differ; runs cached before the dtype was recorded say so."""
+    subject, coders = run.get("dtype"), run.get("coder_dtype")
+    if not subject:
+        return "not recorded"
+    return subject if coders in (None, subject) else f"{subject} (coders {coders})"
+
+
 def validity_status(store: RunStore, hookpoint: str) -> dict[str, bool]:
     """scorer -> validated on this latent set (latest validation); scorers never validated are absent."""
     v = store.validity(hookpoint)

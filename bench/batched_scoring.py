@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--scorers", default="detection,fuzzing")
     ap.add_argument("--batched-first", action="store_true", help="time the batched phase first")
-    ap.add_argument("--dtype", default="bfloat16", help="transformers backend: bfloat16, float32 or auto")
+    ap.add_argument("--dtype", default="auto", help="transformers backend: auto (measured on this machine), bfloat16 or float32")
     args = ap.parse_args()
     store = RunStore(run_path(args.run))
     expl = explanation_dict(store.explanations(args.hookpoint))

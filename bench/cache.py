@@ -38,14 +38,14 @@ def demo_coders() -> list[str]:
     return [f"sae:{sae_dir / h}" for h in cfg.hookpoints] + [f"topk:{cfg.k}@{cfg.neuron_baseline}"]
 
 
-def child_bare(tokens: int, one: bool = False) -> dict:
+def child_bare(tokens: int, one: bool = False, dtype: str = "auto") -> dict:
     import torch
 
     from autointerp.coders import CoderSpec, build_coder
     from autointerp.corpus import load_texts, tokenize_contexts
     from autointerp.subject import load_subject
 
-    subject = load_subject("smollm2")
+    subject = load_subject("smollm2", dtype=dtype)
     coders = demo_coders()[1:2] if one else demo_coders()
     hookpoints = sorted({build_coder(CoderSpec.parse(c), subject).hookpoint for c in coders})
     contexts = tokenize_contexts(load_texts("wiki"), subject.tokenizer, 64, tokens)
@@ -57,7 +57,7 @@ def child_bare(tokens: int, one: bool = False) -> dict:
     return {"tok_per_s": contexts.shape[0] * 64 / dt, "seconds": dt, "hookpoints": hookpoints}
 
 
-def child_cache(tokens: int, one: bool = False, dtype: str = "bfloat16") -> dict:
+def child_cache(tokens: int, one: bool = False, dtype: str = "auto") -> dict:
     import torch
 
     from autointerp.cache import cache_run
@@ -78,7 +78,7 @@ def child_cache(tokens: int, one: bool = False, dtype: str = "bfloat16") -> dict
             "total_seconds": total}
 
 
-def run_child(mode: str, tokens: int, one: bool = False, dtype: str = "bfloat16") -> dict:
+def run_child(mode: str, tokens: int, one: bool = False, dtype: str = "auto") -> dict:
     return run_json_child(__file__, mode, "--tokens", str(tokens), "--dtype", dtype, *["--one"] * one)
 
 
@@ -88,11 +88,11 @@ def main() -> None:
     ap.add_argument("--big-tokens", type=int, default=262_144)
     ap.add_argument("--child", choices=["bare", "cache"])
     ap.add_argument("--one", action="store_true", help="(child) only the resid_post.15 SAE")
-    ap.add_argument("--dtype", default="bfloat16", help="(child cache) subject and SAE dtype")
+    ap.add_argument("--dtype", default="auto", help="subject and SAE dtype (auto: measured on this machine)")
     ap.add_argument("--dtype-only", action="store_true", help="only the bf16 vs fp32 line (--tokens tokens)")
     args = ap.parse_args()
     if args.child:
-        result = (child_bare(args.tokens, args.one) if args.child == "bare"
+        result = (child_bare(args.tokens, args.one, args.dtype) if args.child == "bare"
                   else child_cache(args.tokens, args.one, args.dtype))
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
@@ -100,11 +100,14 @@ def main() -> None:
     if args.dtype_only:
         dtype_line(args.tokens)
         return
-    bare = run_child("bare", args.big_tokens)
-    small = run_child("cache", args.tokens)
-    big = run_child("cache", args.big_tokens)
-    bare1, one = run_child("bare", args.big_tokens, True), run_child("cache", args.big_tokens, True)
-    print(f"throughput over {args.big_tokens} tokens (SmolLM2-135M, bf16, 64 contexts x 65 tokens per batch):")
+    dtype = args.dtype
+    bare = run_child("bare", args.big_tokens, dtype=dtype)
+    small = run_child("cache", args.tokens, dtype=dtype)
+    big = run_child("cache", args.big_tokens, dtype=dtype)
+    bare1, one = (run_child("bare", args.big_tokens, True, dtype=dtype),
+                  run_child("cache", args.big_tokens, True, dtype=dtype))
+    print(f"throughput over {args.big_tokens} tokens (SmolLM2-135M, --dtype {dtype}, 64 contexts x 65 tokens per "
+          f"batch):")
     print(f"  demo coders: 4 SAEs (4096 latents, k=32) + top-k neurons at {', '.join(bare['hookpoints'])}")
     print(f"    bare truncated forward        {bare['tok_per_s']:7.0f} tok/s")
     print(f"    cache, streaming loop         {big['stream_tok_per_s']:7.0f} tok/s   "
@@ -122,15 +125,21 @@ def main() -> None:
 
 
 def dtype_line(tokens: int) -> None:
-    """bfloat16 vs float32 for the subject and the demo coders on this machine, and what
-    `--dtype auto` picks here (bfloat16 only with AMX)."""
-    from autointerp.devices import cpu_has_amx, resolve_dtype
+    """bfloat16 vs float32 for the subject and the demo coders on this machine (the table row of
+    docs/benchmarks.md: CPU, its matrix features, ISA limits), the dtype probe's own ratio, and what
+    `--dtype auto` picks here."""
+    import os
+
+    from autointerp.devices import cpu_bf16_probe, cpu_class, cpu_name, resolve_dtype
 
     bf16, fp32 = run_child("cache", tokens, dtype="bfloat16"), run_child("cache", tokens, dtype="float32")
     ratio = bf16["stream_tok_per_s"] / fp32["stream_tok_per_s"]
-    print(f"dtype on this CPU (AMX: {'yes' if cpu_has_amx() else 'no'}), demo coders, {tokens} tokens: "
-          f"bf16 {bf16['stream_tok_per_s']:.0f} tok/s, fp32 {fp32['stream_tok_per_s']:.0f} tok/s, ratio bf16/fp32 "
-          f"{ratio:.2f}; --dtype auto picks {resolve_dtype('auto', 'cpu')}")
+    limits = " ".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+                      if k in os.environ) or "none"
+    print(f"| {cpu_name()} | {cpu_class()} | ISA limits: {limits} | demo coders, {tokens} tokens | "
+          f"bf16 {bf16['stream_tok_per_s']:.0f} tok/s | fp32 {fp32['stream_tok_per_s']:.0f} tok/s | "
+          f"bf16/fp32 {ratio:.2f} | probe bf16/fp32 {cpu_bf16_probe()['speedup']:.2f} | "
+          f"--dtype auto: {resolve_dtype('auto', 'cpu')} |")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ st.caption("Automatically interpreted sparse-autoencoder latents: browse, read e
            "launch re-explanation and rescoring.")
 
 run, store = ui.pick_run()
-cols = st.columns(4)
+cols = st.columns(5)
 cols[0].metric("Subject model", run.get("model", "?"))
-cols[1].metric("Tokens cached", f"{run.get('n_tokens', 0):,}")
-cols[2].metric("Latent sets", len(store.hookpoints()))
-cols[3].metric("Status", run.get("status", "?"))
+cols[1].metric("Dtype", views.run_dtype(run), help="what --dtype (and --coder-dtype) resolved to when this run "
+               "was cached; auto is measured per machine (bfloat16 only where it runs faster than float32)")
+cols[2].metric("Tokens cached", f"{run.get('n_tokens', 0):,}")
+cols[3].metric("Latent sets", len(store.hookpoints()))
+cols[4].metric("Status", run.get("status", "?"))
 st.caption(f"Corpus: {run.get('corpus', '?')}, contexts of {run.get('ctx_len', '?')} tokens; "
            f"created {run.get('created', '?')}")
 

@@ -51,7 +51,7 @@ def tiny_subject(tiny_model_dir):
 def smollm2(smollm2_dir):
     from autointerp.subject import load_subject
 
-    return load_subject("smollm2")
+    return load_subject("smollm2", dtype="float32")  # tests compare numbers: float32 on every CPU
 
 
 @pytest.fixture(scope="session")

@@ -72,9 +72,15 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     (tmp_path / "models").symlink_to(smollm2_dir.parent)  # reuse the converted model
     cfg = DemoConfig(tokens=2048, train_tokens=3000, epochs=1, n_latents=256, k=8,
                      hookpoints=["resid_post.14", "mlp_out.15"], interpret=1, interpret_model="smollm2",
-                     interpret_scorers=["detection", "embedding"], overlap_hookpoints=["mlp_out.14"], studies=0)
+                     interpret_scorers=["detection", "embedding"], overlap_hookpoints=["mlp_out.14"], studies=0,
+                     dtype="float32")
     run = run_demo(cfg)
     store = RunStore(run)
+    # --dtype reaches every model the demo runs: the subject and coders of the cache, SAE training,
+    # and the background job's explainer/scorer (and through it the steering subject)
+    assert (store.info["dtype"], store.info["coder_dtype"]) == ("float32", "float32")
+    trained = json.loads((demo_sae_dir(cfg) / "resid_post.14" / "metrics.json").read_text())
+    assert (trained["subject_dtype"], trained["autocast"]) == ("float32", False)
     # the main sets, the overlap study's extra SAE, and the SAE-vs-neurons study's baselines
     assert store.hookpoints() == ["mlp_neurons.15-neurons", "mlp_neurons.15-topk8", "mlp_out.14", "mlp_out.15",
                                   "mlp_out.15-random", "resid_post.14"]
@@ -83,6 +89,7 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     # then steers the residual set's latent (intervention scoring)
     (job,) = jobs.list_jobs()
     assert job.title == DEMO_JOB_TITLE and [s[0] for s in job.steps] == ["explain", "score"] * 3 + ["score"]
+    assert all(s[s.index("--dtype") + 1] == "float32" for s in job.steps)
     assert job.steps[-1][job.steps[-1].index("--scorers") + 1:] == ["intervention"]
     assert "resid_post.14" in job.steps[-1]
     assert [s[s.index("--hookpoint") + 1] for s in job.steps[:6:2]] == ["mlp_neurons.15-topk8", "mlp_out.15",

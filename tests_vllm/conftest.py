@@ -33,7 +33,7 @@ def reference(smollm2_dir):
 def vllm_client(smollm2_dir):
     from autointerp.llm.vllm_backend import VLLMClient
 
-    client = VLLMClient(LLMConfig(backend="vllm", model="smollm2"))
+    client = VLLMClient(LLMConfig(backend="vllm", model="smollm2", dtype="float32"))  # compared with float32
     yield client
     client.close()
 
@@ -52,7 +52,7 @@ def server_url(smollm2_dir):
     port = _free_port()
     proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir),
                              "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                             "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager"],
+                             "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"],
                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"

@@ -66,14 +66,14 @@ class TransformersClient(TokenizerSide):
 
         self.cfg = cfg
         self.name = f"transformers:{cfg.model}"
-        from autointerp.devices import resolve_device, resolve_dtype
+        from autointerp.devices import resolve_device
 
         self.device = resolve_device(cfg.device)
         # Batched scoring (llm/lockstep.py) combines a chunk of latents' calls only on a GPU: on a
         # CPU one latent's batch already keeps the cores busy, and combining measured 0.90x
         # (Qwen-1.5B, bf16, 2 cores; docs/benchmarks.md "Batched scoring").
         self.combines_latents = str(self.device).startswith("cuda")
-        self.model, self.tok = load_causal_lm(cfg.model, resolve_dtype(cfg.dtype, self.device))
+        self.model, self.tok = load_causal_lm(cfg.model, cfg.dtype, self.device)
         self.model.to(self.device).eval()
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token

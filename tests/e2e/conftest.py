@@ -60,6 +60,8 @@ HOSTILE_COPIES = 4
 # An explanation (LLM output) holding markup: the Latent page must show it as literal text.
 HOSTILE_EXPLANATION = ('<script>window.__xss=3</script> <img src=x onerror="window.__xss=4"> '
                        '</div><b>bold</b> **markdown** tags in web pages')
+# Fixture-explained latents must be silent in at least this many windows (InterpretConfig's n_negative).
+MIN_SILENT_WINDOWS = 20
 EXPLANATIONS = ["common function words", "dates and years", "names of places", "punctuation after clauses"]
 # What each payload looks like in a window's text (tokens joined).
 PAYLOADS = {"script": "<script>window.__xss=1", "img": 'onerror="window.__xss=2"', "tags": "</div><b>bold</b>"}
@@ -93,6 +95,25 @@ SETTLED_JS = """n => {
          && el.getAttribute('data-test-connection-state') === 'CONNECTED'
          && !document.querySelector('[data-testid="stSkeleton"]');
 }"""
+
+# The accessible table of st.dataframe number n, once it is drawn whole and unchanged since the
+# previous animation frame; null (wait on) while headers and cells disagree or are still changing.
+GRID_JS = """n => {
+  const grid = document.querySelectorAll('[data-testid="stDataFrame"]')[n];
+  if (!grid) return null;
+  const head = [...grid.querySelectorAll('th[role="columnheader"]')].map(th => th.innerText);
+  const rows = [...grid.querySelectorAll('tbody tr')].map(r => [...r.querySelectorAll('td')].map(td => td.textContent));
+  if (!head.length || !rows.length) return null;
+  const width = rows[0].length;
+  if (!width || rows.some(r => r.length !== width) || head.length < width || head.length > width + 1) return null;
+  const snap = JSON.stringify([head, rows]);
+  const memo = window.__gridReads || (window.__gridReads = {});
+  const stable = memo[n] === snap;
+  memo[n] = snap;
+  return stable ? {head: head.slice(head.length - width), rows} : null;
+}"""
+# Resolves after two animation frames: the browser has painted what the last change drew.
+TWO_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
 
 SCREENSHOT_MAX_HEIGHT = 5000
 # Python exceptions a page shows (st.exception boxes: an uncaught error in a page script).
@@ -198,8 +219,14 @@ def _write_results(run_dir: Path, hookpoint: str, xss_latent: int, avoid: set[in
     so the Scores page has distributions, a Spearman matrix and per-decile accuracies."""
     from autointerp.store import RunStore, append_results
 
-    top, _ = RunStore(run_dir).latent_table(hookpoint, sort="frequency", limit=len(avoid) + len(EXPLANATIONS))
-    others = [int(x) for x in top.latent if int(x) not in avoid][:len(EXPLANATIONS)]
+    store = RunStore(run_dir)
+    top, _ = store.latent_table(hookpoint, sort="frequency", limit=len(avoid) + len(EXPLANATIONS) + 40)
+    # the most frequent latents that can be scored for real (the rescoring test runs a job on one):
+    # a dense latent silent in too few windows is a recorded failure, not a score
+    others = [int(x) for x in top.latent if int(x) not in avoid
+              and len(store.non_activating_examples(hookpoint, int(x), MIN_SILENT_WINDOWS, seed=0))
+              >= MIN_SILENT_WINDOWS][:len(EXPLANATIONS)]
+    assert len(others) == len(EXPLANATIONS), f"too few scoreable frequent latents: {others}"
     explained = {xss_latent: HOSTILE_EXPLANATION, **dict(zip(others, EXPLANATIONS))}
     append_results(run_dir, "explanations", [
         {"hookpoint": hookpoint, "latent": x, "explanation": t, "model": "fixture", "strategy": "top",
@@ -363,7 +390,7 @@ def _screenshot(pg, name: str) -> Path | None:
         id => document.querySelector(`[data-testid="${id}"]`)?.scrollHeight || 0))""")
     pg.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), SCREENSHOT_MAX_HEIGHT)})
     try:
-        pg.wait_for_timeout(500)  # let the data grid repaint at the new size
+        pg.evaluate(TWO_FRAMES_JS)  # let the data grid repaint at the new size
         png = pg.screenshot()
     finally:
         pg.set_viewport_size(size)
@@ -423,18 +450,21 @@ class AppPage:
         self.page.get_by_role("combobox", name=label, exact=True).click()
         return self.rerun(lambda: self.page.get_by_role("option", name=option, exact=True).click())
 
-    def table(self, n: int = 0):
-        """The rows st.dataframe number `n` has rendered (its grid draws only the rows in view) as a
-        DataFrame of strings, read from the grid's accessible table; a row-selection column is left out."""
+    def table(self, n: int = 0, timeout: float = 30_000):
+        """The rows st.dataframe number `n` has rendered (its grid draws only the rows and columns in
+        view) as a DataFrame of strings, read from the grid's accessible table once it is whole: every
+        row has as many cells as there are headers (one more header where a row-selection column is
+        shown, which is left out) and two successive animation frames read the same (GRID_JS). A grid
+        that is still drawing (2 headers for 8 cells on a slow machine) is never read."""
         import pandas as pd
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-        grid = self.page.locator('[data-testid="stDataFrame"]').nth(n)
-        grid.locator("tbody td").first.wait_for(state="attached")
-        head = grid.locator('th[role="columnheader"]').all_inner_texts()
-        rows = grid.locator("tbody tr").evaluate_all(
-            "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent))")
-        width = len(rows[0]) if rows else len(head)
-        return pd.DataFrame(rows, columns=head[len(head) - width:])
+        try:
+            got = self.page.wait_for_function(GRID_JS, arg=n, timeout=timeout, polling="raf").json_value()
+        except PlaywrightTimeout:
+            raise AssertionError(f"data grid {n} not drawn whole within {timeout / 1000:.0f} s; page state "
+                                 f"{self.page.evaluate(STATE_JS)}") from None
+        return pd.DataFrame(got["rows"], columns=got["head"])
 
     def download(self, button, folder: Path) -> Path:
         """Click a download button (a Locator) and save what the browser downloads into `folder`."""

@@ -27,14 +27,18 @@ INERT = {"xss": "undefined", "scripts": 0, "onerror": 0, "bold": 0}
 JOB_TIMEOUT_MS = 240_000
 
 
-def eventually(get, ok, timeout: float = 10.0):
-    """`get()` once `ok(get())` holds (retried for `timeout` s); the last value fails the assert."""
+def eventually(get, ok, timeout: float = 30.0):
+    """`get()` once `ok(get())` holds, retried for `timeout` s, also when `get()` raises (a page
+    read while it redraws); the last value or error fails the assert."""
     deadline = time.monotonic() + timeout
     while True:
-        value = get()
-        if ok(value):
-            return value
-        assert time.monotonic() < deadline, f"still not as expected after {timeout} s: {value!r}"
+        try:
+            value, error = get(), None
+            if ok(value):
+                return value
+        except (AssertionError, ValueError, KeyError, AttributeError) as e:
+            value, error = None, e
+        assert time.monotonic() < deadline, f"still not as expected after {timeout} s: {error or repr(value)}"
         time.sleep(0.25)
 
 
@@ -49,8 +53,8 @@ def test_overview_shows_the_run_and_its_latent_sets(app, e2e_data):
     run = page.get_by_role("combobox", name="Run").input_value()
     assert run.startswith(f"{e2e_data.run} "), run
     metrics = dict(m.split("\n\n") for m in page.locator('[data-testid="stMetric"]').all_inner_texts())
-    assert metrics == {"Subject model": "smollm2", "Tokens cached": f"{e2e_data.n_tokens:,}", "Latent sets": "2",
-                       "Status": "complete"}, metrics
+    assert metrics == {"Subject model": "smollm2", "Dtype": "float32", "Tokens cached": f"{e2e_data.n_tokens:,}",
+                       "Latent sets": "2", "Status": "complete"}, metrics  # the e2e run is cached in float32
     sets = app.table().set_index("latent set")
     assert list(sets.index) == [e2e_data.neuron_set, e2e_data.hookpoint]
     sae = sets.loc[e2e_data.hookpoint]
@@ -251,7 +255,8 @@ def test_analyses_page_shows_every_study_and_its_pairs_open_latent_pages(app, e2
 def test_jobs_page_loads(app):
     app.open("Jobs")
     expect(app.page.get_by_role("heading", name="Jobs")).to_be_visible()
-    app.page.wait_for_timeout(2500)  # one self-refresh of the job list, still without errors
+    # one self-refresh of the job list (an st.fragment run every 2 s), still without errors
+    app.page.wait_for_function("n => window.__stRuns > n", arg=app._runs(), timeout=30_000)
 
 
 def test_the_xss_checks_detect_live_markup(browser, e2e_data):
