@@ -86,7 +86,7 @@ def cmd_validate(args) -> None:
     print(f"{'scorer':12s} {'n':>3s} {'true':>6s} {'random':>7s} {'neutral':>7s} {'diff':>6s}  95% CI          verdict")
     for r in summary.itertuples():
         print(f"{r.scorer:12s} {r.n_latents:3d} {r.true_mean:6.3f} {r.random_mean:7.3f} {r.neutral_mean:7.3f} "
-              f"{r.diff:6.3f}  [{r.ci_lo:6.3f}, {r.ci_hi:6.3f}]  {'validated' if r.validated else 'NOT validated'}")
+              f"{r.diff:6.3f}  [{r.ci_lo:6.3f}, {r.ci_hi:6.3f}]  p {r.p_value:.4f}  {r.verdict}")
 
 
 def cmd_analyze(args) -> None:

@@ -81,6 +81,8 @@ class DemoConfig:
     interpret: int = _help("random latents per latent set to explain and score in a background job after "
                            "caching (0: none)", default=6)
     interpret_model: str = _help("explainer/scorer of that job", default="qwen1.5b")
+    validate: int = _help("latents of the first residual-stream set that the job explains, scores and validates "
+                          "(a verdict needs at least 10; 0: no validation)", default=10)
     interpret_scorers: list[str] = _help("scorers of that job",
                                          default_factory=lambda: ["detection", "fuzzing", "embedding"])
     intervention: bool = _help("that job also intervention-scores the first residual-stream set's latents "

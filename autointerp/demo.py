@@ -99,7 +99,8 @@ def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
     """The demo job's CLI steps, cheapest figure first:
     1. the overlap study's decoder match (seconds, no LLM), when no overlap study exists;
     2. explain and score every main set not scored yet, .15 sets first;
-    3. validate the first residual-stream set (when it has >= 3 latents) and intervention-score it;
+    3. validate the first residual-stream set (cfg.validate latents, explained and scored in step 2)
+       and intervention-score it;
     4. the small studies: sampling strategies, SAE vs neurons (on the coders run), overlap with
        explanations. A job stops at its first failing step, so what the app already relies on
        (scores, validity) comes before the studies."""
@@ -110,8 +111,12 @@ def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
     sets = sorted((s for s in store.hookpoints() if s not in scored and s not in studied),
                   key=lambda s: (".15" not in s, s))
 
+    main_set = next((s for s in sets if s.startswith("resid_post.")), None)
+
     def args(s: str, scorers: list[str] | None = None) -> list[str]:
-        return jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=s, random=cfg.interpret,
+        # the validated set is explained and scored on enough latents for a validity verdict
+        n = max(cfg.interpret, cfg.validate) if s == main_set and cfg.validate > 0 else cfg.interpret
+        return jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=s, random=n,
                                                    model=cfg.interpret_model, dtype=cfg.dtype,
                                                    scorers=list(scorers or cfg.interpret_scorers)))
 
@@ -125,10 +130,9 @@ def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
         steps.append(analyze("overlap", basis=["decoder"]))
     for s in sets:
         steps += [("explain", args(s)), ("score", args(s))]
-    main_set = next((s for s in sets if s.startswith("resid_post.")), None)
-    # One small validation (true vs random vs neutral explanation on the same latents) on the main
+    # One validation (true vs random vs neutral explanation on the same latents) on the main
     # SAE set, so the app can say whether its scorers measure anything on this run.
-    if main_set is not None and cfg.interpret >= 3:
+    if main_set is not None and cfg.validate > 0:
         steps.append(("validate", args(main_set)))
     # The output side (the Latent page's steering table, the Scores page's Fig. 4) for the same latents.
     if main_set is not None and cfg.intervention:

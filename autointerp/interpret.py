@@ -175,6 +175,7 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
                                                                 "recall", "f1", "auroc", "accuracy", "correlation")},
                        "score_id": sid, "scorer": scorer, "model": model, "mode": mode,
+                       "decision_rule": summary.get("decision_rule"),
                        "accuracy_per_decile": json.dumps(summary.get("accuracy_per_decile", {})),
                        "correlation_per_quantile": json.dumps(summary.get("correlation_per_quantile", {}))})
         decisions += [{**r, "score_id": sid, "hookpoint": hookpoint, "latent": int(latent), "scorer": scorer}

@@ -63,13 +63,3 @@ def summarize(decisions: list[Decision]) -> dict:
         tp=tp, fp=fp, fn=fn, tn=tn,
     )
     return out
-
-
-def paired_bootstrap_ci(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of paired differences (resampling latents)."""
-    diffs = np.asarray(diffs, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = rng.choice(diffs, size=(n_boot, len(diffs)), replace=True).mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

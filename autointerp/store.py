@@ -251,7 +251,10 @@ RESULT_SCHEMAS = {
         ("correlation_per_quantile", pa.string()), ("created_at", pa.timestamp("us")),
         # intervention: mean log P(expl | steered) - log P(expl | clean) at target_kl (KL of the next token)
         ("target_kl", pa.float64()), ("intervention_score", pa.float64()),
-        ("explanation_kind", pa.string())]),  # the kind of explanation scored; NULL (older parts) = "input"
+        ("explanation_kind", pa.string()),  # the kind of explanation scored; NULL (older parts) = "input"
+        # detection/fuzzing: how yes/no decisions (accuracies, F1) were made from the read-outs;
+        # NULL in parts written before the rank rule: logprob decisions were P > 0.5 then
+        ("decision_rule", pa.string())]),
     "decisions": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
@@ -285,7 +288,10 @@ RESULT_SCHEMAS = {
         ("mode", pa.string()), ("calibrated", pa.bool_()), ("n_latents", pa.int32()), ("true_mean", pa.float64()),
         ("random_mean", pa.float64()), ("neutral_mean", pa.float64()), ("diff", pa.float64()),
         ("ci_lo", pa.float64()), ("ci_hi", pa.float64()), ("validated", pa.bool_()),
-        ("created_at", pa.timestamp("us"))]),
+        ("created_at", pa.timestamp("us")),
+        # validity.verdict's word and the sign-flip p-value; NULL in parts written before them, when
+        # `validated` came from a percentile bootstrap from 3 latents on (over-confident: shown as such)
+        ("verdict", pa.string()), ("p_value", pa.float64())]),
     # the paper's analyses (autointerp/studies.py): one study_id per launch of a study, all its rows
     # carry it; "condition" is what the study compares (a sampling strategy, a latent set)
     "study_explanations": pa.schema([
@@ -319,7 +325,10 @@ def append_results(run_dir: Path, kind: str, rows: list[dict]) -> Path | None:
     if not rows:
         return None
     schema = RESULT_SCHEMAS[kind]
-    now = pd.Timestamp.now()
+    # UTC (stored without a zone): a clock change or writers in two time zones never make an older
+    # result look newer. Parts written before this stored local time; on machines kept in UTC
+    # (these) the two agree.
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
     cols = {f.name: [r.get(f.name, now if f.name == "created_at" else None) for r in rows] for f in schema}
     path = run_dir / "results" / kind / f"part-{time.time_ns()}-{os.getpid()}.parquet"
     write_parquet_atomic(pa.table(cols, schema=schema), path)
@@ -357,6 +366,12 @@ def corrupt_result_parts(run_dir: Path) -> list[Path]:
     """Result parts whose Parquet footer does not read; every query skips them."""
     return [p for kind in RESULT_SCHEMAS for p in sorted((run_dir / "results" / kind).glob("part-*.parquet"))
             if not _part_readable(p)]
+
+
+# "Latest wins" with a deterministic tie-break: rows with the same created_at are ordered by their
+# part's name (part-<time_ns>-<pid>: later parts sort later) and then by their row in the part.
+NEWEST_FIRST_READ = "union_by_name = true, filename = true, file_row_number = true"
+NEWEST_FIRST = "created_at DESC, filename DESC, file_row_number DESC"
 
 
 def _results_glob(run_dir: Path, kind: str) -> str | None:
@@ -424,8 +439,9 @@ class ResultsMixin:
         cond, params = self._kind_filter(kind, src, explanation_kind)
         where = f"WHERE {cond}" + (" AND hookpoint = ?" if hookpoint else "") + (" AND model = ?" if model else "")
         params += ([hookpoint] if hookpoint else []) + ([model] if model else [])
-        return _nulls_to_none(self._sql(f"""SELECT * FROM read_parquet({src}, union_by_name = true) {where}
-                             QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY created_at DESC) = 1
+        return _nulls_to_none(self._sql(f"""SELECT * EXCLUDE (filename, file_row_number)
+                             FROM read_parquet({src}, {NEWEST_FIRST_READ}) {where}
+                             QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {NEWEST_FIRST}) = 1
                              ORDER BY {keys}""", params), kind)
 
     def explanations(self, hookpoint: str | None = None, kind: str = "input", model: str | None = None
@@ -493,8 +509,9 @@ class ResultsMixin:
         if src is None:
             return _empty(kind)
         cond, params = self._kind_filter(kind, src, explanation_kind)
-        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
-                                        f"WHERE {cond} AND hookpoint = ? AND latent = ? ORDER BY created_at DESC",
+        return _nulls_to_none(self._sql(f"SELECT * EXCLUDE (filename, file_row_number) FROM read_parquet({src}, "
+                                        f"{NEWEST_FIRST_READ}) WHERE {cond} AND hookpoint = ? AND latent = ? "
+                                        f"ORDER BY {NEWEST_FIRST}",
                                         params + [hookpoint, int(latent)]), kind)
 
     def interventions(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:

@@ -3,8 +3,15 @@
 For every chosen latent with an explanation, each scorer scores three explanations on the same test
 examples (the test set and prompt layout are seeded per latent, never per explanation): the
 latent's own, a random one (another chosen latent's, a seeded derangement) and a neutral one that
-describes nothing. A scorer is *validated* on this run when the paired bootstrap 95% CI of
-headline(true) - headline(random) over latents lies above 0. Per-latent values go to
+describes nothing. Verdicts, from the paired differences headline(true) - headline(random) over
+latents:
+  validated       at least MIN_VERDICT_LATENTS latents and the exact sign-flip permutation test of
+                  mean difference > 0 gives one-sided p < ALPHA (level checked by simulation in
+                  tests/test_validity.py);
+  not validated   at least MIN_VERDICT_LATENTS latents, p >= ALPHA;
+  too few latents fewer paired latents: no verdict either way;
+  not measured    the scorer gave no headline number (e.g. no AUROC and no balanced accuracy).
+The 95% interval shown is a Student t interval of the mean difference. Per-latent values go to
 results/validity, the per-scorer summary to results/validity_summary; neither touches a latent's
 own scores.
 """
@@ -25,20 +32,39 @@ from autointerp.errors import AutointerpError
 from autointerp.interpret import _chunks, open_for_scoring, score_latent, scoring_models
 from autointerp.jobs import report_progress
 from autointerp.llm.lockstep import run_lockstep
-from autointerp.metrics import paired_bootstrap_ci
+from autointerp.analysis.stats import sign_flip_p, t_ci
 from autointerp.prompts import NEUTRAL_EXPLANATION
 from autointerp.store import append_results
 
 log = logging.getLogger(__name__)
 
-MIN_LATENTS = 3
+MIN_LATENTS = 3  # fewer explained latents: validate refuses to run
+MIN_VERDICT_LATENTS = 10  # fewer paired latents: "too few latents", no verdict
+ALPHA = 0.025  # one-sided, as the lower bound of a two-sided 95% interval
 WHICH = ("true", "random", "neutral")
+VERDICTS = ("validated", "not validated", "too few latents", "not measured")
 
 
 def headline_value(row: dict) -> float:
-    """The number a scorer is judged by: Pearson r for simulation, else AUROC."""
-    value = row.get("correlation") if row["scorer"] == "simulation" else row.get("auroc")
+    """The number a scorer is judged by: Pearson r for simulation; AUROC where the scorer read
+    probabilities; balanced accuracy in generate mode (parsed yes/no answers have no AUROC)."""
+    if row["scorer"] == "simulation":
+        value = row.get("correlation")
+    elif str(row.get("mode") or "").startswith("generate"):
+        value = row.get("balanced_accuracy")
+    else:
+        value = row.get("auroc")
     return float(value) if value is not None and np.isfinite(value) else float("nan")
+
+
+def verdict(diffs: np.ndarray, n_measured: int) -> tuple[str, float]:
+    """(verdict, one-sided p) for paired true - random differences; see the module docstring."""
+    if n_measured == 0:
+        return "not measured", float("nan")
+    if len(diffs) < MIN_VERDICT_LATENTS:
+        return "too few latents", float("nan")
+    p = sign_flip_p(diffs)
+    return ("validated" if p < ALPHA else "not validated"), p
 
 
 def random_explanations(explanations: dict[int, str], seed: int) -> dict[int, str]:
@@ -49,24 +75,25 @@ def random_explanations(explanations: dict[int, str], seed: int) -> dict[int, st
     return {latents[order[i]]: explanations[latents[order[(i + 1) % len(latents)]]] for i in range(len(latents))}
 
 
-def summarize_validity(per_latent: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """One row per scorer: means of true / random / neutral, the paired diff and its bootstrap CI
-    over latents that have both a true and a random value."""
+def summarize_validity(per_latent: pd.DataFrame) -> pd.DataFrame:
+    """One row per scorer: means of true / random / neutral, the paired diff with its t interval,
+    the sign-flip p-value and the verdict, over latents that have both a true and a random value."""
     rows = []
     for scorer, g in per_latent.groupby("scorer", sort=False):
-        wide = g.pivot_table(index="latent", columns="which", values="value", aggfunc="first")
+        wide = g.pivot_table(index="latent", columns="which", values="value", aggfunc="first", dropna=False)
         for col in WHICH:
             if col not in wide:
                 wide[col] = np.nan
         paired = wide.dropna(subset=["true", "random"])
         diffs = (paired["true"] - paired["random"]).to_numpy()
-        lo, hi = paired_bootstrap_ci(diffs, n_boot, seed) if len(diffs) >= 2 else (np.nan, np.nan)
+        mean, lo, hi = t_ci(diffs)
+        word, p = verdict(diffs, int(g.value.notna().sum()))
         rows.append({"scorer": scorer, "n_latents": int(len(paired)),
                      "true_mean": float(paired["true"].mean()) if len(paired) else np.nan,
                      "random_mean": float(paired["random"].mean()) if len(paired) else np.nan,
                      "neutral_mean": float(wide["neutral"].mean()) if wide["neutral"].notna().any() else np.nan,
-                     "diff": float(diffs.mean()) if len(diffs) else np.nan, "ci_lo": lo, "ci_hi": hi,
-                     "validated": bool(np.isfinite(lo) and lo > 0)})
+                     "diff": mean, "ci_lo": lo, "ci_hi": hi, "p_value": p, "verdict": word,
+                     "validated": word == "validated"})
     return pd.DataFrame(rows)
 
 
@@ -109,7 +136,7 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
             bar.update(len(chunk))
             report_progress(bar.n, len(expl))
     per_latent = pd.DataFrame(rows)
-    summary = summarize_validity(per_latent, seed=cfg.seed)
+    summary = summarize_validity(per_latent)
     models = per_latent.groupby("scorer").model.first().to_dict()
     modes = per_latent.groupby("scorer")["mode"].first().to_dict()
     append_results(store.run_dir, "validity", rows)
@@ -118,6 +145,6 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
                      "mode": modes.get(r["scorer"]), "calibrated": bool(cfg.calibrate)}
                     for r in summary.to_dict("records")])
     for r in summary.itertuples():
-        log.info("%s: true %.3f, random %.3f, diff %.3f [%.3f, %.3f] over %d latents: %s", r.scorer, r.true_mean,
-                 r.random_mean, r.diff, r.ci_lo, r.ci_hi, r.n_latents, "validated" if r.validated else "NOT validated")
+        log.info("%s: true %.3f, random %.3f, diff %.3f [%.3f, %.3f] over %d latents, p %.4f: %s", r.scorer,
+                 r.true_mean, r.random_mean, r.diff, r.ci_lo, r.ci_hi, r.n_latents, r.p_value, r.verdict)
     return summary

@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from autointerp.analysis import score_table, scorer_columns
+from autointerp.analysis.agreement import verdict_of
 from autointerp.store import Example, RunStore
 
 # What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.
-VALIDITY_MARKS = {True: "✓ validated", False: "✗ not validated", None: "? not measured"}
+VALIDITY_MARKS = {"validated": "✓ validated", "not validated": "✗ not validated",
+                  "too few latents": "… too few latents", "not measured": "? not measured",
+                  "bootstrap (old)": "≈ old check (over-confident)", None: "? not measured"}
 VALIDITY_HELP = ("Validated = on this run, the scorer scores latents' own explanations above random ones "
-                 "(another latent's), paired bootstrap 95% CI over latents above 0 (`autointerp validate`).")
+                 "(another latent's): at least 10 latents and an exact sign-flip permutation test of the mean "
+                 "paired difference, one-sided p < 0.025 (`autointerp validate`). Fewer latents: no verdict.")
 
 
 def run_dtype(run: dict) -> str:
@@ -25,13 +29,13 @@ def run_dtype(run: dict) -> str:
     return subject if coders in (None, subject) else f"{subject} (coders {coders})"
 
 
-def validity_status(store: RunStore, hookpoint: str) -> dict[str, bool]:
-    """scorer -> validated on this latent set (latest validation); scorers never validated are absent."""
+def validity_status(store: RunStore, hookpoint: str) -> dict[str, str]:
+    """scorer -> verdict on this latent set (latest validation); scorers never validated are absent."""
     v = store.validity(hookpoint)
-    return {r.scorer: bool(r.validated) for r in v.itertuples()}
+    return {r.scorer: verdict_of(r) for r in v.itertuples()}
 
 
-def validity_mark(status: dict[str, bool], scorer: str) -> str:
+def validity_mark(status: dict[str, str], scorer: str) -> str:
     return VALIDITY_MARKS[status.get(scorer)]
 
 
@@ -40,9 +44,11 @@ def validity_table(store: RunStore, hookpoint: str | None = None) -> pd.DataFram
     v = store.validity(hookpoint)
     if v.empty:
         return pd.DataFrame()
-    out = v.assign(verdict=[VALIDITY_MARKS[bool(x)] for x in v.validated])
+    out = v.assign(verdict=[VALIDITY_MARKS[verdict_of(r)] for r in v.itertuples()])
+    if "p_value" not in out:
+        out["p_value"] = None
     cols = ["hookpoint", "scorer", "verdict", "n_latents", "true_mean", "random_mean", "neutral_mean", "diff",
-            "ci_lo", "ci_hi", "model", "mode", "calibrated", "created_at"]
+            "ci_lo", "ci_hi", "p_value", "model", "mode", "calibrated", "created_at"]
     return out[cols].rename(columns={"hookpoint": "latent set", "n_latents": "n latents", "true_mean": "true",
                                      "random_mean": "random", "neutral_mean": "neutral", "ci_lo": "CI low",
                                      "ci_hi": "CI high"})
@@ -57,10 +63,11 @@ def validity_summary_text(store: RunStore) -> tuple[bool, str]:
                        "--random 10` (the demo's background job runs a small one).")
     lines = []
     for hp, g in v.groupby("hookpoint"):
-        parts = [f"{r.scorer} {'✓' if r.validated else '✗'} ({r.diff:+.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}], "
-                 f"n={r.n_latents})" for r in g.itertuples()]
+        parts = [f"{r.scorer} {VALIDITY_MARKS[verdict_of(r)].split()[0]} ({r.diff:+.3f} [{r.ci_lo:.3f}, "
+                 f"{r.ci_hi:.3f}], n={r.n_latents})" for r in g.itertuples()]
         lines.append(f"{hp}: " + ", ".join(parts))
-    return True, "Scorer validity, true minus random explanation with 95% CI: " + "; ".join(lines)
+    return True, ("Scorer validity, true minus random explanation with 95% t interval (✓ validated, ✗ not, … too "
+                  "few latents for a verdict): " + "; ".join(lines))
 
 
 def set_summary(store: RunStore) -> pd.DataFrame:
@@ -168,14 +175,40 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
                       store.latent_results("explanations", hookpoint, latent, explanation_kind="output"))
 
 
+OLD_LOGPROB_RULE = "P > 0.5 (written before the rank rule: accuracies not comparable)"
+
+
+def decision_rule_label(mode: str | None, rule: str | None) -> str:
+    """How a score's yes/no decisions were made, as the Latent page shows it. Logprob scores written
+    before the rank rule (NULL decision_rule) cut P(Yes) at 0.5, which after calibration put all of a
+    latent's windows on one side; they are labelled so, not silently compared with newer ones."""
+    if rule:
+        return rule
+    if mode and mode.startswith("logprob"):
+        return OLD_LOGPROB_RULE
+    return ""
+
+
+def latent_scores_table(scores: pd.DataFrame, validity: dict[str, bool]) -> pd.DataFrame:
+    """The Latent page's score table: validity mark and decision rule beside each score."""
+    rules = scores["decision_rule"] if "decision_rule" in scores else pd.Series([None] * len(scores))
+    shown = scores.assign(validity=[validity_mark(validity, s) for s in scores.scorer],
+                          decisions=[decision_rule_label(m, r) for m, r in zip(scores["mode"], rules)])
+    return shown[["scorer", "validity", "auroc", "balanced_accuracy", "f1", "correlation", "n", "n_failed", "error",
+                  "model", "mode", "decisions", "created_at"]].rename(columns={"n_failed": "failures"})
+
+
 def decisions_view(store: RunStore, score_id: str) -> pd.DataFrame:
-    """A score's per-example decisions with an outcome column: right, wrong or failed."""
+    """A score's per-example decisions with an outcome column: right, wrong, failed, or n/a where
+    the scorer makes no per-example call (simulation predicts activations, not yes/no)."""
     d = store.decisions(score_id)
     if d.empty:
         return d
     failed = d.failed.fillna(True).astype(bool).to_numpy()
+    undecided = d.prediction.isna().to_numpy()
     same = (d.prediction.astype("boolean") == d.activating.astype("boolean")).fillna(False).to_numpy(dtype=bool)
-    outcome = ["failed" if f else ("right" if ok else "wrong") for f, ok in zip(failed, same)]
+    outcome = ["failed" if f else ("n/a" if u else ("right" if ok else "wrong"))
+               for f, u, ok in zip(failed, undecided, same)]
     return d.assign(outcome=outcome)[["outcome", "activating", "quantile", "prediction", "probability", "shown",
                                       "raw", "doc_id", "start"]]
 

@@ -38,7 +38,7 @@ from autointerp.intervention.scorer import (InterventionConfig, InterventionScor
                                             random_explanation)
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
-from autointerp.metrics import paired_bootstrap_ci  # noqa: E402
+from autointerp.analysis.stats import t_ci  # noqa: E402
 from autointerp.prompts import output_explainer_messages  # noqa: E402
 from autointerp.store import RunStore, latent_seed, run_path  # noqa: E402
 from autointerp.subject import load_subject  # noqa: E402
@@ -73,7 +73,7 @@ def ci_line(label: str, a: list, b: list) -> str:
     if ok.sum() < 2:
         return f"{label:34s} n={ok.sum()}"
     d = x[ok] - y[ok]
-    lo, hi = paired_bootstrap_ci(d)
+    _, lo, hi = t_ci(d)
     return f"{label:34s} {x[ok].mean():7.3f} {y[ok].mean():7.3f} {d.mean():7.3f}  [{lo:6.3f}, {hi:6.3f}]  {ok.sum():3d}"
 
 

@@ -36,7 +36,9 @@ from autointerp.explain import ExplainConfig, explain_latents  # noqa: E402
 from autointerp.interpret import _sampling, run_explain, score_latent, select_latents  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
-from autointerp.metrics import auroc, paired_bootstrap_ci  # noqa: E402
+from autointerp.analysis.stats import t_ci  # noqa: E402
+from autointerp.metrics import auroc  # noqa: E402
+from autointerp.validity import verdict  # noqa: E402
 from autointerp.prompts import NEUTRAL_EXPLANATION  # noqa: E402
 from autointerp.store import RunStore, present, run_path  # noqa: E402
 from autointerp.validity import headline_value, random_explanations  # noqa: E402
@@ -136,15 +138,16 @@ def main() -> None:
     total = time.time() - t0
     print(f"\n{args.model}, {len(expl)} latents of {args.hookpoint} ({len(latents)} chosen), {args.per_prompt} per "
           f"prompt; explain {t_explain:.0f} s, total {total:.0f} s")
-    print(f"{'scorer':11s} {'read-out':13s} {'true':>6s} {'random':>7s} {'neutral':>7s} {'diff':>6s}  95% CI (paired)"
-          f"       n")
+    print(f"{'scorer':11s} {'read-out':13s} {'true':>6s} {'random':>7s} {'neutral':>7s} {'diff':>6s}  95% t interval"
+          f"        n  p (sign-flip)  verdict")
     for (scorer, variant), d in values.items():
         t, r = np.array(d["true"]), np.array(d["random"])
         neutral = np.nanmean(d["neutral"]) if d["neutral"] else float("nan")
         ok = ~(np.isnan(t) | np.isnan(r))
-        lo, hi = paired_bootstrap_ci(t[ok] - r[ok]) if ok.sum() >= 2 else (float("nan"), float("nan"))
+        _, lo, hi = t_ci(t[ok] - r[ok])
+        word, p = verdict(t[ok] - r[ok], int(ok.sum()))
         print(f"{scorer:11s} {variant:13s} {np.mean(t[ok]):6.3f} {np.mean(r[ok]):7.3f} {neutral:7.3f} "
-              f"{np.mean(t[ok] - r[ok]):6.3f}  [{lo:6.3f}, {hi:6.3f}]  {ok.sum():3d}")
+              f"{np.mean(t[ok] - r[ok]):6.3f}  [{lo:6.3f}, {hi:6.3f}]  {ok.sum():3d}  {p:13.4f}  {word}")
     print(f"\ncost on {len(cost_latents)} latents, one explanation scored alone: explain {explain_s:.1f} s/latent")
     print(f"{'scorer':11s} {'s/example':>9s} {'calibrated':>10s} {'ratio':>6s} {'s/latent':>8s} {'AUROC SE/latent':>16s}")
     per_latent_s = explain_s

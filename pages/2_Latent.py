@@ -68,9 +68,7 @@ if len(data.explanations) > 1:
 if len(data.scores):
     st.subheader("Scores")
     status = views.validity_status(store, hookpoint)
-    shown = data.scores.assign(validity=[views.validity_mark(status, s) for s in data.scores.scorer])
-    shown = shown[["scorer", "validity", "auroc", "balanced_accuracy", "f1", "correlation", "n", "n_failed", "error",
-                   "model", "mode", "created_at"]].rename(columns={"n_failed": "failures"})
+    shown = views.latent_scores_table(data.scores, status)
     st.dataframe(shown, hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.3f")
                                 for k in ("auroc", "balanced_accuracy", "f1", "correlation")})

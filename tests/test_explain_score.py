@@ -202,6 +202,13 @@ def test_explain_and_score_pipeline_with_failures_counted(tiny_run, tiny_llm, mo
     assert len(stored) == 6
     dec = store.decisions(stored.score_id.iloc[0])
     assert len(dec) == stored.n.iloc[0] and dec.probability.between(0, 1).all()
+    # logprob decisions follow the rank rule: as many yes as the test set has activating windows,
+    # and they are the highest (calibrated) probabilities
+    for r in stored[stored.scorer.isin(["detection", "fuzzing"])].itertuples():
+        assert r.decision_rule.startswith("rank")
+        d = store.decisions(r.score_id)
+        assert int(d.prediction.sum()) == int(d.activating.sum())
+        assert d[d.prediction].probability.min() >= d[~d.prediction.astype(bool)].probability.max()
     # generate mode on a model that answers garbage: unparseable lines are counted failures
     cfg.mode, cfg.scorers, cfg.force = "generate", ["detection"], True
     gen = run_score(cfg, client=tiny_llm)

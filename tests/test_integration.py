@@ -73,7 +73,7 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     cfg = DemoConfig(tokens=2048, train_tokens=3000, epochs=1, n_latents=256, k=8,
                      hookpoints=["resid_post.14", "mlp_out.15"], interpret=1, interpret_model="smollm2",
                      interpret_scorers=["detection", "embedding"], overlap_hookpoints=["mlp_out.14"], studies=0,
-                     dtype="float32")
+                     validate=0, dtype="float32")
     run = run_demo(cfg)
     store = RunStore(run)
     # --dtype reaches every model the demo runs: the subject and coders of the cache, SAE training,

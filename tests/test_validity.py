@@ -89,21 +89,60 @@ def test_random_explanations_are_a_derangement():
     assert random_explanations(expl, seed=1) == other
 
 
-def test_summary_needs_the_ci_above_zero(tmp_path):
+def test_summary_verdicts_need_ten_latents_and_a_significant_sign_flip_test():
     import pandas as pd
 
-    rows = [{"scorer": "s", "latent": i, "which": w, "value": v}
-            for i in range(6) for w, v in (("true", 0.8 + 0.01 * i), ("random", 0.5), ("neutral", 0.5))]
-    good = summarize_validity(pd.DataFrame(rows)).iloc[0]
-    assert good.validated and good.ci_lo > 0 and good.n_latents == 6 and good["diff"] == pytest.approx(0.325)
-    same = [{**r, "value": 0.6} for r in rows]
-    flat = summarize_validity(pd.DataFrame(same)).iloc[0]
-    assert not flat.validated and flat.ci_lo == 0 == flat.ci_hi
+    def rows(n, true=lambda i: 0.8 + 0.01 * i):
+        return [{"scorer": "s", "latent": i, "which": w, "value": v}
+                for i in range(n) for w, v in (("true", true(i)), ("random", 0.5), ("neutral", 0.5))]
+
+    good = summarize_validity(pd.DataFrame(rows(10))).iloc[0]
+    assert good.verdict == "validated" and good.validated and good.ci_lo > 0 and good.n_latents == 10
+    assert good["diff"] == pytest.approx(0.345) and good.p_value == pytest.approx(1 / 1024)  # only all-plus ties
+    few = summarize_validity(pd.DataFrame(rows(9))).iloc[0]  # the same clear effect on 9 latents: no verdict
+    assert few.verdict == "too few latents" and not few.validated and np.isnan(few.p_value) and few.ci_lo > 0
+    flat = summarize_validity(pd.DataFrame([{**r, "value": 0.6} for r in rows(12)])).iloc[0]
+    assert flat.verdict == "not validated" and flat.ci_lo == 0 == flat.ci_hi and flat.p_value == 1.0
+    unmeasured = summarize_validity(pd.DataFrame([{**r, "value": float("nan")} for r in rows(12)])).iloc[0]
+    assert unmeasured.verdict == "not measured" and not unmeasured.validated
+
+
+def test_generate_mode_is_judged_by_balanced_accuracy_not_shown_as_unvalidated():
+    """Generate mode has no AUROC: its headline is balanced accuracy, so it is measured (A6)."""
+    from autointerp.validity import headline_value
+
+    row = {"scorer": "detection", "mode": "generate", "auroc": None, "balanced_accuracy": 0.7}
+    assert headline_value(row) == 0.7
+    assert headline_value({**row, "mode": "logprob-calibrated", "auroc": 0.6}) == 0.6
+    assert np.isnan(headline_value({**row, "balanced_accuracy": None}))
+
+
+def test_verdict_false_positive_rate_and_power_by_simulation():
+    """>= 1,000 null and >= 1,000 real-effect data sets of per-latent AUROC differences (SD 0.13,
+    about a single latent's AUROC SE at the default test size, times sqrt 2): the verdict rejects a
+    true null at most 5 % of the time at every n that gets a verdict (nominal 2.5 %), and detects a
+    mean difference of 0.15 at n = 10 most of the time. The old percentile bootstrap from 3 latents
+    rejected 12.6 % at n = 3 and 6.5 % at n = 6."""
+    from autointerp.validity import MIN_VERDICT_LATENTS, verdict
+
+    rng = np.random.default_rng(0)
+    for n in (10, 12, 20):  # exact up to 12, sampled flips above
+        null = [verdict(rng.normal(0, 0.13, n), n)[0] for _ in range(1000)]
+        heavy = [verdict(rng.standard_t(3, n) * 0.1, n)[0] for _ in range(1000)]  # heavy tails, still symmetric
+        for label, outcome in (("normal", null), ("t3", heavy)):
+            fpr = outcome.count("validated") / len(outcome)
+            print(f"null {label} n={n}: false 'validated' {fpr:.3f}")
+            assert fpr <= 0.05, (label, n, fpr)
+    real = [verdict(rng.normal(0.15, 0.13, MIN_VERDICT_LATENTS), MIN_VERDICT_LATENTS)[0] for _ in range(1000)]
+    power = real.count("validated") / len(real)
+    print(f"effect 0.15, SD 0.13, n=10: power {power:.3f}")
+    assert power >= 0.8, power
+    assert all(verdict(rng.normal(1.0, 0.1, n), n)[0] == "too few latents" for n in range(1, MIN_VERDICT_LATENTS))
 
 
 def test_validate_passes_for_own_tokens_fails_for_identical_explanations_and_shows_in_the_app(run, tiny_llm):
     store = RunStore(run)
-    latents = _latents(store, 6)
+    latents = _latents(store, 10)  # a verdict needs 10 latents
     cfg = InterpretConfig(run=str(run), hookpoint=SET, latents=latents, scorers=["embedding", "detection"],
                           test_per_quantile=2, n_negative=20, model="tiny")
     # too few explained latents: a one-line error
@@ -117,6 +156,7 @@ def test_validate_passes_for_own_tokens_fails_for_identical_explanations_and_sho
     # (detection's true pass shares its batch with the neutral pass, the random one does not: float
     # rounding of the shared prefix can flip near-ties of the random tiny model's P(Yes))
     assert flat["diff"].abs().max() < 0.01 and not flat.validated.any(), flat
+    assert set(flat.verdict) == {"not validated"}, flat
     # A positive control: an "explanation" quoting some of the latent's own held-out activating
     # windows must be told from another latent's (the tiny random model's latents mean nothing, so
     # no honest explanation of them could validate).

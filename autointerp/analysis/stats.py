@@ -23,6 +23,31 @@ def t_ci(values, level: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+EXACT_FLIPS_UP_TO = 12  # 2^12 sign patterns; more latents: a seeded random sample of patterns
+
+
+def sign_flip_p(diffs, n_random: int = 10_000, seed: int = 0) -> float:
+    """One-sided p-value of mean(diffs) > 0 by the sign-flip permutation test: under the null the
+    paired differences are symmetric about 0, so every flip of their signs is equally likely. Exact
+    (all 2^n flips) up to EXACT_FLIPS_UP_TO latents, else n_random seeded random flips (the
+    observed pattern included, so p is never 0). Unlike a percentile bootstrap
+    of the mean (which rejected 4-13 % of null data sets at a nominal 2.5 % with 3-10 latents) it
+    holds its level at any n."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return float("nan")
+    observed = d.mean()
+    if len(d) <= EXACT_FLIPS_UP_TO:
+        signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
+    else:
+        signs = np.random.default_rng(seed).choice([-1, 1], size=(n_random, len(d)))
+        signs[0] = 1
+    means = signs @ d / len(d)
+    # >= with a small tolerance: flips that tie the observed mean count against the claim
+    return float(np.mean(means >= observed - 1e-12 * max(1.0, abs(observed))))
+
+
 def bootstrap_ci(values, statistic=np.median, n_boot: int = N_BOOT, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float, float]:
     """(statistic, low, high): percentile bootstrap over the values; NaN bounds below MIN_N."""

@@ -113,6 +113,28 @@ def _calibrated(p: float, p_neutral: float) -> float:
     return 1 / (1 + math.exp(-(_logit(p) - _logit(p_neutral))))
 
 
+# How logprob-mode decisions are made (stored with each score as `decision_rule`): the examples are
+# ranked by their (calibrated) probability and the top n_activating of the test set are called
+# activating. The test set's make-up is known by construction (activating windows per decile plus
+# silent ones), so this is a per-test-set threshold; a shift of every example's logit by the same
+# amount - what an explanation-wide bias of the scorer or the calibration offset does - changes
+# no decision. A fixed P > 0.5 cut did: with a +0.3 logit offset all windows fell on one side
+# (balanced accuracy 0.5 at AUROC 1.0). Generate mode parses the scorer's own yes/no.
+DECISION_RULE_RANK = "rank: top n_activating of the test set"
+DECISION_RULE_PARSED = "parsed answer"
+
+
+def rank_decisions(probs: list[float | None], activating: list[bool]) -> list[bool | None]:
+    """Yes for the n highest probabilities, n = how many of the non-failed examples are activating;
+    None where the probability is None (a failure). Ties at the cut are broken by position, which
+    the seeded layout makes random with respect to the truth."""
+    ok = [i for i, p in enumerate(probs) if p is not None]
+    n_yes = sum(1 for i in ok if activating[i])
+    order = sorted(ok, key=lambda i: -probs[i])
+    yes = set(order[:n_yes])
+    return [None if p is None else i in yes for i, p in enumerate(probs)]
+
+
 def _read_yes(client, scorer: str, system: str, explanations: list[str], texts: list[str], prompt_index: int,
               cache: dict) -> list[list[float | None]]:
     """P(Yes) per example of one prompt under each explanation. Readings are cached per (prompt,
@@ -163,8 +185,8 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
                     raws[i] = "no Yes/No among the top logprobs"
                     continue
                 probs[i] = _calibrated(p, pn) if cfg.calibrate else p
-                preds[i] = probs[i] > 0.5
                 p_expl[i], p_neutral[i] = p, pn
+        preds = rank_decisions(probs, [act for _, act in items])
     elif cfg.mode == "generate":
         answers = client.generate(prompts, max_tokens=8 * cfg.per_prompt)
         for g, raw in zip(groups, answers):
@@ -178,4 +200,6 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
                 "shown": shown[i], "prompt": where[i][0], "slot": where[i][1], "p_explanation": p_expl[i],
                 "p_neutral": p_neutral[i]}
                for i, ((e, act), d) in enumerate(zip(items, decisions))]
-    return summarize(decisions), records
+    summary = summarize(decisions)
+    summary["decision_rule"] = DECISION_RULE_RANK if cfg.mode == "logprob" else DECISION_RULE_PARSED
+    return summary, records

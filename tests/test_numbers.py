@@ -1,0 +1,107 @@
+"""Numbers the app shows, each checked against a case where the right answer is known (issue 20,
+part A): decisions that ignore an explanation-wide shift, labels for results written under an
+old rule, simulation's decisions shown as not applicable, and "latest wins" in UTC with a
+deterministic tie-break."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from autointerp.metrics import Decision, summarize
+from autointerp.scorers.classify import DECISION_RULE_RANK, rank_decisions
+from autointerp.store import RunStore, append_results
+from autointerp.views import OLD_LOGPROB_RULE, decision_rule_label, decisions_view, latent_scores_table
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("offset", [-2.0, 0.0, 0.3, 2.0])
+def test_decisions_ignore_an_explanation_wide_shift_of_the_logits(offset):
+    """A scorer that ranks perfectly (signal +0.2 logit on activating windows) with an explanation-
+    wide offset: the rank rule gives balanced accuracy 1.0 and per-decile accuracy 1.0 at every
+    offset; the old P > 0.5 cut gave 0.5 at +0.3 (every window called activating)."""
+    rng = np.random.default_rng(0)
+    labels = [True] * 20 + [False] * 20
+    quantiles = [1 + i // 2 for i in range(20)] + [0] * 20
+    logits = [offset + 0.2 * y + rng.uniform(0, 0.05) for y in labels]  # separable: signal > noise range
+    probs = [_sigmoid(x) for x in logits]
+    preds = rank_decisions(probs, labels)
+    s = summarize([Decision(y, p, q_, q) for y, p, q_, q in zip(labels, preds, probs, quantiles)])
+    assert s["auroc"] == 1.0 and s["balanced_accuracy"] == 1.0
+    assert set(s["accuracy_per_decile"].values()) == {1.0}
+    old = summarize([Decision(y, q_ > 0.5, q_, q) for y, q_, q in zip(labels, probs, quantiles)])
+    if offset == 0.3:  # the bug, reproduced: one side for everything
+        assert old["balanced_accuracy"] == 0.5 and old["accuracy_per_decile"][0] == 0.0
+    # failures stay failures and are not counted among the activating windows to call
+    probs[0] = None
+    preds = rank_decisions(probs, labels)
+    assert preds[0] is None and sum(p is True for p in preds) == 19
+
+
+def test_old_logprob_scores_are_labelled_and_new_rules_shown():
+    assert decision_rule_label("logprob-calibrated", None) == OLD_LOGPROB_RULE
+    assert decision_rule_label("logprob", None) == OLD_LOGPROB_RULE
+    assert decision_rule_label("logprob-calibrated", DECISION_RULE_RANK) == DECISION_RULE_RANK
+    assert decision_rule_label("similarity", None) == ""
+    scores = pd.DataFrame([{"scorer": "detection", "mode": "logprob-calibrated", "auroc": 0.7,
+                            "balanced_accuracy": 0.5, "f1": 0.6, "correlation": None, "n": 40, "n_failed": 0,
+                            "error": None, "model": "m", "created_at": pd.Timestamp("2026-01-01")}])
+    table = latent_scores_table(scores, {})  # parts written before decision_rule existed have no column
+    assert table.decisions.iloc[0] == OLD_LOGPROB_RULE and table.validity.iloc[0] == "? not measured"
+
+
+def test_simulation_decisions_are_not_applicable_not_wrong(tmp_path):
+    run = tmp_path / "run"
+    (run / "results").mkdir(parents=True)
+    base = {"score_id": "sim", "hookpoint": "h", "latent": 1, "scorer": "simulation", "start": 0, "raw": "",
+            "shown": "0 0 9", "probability": 0.5}
+    append_results(run, "decisions", [{**base, "doc_id": 0, "activating": True, "quantile": 3, "prediction": None,
+                                       "failed": False},
+                                      {**base, "doc_id": 1, "activating": False, "quantile": 0, "prediction": None,
+                                       "failed": False},
+                                      {**base, "doc_id": 2, "activating": True, "quantile": 1, "prediction": None,
+                                       "failed": True}])
+    view = decisions_view(_store(run), "sim")
+    assert list(view.sort_values("doc_id").outcome) == ["n/a", "n/a", "failed"]
+
+
+def _store(run):
+    """A RunStore over a results-only run folder (these results need no cache)."""
+    (run / "run.json").write_text(json.dumps({"name": run.name}))
+    return RunStore(run)
+
+
+def test_latest_wins_in_utc_with_a_deterministic_tie_break(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "results").mkdir(parents=True)
+    # a writer in a time zone far from UTC: created_at is UTC all the same
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14
+    time.tzset()
+    try:
+        path = append_results(run, "scores", [{"score_id": "a", "hookpoint": "h", "latent": 1, "scorer": "embedding",
+                                               "explanation": "x", "auroc": 0.1}])
+        written = pd.read_parquet(path).created_at.iloc[0]
+        utc_now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+        assert abs((utc_now - written).total_seconds()) < 60, (written, utc_now)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    # two parts with the same created_at: the later part wins, whatever order the reader lists them in
+    same = pd.Timestamp("2026-06-01 12:00:00")
+    for sid, value in (("first", 0.2), ("second", 0.3)):
+        append_results(run, "scores", [{"score_id": sid, "hookpoint": "h", "latent": 2, "scorer": "embedding",
+                                        "explanation": "x", "auroc": value, "created_at": same}])
+    store = _store(run)
+    latest = store._latest("scores", "hookpoint, latent, scorer", "h", None)
+    assert latest.set_index("latent").loc[2, "score_id"] == "second"
+    history = store.latent_results("scores", "h", 2, explanation_kind=None)
+    assert list(history.score_id) == ["second", "first"]
+    assert "filename" not in latest.columns and "file_row_number" not in latest.columns
