@@ -230,7 +230,7 @@ class InterpretWorker:
 
         self.cfg, self.task, store = cfg, task, RunStore(run_path(cfg.run))
         if task == "score":  # the explanations the driver planned from: nothing writes them while scoring runs
-            self.work = chunk_scorer(cfg, store, explanation_dict(store.explanations(cfg.hookpoint, kind=cfg.kind)))
+            self.work = chunk_scorer(cfg, store, explanation_dict(store.current_explanations(cfg.hookpoint, kind=cfg.kind)))
         elif task == "explain":
             self.work = _explainer(cfg, _client(cfg), store)
         else:

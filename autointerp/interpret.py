@@ -215,7 +215,8 @@ def open_for_scoring(cfg: InterpretConfig, steering: bool = False
     remove_stale_result_temp(store.run_dir)
     latents = select_latents(store, cfg)
     records = store.explanations(cfg.hookpoint, kind=cfg.kind)
-    return store, latents, records, explanation_dict(records)
+    # a latent whose newest explanation failed is scored on its last good one (it keeps showing it)
+    return store, latents, records, explanation_dict(store.current_explanations(cfg.hookpoint, kind=cfg.kind))
 
 
 def scoring_models(cfg: InterpretConfig, client=None) -> tuple:

@@ -454,8 +454,44 @@ class ResultsMixin:
 
     def scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
         """Latest score per (hookpoint, latent, scorer) of one kind of explanation (input by
-        default), so scoring a latent's output explanation never replaces its input one's score."""
+        default), so scoring a latent's output explanation never replaces its input one's score.
+        Whatever explanation it scored: what the app shows beside an explanation is current_scores."""
         return self._latest("scores", "hookpoint, latent, scorer", hookpoint, kind)
+
+    def current_explanations(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Per (hookpoint, latent) its current explanation: the latest one that did not fail. A
+        latent whose newest attempt failed keeps its last good explanation; `newest_failed` and
+        `newest_error` say so. Latents that never got a good explanation have no row."""
+        src = _results_glob(self.run_dir, "explanations")
+        if src is None:
+            return _empty("explanations").assign(newest_failed=pd.Series(dtype=bool), newest_error=None)
+        cond, params = self._kind_filter("explanations", src, kind)
+        hp = " AND hookpoint = ?" if hookpoint else ""
+        params = params + ([hookpoint] if hookpoint else [])
+        rows = self._sql(f"""
+            WITH e AS (SELECT * FROM read_parquet({src}, {NEWEST_FIRST_READ}) WHERE {cond}{hp}),
+            good AS (SELECT * FROM e WHERE explanation IS NOT NULL
+                     QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1),
+            newest AS (SELECT hookpoint, latent, explanation IS NULL AS newest_failed, error AS newest_error FROM e
+                       QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1)
+            SELECT good.* EXCLUDE (filename, file_row_number), newest.newest_failed,
+                   CASE WHEN newest.newest_failed THEN newest.newest_error END AS newest_error
+            FROM good JOIN newest USING (hookpoint, latent) ORDER BY hookpoint, latent""", params)
+        return _nulls_to_none(rows, "explanations")
+
+    def current_scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Latest score per (hookpoint, latent, scorer) of the latent's current explanation only:
+        a score of an earlier explanation is never shown beside a newer one (it stays in the
+        latent's history). Every view, export and analysis reads these."""
+        scores = self.scores_of_any_explanation(hookpoint, kind)
+        if scores.empty:
+            return scores
+        current = self.current_explanations(hookpoint, kind)[["hookpoint", "latent", "explanation"]]
+        return scores.merge(current, on=["hookpoint", "latent", "explanation"], how="inner")
+
+    def scores_of_any_explanation(self, hookpoint: str | None, kind: str) -> pd.DataFrame:
+        """Latest score per (hookpoint, latent, scorer, explanation)."""
+        return self._latest("scores", "hookpoint, latent, scorer, explanation", hookpoint, kind)
 
     def validity(self, hookpoint: str | None = None) -> pd.DataFrame:
         """Latest validity summary per (hookpoint, scorer): is the scorer validated on this run?"""
@@ -517,7 +553,7 @@ class ResultsMixin:
     def interventions(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
         """Per (latent, target KL) steering results behind each latent's latest intervention score
         (of its input explanation by default)."""
-        latest = self.scores(hookpoint, kind)
+        latest = self.current_scores(hookpoint, kind)
         ids = latest.score_id[latest.scorer == "intervention"].tolist()
         if not ids:
             return _empty("interventions")

@@ -74,16 +74,18 @@ def set_summary(store: RunStore) -> pd.DataFrame:
     """One row per latent set: coder, size, how many latents are explained / failed / scored, and
     the mean headline score of each scorer."""
     coders = store.info.get("coders", {})
-    expl = store.explanations()
+    expl = store.explanations()  # newest record per latent: its failures
+    current = store.current_explanations()
     table = score_table(store)
     rows = []
     for hp in store.hookpoints():
         c = coders.get(hp, {})
         e = expl[expl.hookpoint == hp]
+        good = current[current.hookpoint == hp]
         t = table[table.hookpoint == hp] if len(table) else table
         row = {"latent set": hp, "coder": c.get("kind", "?"), "hookpoint": c.get("hookpoint", hp),
                "latents": store.n_latents(hp), "k": c.get("k"),
-               "explained": int(e.explanation.notna().sum()), "explain failures": int(e.explanation.isna().sum()),
+               "explained": len(good), "explain failures": int(e.explanation.isna().sum()),
                "scored": len(t)}
         for s in scorer_columns(table):
             row[f"mean {s}"] = float(t[s].mean()) if len(t) and t[s].notna().any() else None
@@ -92,11 +94,14 @@ def set_summary(store: RunStore) -> pd.DataFrame:
 
 
 def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
-    """Every latent of a set with its stats, latest explanation and one column per scorer."""
+    """Every latent of a set with its stats, current explanation (the latest that did not fail;
+    `newest failed` marks latents whose newest attempt failed) and one column per scorer holding
+    the score of that explanation."""
     stats, _ = store.latent_table(hookpoint, sort="latent", descending=False, limit=store.n_latents(hookpoint))
-    expl = store.explanations(hookpoint)
-    df = stats.merge(expl[["latent", "explanation"]], on="latent", how="left") if len(expl) else \
-        stats.assign(explanation=None)
+    expl = store.current_explanations(hookpoint).rename(columns={"newest_failed": "newest failed"})
+    df = stats.merge(expl[["latent", "explanation", "newest failed"]], on="latent", how="left") if len(expl) else \
+        stats.assign(explanation=None, **{"newest failed": False})
+    df["newest failed"] = df["newest failed"].astype("boolean").fillna(False).astype(bool)
     scores = score_table(store, hookpoint)
     if len(scores):
         df = df.merge(scores.drop(columns="hookpoint"), on="latent", how="left")
@@ -166,7 +171,8 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
     hist = pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": counts.astype(int)})
     expl = store.latent_results("explanations", hookpoint, latent)
     history = store.latent_results("scores", hookpoint, latent)
-    current = expl.explanation.iloc[0] if len(expl) else None
+    good = expl.explanation.dropna()
+    current = good.iloc[0] if len(good) else None  # the latest explanation that did not fail
     latest = history[history.explanation == current] if current is not None else history.iloc[0:0]
     latest = latest.drop_duplicates("scorer")  # newest first, so the first row per scorer wins
     return LatentPage(hookpoint, int(latent), stats, hist, store.top_examples(hookpoint, latent, n_top),

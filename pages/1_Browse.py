@@ -26,7 +26,7 @@ def frame(path: str, hookpoint: str, version: float):
 
 @st.cache_resource(show_spinner="Embedding explanations (MiniLM)…")
 def index(path: str, hookpoint: str, n_explanations: int) -> ExplanationIndex:
-    return ExplanationIndex(ui.open_store(path).explanations(hookpoint))
+    return ExplanationIndex(ui.open_store(path).current_explanations(hookpoint))
 
 
 df = frame(run["path"], hookpoint, store.results_version())

@@ -42,14 +42,17 @@ with expl_col:
     if data.explanations.empty:
         st.info("Not explained yet: launch a job below.")
     else:
-        row = data.explanations.iloc[0]
-        if row.explanation is None:
-            st.warning(f"The latest explanation failed: {row.error}")
-            st.caption("Raw answer:")
-            st.text(row.raw or "")
-        else:
+        newest = data.explanations.iloc[0]
+        good = data.explanations[data.explanations.explanation.notna()]
+        if len(good):
+            row = good.iloc[0]
             st.text(row.explanation)  # plain text: LLM output is never rendered as markdown or HTML
             st.caption(f"by {row.model}, {row.strategy} examples ({row.n_examples}), {row.created_at}")
+        if newest.explanation is None:
+            st.warning(f"The newest explanation attempt failed: {newest.error}"
+                       + (". Shown: the last good explanation and its scores." if len(good) else ""))
+            st.caption("Raw answer:")
+            st.text(newest.raw or "")
 if has_output:
     with out_col:
         st.markdown("**Output** (what steering it does)")

@@ -105,3 +105,51 @@ def test_latest_wins_in_utc_with_a_deterministic_tie_break(tmp_path, monkeypatch
     history = store.latent_results("scores", "h", 2, explanation_kind=None)
     assert list(history.score_id) == ["second", "first"]
     assert "filename" not in latest.columns and "file_row_number" not in latest.columns
+
+
+def test_scores_belong_to_the_explanation_they_scored(tiny_run, fresh_copy):
+    """Explain "A", score it, re-explain "B": no view shows A's score beside B (A2). A newest
+    attempt that fails keeps A and A's scores on show, with a note, and scoring uses A."""
+    from autointerp.analysis import score_table
+    from autointerp.config import InterpretConfig
+    from autointerp.interpret import open_for_scoring
+    from autointerp.views import latent_frame, latent_page, set_summary
+
+    run = fresh_copy(tiny_run)
+    store = RunStore(run)
+    hp = "resid_post.2"
+    x, y = 3, 5
+
+    def explain(latent, text, error=None):
+        append_results(run, "explanations", [{"hookpoint": hp, "latent": latent, "explanation": text,
+                                              "error": error, "model": "human"}])
+
+    def score(latent, text, scorer, auroc):
+        append_results(run, "scores", [{"score_id": f"{latent}-{scorer}-{auroc}", "hookpoint": hp, "latent": latent,
+                                        "scorer": scorer, "explanation": text, "auroc": auroc, "n": 40,
+                                        "n_failed": 0}])
+
+    explain(x, "A")
+    score(x, "A", "detection", 0.93)
+    score(x, "A", "embedding", 0.61)
+    row = latent_frame(store, hp).set_index("latent").loc[x]
+    assert (row.explanation, row.detection, row.embedding) == ("A", 0.93, 0.61)
+    explain(x, "B")
+    frame = latent_frame(store, hp).set_index("latent")
+    assert frame.loc[x, "explanation"] == "B" and np.isnan(frame.loc[x].get("detection", np.nan))
+    assert score_table(store, hp).empty and latent_page(store, hp, x).scores.empty
+    assert set_summary(store).set_index("latent set").loc[hp, "scored"] == 0
+    # rescoring one scorer of B never mixes A's other score into B's row
+    score(x, "B", "embedding", 0.55)
+    row = latent_frame(store, hp).set_index("latent").loc[x]
+    assert row.embedding == 0.55 and np.isnan(row.get("detection", np.nan))
+    # the newest attempt fails: B and B's score stay on show, flagged; scoring uses B
+    explain(x, None, error="unparseable explainer answer")
+    row = latent_frame(store, hp).set_index("latent").loc[x]
+    assert (row.explanation, row.embedding, row["newest failed"]) == ("B", 0.55, True)
+    assert list(latent_page(store, hp, x).scores.scorer) == ["embedding"]
+    # a latent whose only attempt failed has no current explanation
+    explain(y, None, error="unparseable explainer answer")
+    _, _, _, current = open_for_scoring(InterpretConfig(run=str(run), hookpoint=hp, latents=[x, y],
+                                                        scorers=["embedding"]))
+    assert current == {x: "B"}

@@ -54,7 +54,7 @@ def _scorer_order(names) -> list[str]:
 def score_table(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
     """One row per scored (hookpoint, latent), one column per scorer with its headline metric
     (NaN where that scorer failed or has not run)."""
-    scores = store.scores(hookpoint)
+    scores = store.current_scores(hookpoint)  # only scores of the explanation each latent shows
     if scores.empty:
         return pd.DataFrame(columns=KEYS)
     scores = scores.assign(value=headline(scores))
@@ -92,7 +92,7 @@ def scorer_correlations(table: pd.DataFrame, min_n: int = 3) -> tuple[pd.DataFra
 def accuracy_per_decile(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
     """Mean accuracy per scorer (rows) and activation decile (columns; 0 = non-activating,
     1..10 weakest to strongest), averaged over latents so each latent counts once."""
-    scores = store.scores(hookpoint)
+    scores = store.current_scores(hookpoint)
     rows = []
     for r in scores[["scorer", "accuracy_per_decile"]].itertuples(index=False):
         per = json.loads(r.accuracy_per_decile) if isinstance(r.accuracy_per_decile, str) else {}
