@@ -99,6 +99,8 @@ def export_run(cfg: ExportConfig) -> list[Path]:
                  "accuracy per decile (run `autointerp score` first)", store.run_dir.name)
     else:
         w.table("scores", table)
+        # every score with its n and 95 % interval (NaN where it was stored before intervals)
+        w.table("score_intervals", analysis.interval_table(store, hp))
         w.figure("score_distributions", figures.score_distributions(table))
         rho, n = analysis.scorer_correlations(table)
         w.table("scorer_correlations_rho", rho, index=True)

@@ -173,7 +173,8 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
             mode = cfg.mode + ("-calibrated" if calibrate else "")
         sid = uuid.uuid4().hex
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
-                                                                "recall", "f1", "auroc", "accuracy", "correlation")},
+                                                                "recall", "f1", "auroc", "accuracy", "correlation",
+                                                                *INTERVAL_COLUMNS)},
                        "score_id": sid, "scorer": scorer, "model": model, "mode": mode,
                        "decision_rule": summary.get("decision_rule"),
                        "accuracy_per_decile": json.dumps(summary.get("accuracy_per_decile", {})),
@@ -181,6 +182,10 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         decisions += [{**r, "score_id": sid, "hookpoint": hookpoint, "latent": int(latent), "scorer": scorer}
                       for r in records]
     return scores, decisions
+
+
+INTERVAL_COLUMNS = ("auroc_lo", "auroc_hi", "balanced_accuracy_lo", "balanced_accuracy_hi", "correlation_lo",
+                    "correlation_hi")
 
 
 def _score_job(client, *, cfg: InterpretConfig, **kw) -> tuple[list[dict], list[dict]]:

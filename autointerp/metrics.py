@@ -33,6 +33,37 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def auroc_ci(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float] | tuple[None, None]:
+    """95 % interval of one AUROC by DeLong's method (the variance of its structural components:
+    for each activating example, the share of silent ones it outranks, ties half; and the
+    reverse), clipped to [0, 1]. At perfect separation the variance is 0 and so is the width."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=float)
+    pos, neg = scores[labels], scores[~labels]
+    m, n = len(pos), len(neg)
+    if m < 2 or n < 2:
+        return None, None
+    cmp = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = cmp.mean(axis=1), cmp.mean(axis=0)
+    a = float(cmp.mean())
+    se = float(np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n))
+    return max(0.0, a - Z95 * se), min(1.0, a + Z95 * se)
+
+
+def balanced_accuracy_ci(tp: int, fn: int, tn: int, fp: int) -> tuple[float, float] | tuple[None, None]:
+    """95 % interval of (recall + specificity) / 2 from the two binomial proportions, each
+    adjusted by one success and one failure (Agresti-Caffo), so a perfect 20/20 still has width."""
+    if tp + fn == 0 or tn + fp == 0:
+        return None, None
+    r, s = (tp + 1) / (tp + fn + 2), (tn + 1) / (tn + fp + 2)
+    se = 0.5 * np.sqrt(r * (1 - r) / (tp + fn + 2) + s * (1 - s) / (tn + fp + 2))
+    mid = ((tp / (tp + fn)) + (tn / (tn + fp))) / 2
+    return float(max(0.0, mid - Z95 * se)), float(min(1.0, mid + Z95 * se))
+
+
 def summarize(decisions: list[Decision]) -> dict:
     """balanced accuracy, precision, recall, F1, AUROC (if probabilities), accuracy per decile,
     over the decisions that did not fail; n_failed counts the rest."""
@@ -40,7 +71,8 @@ def summarize(decisions: list[Decision]) -> dict:
     out: dict = {"n": len(ok), "n_failed": len(decisions) - len(ok)}
     if not ok:
         return {**out, "balanced_accuracy": None, "precision": None, "recall": None, "f1": None,
-                "auroc": None, "accuracy": None, "accuracy_per_decile": {}}
+                "auroc": None, "accuracy": None, "accuracy_per_decile": {}, "auroc_lo": None, "auroc_hi": None,
+                "balanced_accuracy_lo": None, "balanced_accuracy_hi": None}
     y = np.array([d.activating for d in ok])
     p = np.array([bool(d.prediction) for d in ok])
     tp, fp = int((y & p).sum()), int((~y & p).sum())
@@ -51,11 +83,15 @@ def summarize(decisions: list[Decision]) -> dict:
     parts = [v for v in (recall, specificity) if v is not None]
     f1 = 2 * precision * recall / (precision + recall) if precision and recall else (0.0 if recall is not None else None)
     probs = [d.probability for d in ok]
+    has_probs = all(q is not None for q in probs)
+    auroc_lo, auroc_hi = auroc_ci(y, np.array(probs, dtype=float)) if has_probs else (None, None)
+    ba_lo, ba_hi = balanced_accuracy_ci(tp, fn, tn, fp)
     out.update(
+        auroc_lo=auroc_lo, auroc_hi=auroc_hi, balanced_accuracy_lo=ba_lo, balanced_accuracy_hi=ba_hi,
         balanced_accuracy=float(np.mean(parts)),
         precision=precision, recall=recall, f1=f1,
         accuracy=float((y == p).mean()),
-        auroc=auroc(y, np.array(probs, dtype=float)) if all(q is not None for q in probs) else None,
+        auroc=auroc(y, np.array(probs, dtype=float)) if has_probs else None,
         accuracy_per_decile={
             int(q): float(np.mean([d.prediction == d.activating for d in ok if d.quantile == q]))
             for q in sorted({d.quantile for d in ok})

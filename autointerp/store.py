@@ -254,7 +254,11 @@ RESULT_SCHEMAS = {
         ("explanation_kind", pa.string()),  # the kind of explanation scored; NULL (older parts) = "input"
         # detection/fuzzing: how yes/no decisions (accuracies, F1) were made from the read-outs;
         # NULL in parts written before the rank rule: logprob decisions were P > 0.5 then
-        ("decision_rule", pa.string())]),
+        ("decision_rule", pa.string()),
+        # 95 % intervals (metrics.auroc_ci: DeLong; balanced_accuracy_ci; simulation: windows
+        # bootstrapped); NULL in parts written before them (shown as "-")
+        ("auroc_lo", pa.float64()), ("auroc_hi", pa.float64()), ("balanced_accuracy_lo", pa.float64()),
+        ("balanced_accuracy_hi", pa.float64()), ("correlation_lo", pa.float64()), ("correlation_hi", pa.float64())]),
     "decisions": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),

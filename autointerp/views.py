@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from autointerp.analysis import score_table, scorer_columns
+from autointerp.analysis.scores import chance, headline_interval, interval_table
 from autointerp.analysis.agreement import verdict_of
+from autointerp.scorers import SCORERS
 from autointerp.store import Example, RunStore
 
 # What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.
@@ -105,7 +108,23 @@ def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
     scores = score_table(store, hookpoint)
     if len(scores):
         df = df.merge(scores.drop(columns="hookpoint"), on="latent", how="left")
+        intervals = interval_table(store, hookpoint)
+        for scorer, g in intervals.groupby("scorer"):
+            g = g.set_index("latent")
+            df[f"{scorer} low"] = df.latent.map(g.lo).astype(float)  # sortable: the lower bound
+            df[f"{scorer} 95% CI"] = df.latent.map(g.apply(interval_text, axis=1))
+        # each scorer's value, then its interval and lower bound
+        scored = [c for s in scorer_columns(scores) for c in (s, f"{s} 95% CI", f"{s} low") if c in df]
+        df = df[[c for c in df.columns if c not in scored] + scored]
     return df
+
+
+def interval_text(row) -> str:
+    """'[0.47, 0.65] ≈ chance' (the interval holds chance), '[0.61, 0.80]', or '–' when none is
+    stored (scores written before intervals)."""
+    if pd.isna(row.lo) or pd.isna(row.hi):
+        return "–"
+    return f"[{row.lo:.2f}, {row.hi:.2f}]" + (" ≈ chance" if row.includes_chance else "")
 
 
 @dataclass
@@ -117,6 +136,7 @@ class BrowseFilter:
     max_frequency: float | None = None
     explained_only: bool = False
     score_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    above_chance: list[str] = field(default_factory=list)  # scorers whose 95 % lower bound must exceed chance
     latents: list[int] | None = None  # e.g. the semantic-search hits, in their order
 
 
@@ -133,6 +153,9 @@ def filter_latents(df: pd.DataFrame, f: BrowseFilter) -> pd.DataFrame:
     for scorer, (lo, hi) in f.score_ranges.items():
         if scorer in df:
             keep &= df[scorer].between(lo, hi)
+    for scorer in f.above_chance:
+        low = df[f"{scorer} low"] if f"{scorer} low" in df else pd.Series(np.nan, index=df.index)
+        keep &= low > chance(scorer)
     out = df[keep]
     if f.latents is not None:
         order = {x: i for i, x in enumerate(f.latents)}
@@ -175,6 +198,8 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
     current = good.iloc[0] if len(good) else None  # the latest explanation that did not fail
     latest = history[history.explanation == current] if current is not None else history.iloc[0:0]
     latest = latest.drop_duplicates("scorer")  # newest first, so the first row per scorer wins
+    order = {s: i for i, s in enumerate(SCORERS)}  # shown in the scorers' canonical order
+    latest = latest.sort_values("scorer", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
     return LatentPage(hookpoint, int(latent), stats, hist, store.top_examples(hookpoint, latent, n_top),
                       store.quantile_examples(hookpoint, latent, n_quantiles, per_quantile),
                       expl, latest.reset_index(drop=True), history,
@@ -198,10 +223,15 @@ def decision_rule_label(mode: str | None, rule: str | None) -> str:
 def latent_scores_table(scores: pd.DataFrame, validity: dict[str, bool]) -> pd.DataFrame:
     """The Latent page's score table: validity mark and decision rule beside each score."""
     rules = scores["decision_rule"] if "decision_rule" in scores else pd.Series([None] * len(scores))
+    lo, hi = headline_interval(scores)
+    base = scores.scorer.map(chance)
+    ci = [interval_text(pd.Series({"lo": a, "hi": b, "includes_chance": (not np.isnan(a)) and a <= c <= b}))
+          for a, b, c in zip(lo, hi, base)]
     shown = scores.assign(validity=[validity_mark(validity, s) for s in scores.scorer],
-                          decisions=[decision_rule_label(m, r) for m, r in zip(scores["mode"], rules)])
-    return shown[["scorer", "validity", "auroc", "balanced_accuracy", "f1", "correlation", "n", "n_failed", "error",
-                  "model", "mode", "decisions", "created_at"]].rename(columns={"n_failed": "failures"})
+                          decisions=[decision_rule_label(m, r) for m, r in zip(scores["mode"], rules)],
+                          **{"95% CI": ci})
+    return shown[["scorer", "validity", "auroc", "balanced_accuracy", "f1", "correlation", "95% CI", "n", "n_failed",
+                  "error", "model", "mode", "decisions", "created_at"]].rename(columns={"n_failed": "failures"})
 
 
 def decisions_view(store: RunStore, score_id: str) -> pd.DataFrame:

@@ -39,6 +39,8 @@ with st.sidebar:
     lo, hi = float(df.frequency.min()), float(df.frequency.max())
     freq = st.slider("Frequency (fraction of tokens)", 0.0, max(hi, 1e-6), (0.0, max(hi, 1e-6)), format="%.4f")
     explained_only = st.checkbox("Explained only", value=False)
+    above = st.multiselect("95% CI above chance", scorers, key="above-chance",
+                           help="Keep latents whose score's 95% interval lies wholly above chance (AUROC 0.5, r 0)")
     ranges = {}
     for s in scorers:
         full = analysis.score_range(s)
@@ -54,11 +56,12 @@ if query.strip():
     st.caption(f"Semantic search: the {len(hits)} explanations closest to {query!r}, closest first.")
 f = views.BrowseFilter(text=text, min_frequency=freq[0] if freq[0] > 0 else None,
                        max_frequency=freq[1] if freq[1] < hi else None, explained_only=explained_only,
-                       score_ranges=ranges, latents=hits)
+                       score_ranges=ranges, above_chance=above, latents=hits)
 filtered = views.filter_latents(df, f)
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-sort_options = ["frequency", "max_act", "mean_act", "count", "latent", *scorers]
+sort_options = ["frequency", "max_act", "mean_act", "count", "latent", *scorers,
+                *(f"{s} low" for s in scorers if f"{s} low" in df)]  # by the 95 % lower bound
 # a search orders by relevance until the researcher picks another column
 sort = (c1.selectbox("Sort by", sort_options, key="sort") if hits is None
         else c1.selectbox("Sort by", ["relevance", *sort_options], key="sort-search"))
@@ -79,6 +82,11 @@ columns = {"frequency": st.column_config.NumberColumn(format="%.5f"),
 status = views.validity_status(store, hookpoint)
 columns.update({s: st.column_config.NumberColumn(f"{s} {views.validity_mark(status, s).split()[0]}", format="%.3f",
                                                  help=f"{views.validity_mark(status, s)}. {views.VALIDITY_HELP}")
+                for s in scorers})
+columns.update({f"{s} 95% CI": st.column_config.TextColumn(help="95% interval of the score (DeLong for AUROC); "
+                                                              "≈ chance: the interval holds chance")
+                for s in scorers})
+columns.update({f"{s} low": st.column_config.NumberColumn(format="%.3f", help="lower bound of the 95% interval")
                 for s in scorers})
 event = st.dataframe(page, hide_index=True, width="stretch", column_config=columns, key="latents",
                      on_select="rerun", selection_mode="multi-row")

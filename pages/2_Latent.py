@@ -136,7 +136,8 @@ with tab_dec:
             st.write("This score stored no per-example decisions.")
         else:
             counts = dec.outcome.value_counts()
-            st.caption(", ".join(f"{int(counts.get(k, 0))} {k}" for k in ("right", "wrong", "failed")))
+            st.caption(", ".join(f"{int(counts.get(k, 0))} {k}" for k in ("right", "wrong", "failed", "n/a")
+                                 if k != "n/a" or counts.get(k)))
             st.dataframe(dec, hide_index=True, width="stretch",
                          column_config={"shown": st.column_config.TextColumn("text shown to the scorer", width="large"),
                                         "probability": st.column_config.NumberColumn(format="%.3f")})

@@ -190,3 +190,36 @@ def test_example_html_escapes_corpus_text():
     assert "<script>" not in out and "<img" not in out
     assert "&lt;script&gt;" in out and "&lt;img src=x onerror=&quot;boom()&quot;&gt;" in out
     assert 'title="2.000"' in out and "rgba(255,120,0,0.50)" in out
+
+
+def test_scores_carry_their_intervals_in_browse_and_on_the_latent_page(data):
+    """Each score shows its 95 % interval; Browse sorts by and filters on the lower bound and marks
+    intervals that hold chance; scores stored before intervals show '–' (issue 20, B)."""
+    narrow, wide = data["latents"][1], data["latents"][2]
+    texts = {narrow: "dates and years", wide: "rivers in Europe"}
+    append_results(data["run"], "scores", [
+        {"score_id": uuid.uuid4().hex, "hookpoint": SET, "latent": x, "scorer": "detection", "explanation": texts[x],
+         "auroc": value, "auroc_lo": lo, "auroc_hi": hi, "n": 40, "n_failed": 0, "model": "m",
+         "mode": "logprob-calibrated", "decision_rule": "rank: top n_activating of the test set"}
+        for x, value, lo, hi in ((narrow, 0.93, 0.8, 0.97), (wide, 0.95, 0.45, 1.0))])
+    at = page("pages/1_Browse.py")
+    at.query_params["set"] = SET
+    at.run()
+    assert not at.exception, at.exception
+    rows = at.dataframe[0].value.set_index("latent")
+    assert rows.loc[narrow, "detection 95% CI"] == "[0.80, 0.97]"
+    assert rows.loc[wide, "detection 95% CI"] == "[0.45, 1.00] ≈ chance"
+    assert rows.loc[data["latents"][3], "detection 95% CI"] == "–"  # stored before intervals
+    at.selectbox(key="sort").select("detection").run()
+    assert list(at.dataframe[0].value.latent[:2]) == [wide, narrow]
+    at.selectbox(key="sort").select("detection low").run()
+    assert list(at.dataframe[0].value.latent[:2]) == [narrow, wide]
+    at.multiselect(key="above-chance").select("detection").run()
+    assert list(at.dataframe[0].value.latent) == [narrow]
+    at = page("pages/2_Latent.py")
+    at.query_params.update({"set": SET, "latent": str(narrow)})
+    at.run()
+    assert not at.exception
+    scores = at.dataframe[0].value.set_index("scorer")
+    assert scores.loc["detection", "95% CI"] == "[0.80, 0.97]" and scores.loc["embedding", "95% CI"] == "–"
+    assert scores.loc["detection", "decisions"].startswith("rank")

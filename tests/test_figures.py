@@ -181,7 +181,9 @@ def test_export_command_writes_figures_and_tables(scored, tmp_path, monkeypatch,
     assert {f"analyses/scorer_agreement.{ext}" for ext in ("csv", "png", "svg", "pdf")} <= names
     for stem in ("score_distributions", "scorer_correlations", "accuracy_per_decile"):
         assert {f"{stem}.png", f"{stem}.svg", f"{stem}.pdf"} <= names
-    assert {"scores.csv", "scorer_correlations_rho.csv", "scorer_correlations_n.csv", "accuracy_per_decile.csv",
+    intervals = pd.read_csv(out / "score_intervals.csv")  # every score with its n and 95 % interval columns
+    assert {"latent", "scorer", "value", "lo", "hi", "n", "includes_chance"} <= set(intervals.columns)
+    assert {"scores.csv", "score_intervals.csv", "scorer_correlations_rho.csv", "scorer_correlations_n.csv", "accuracy_per_decile.csv",
             f"latents_{hp}.csv"} <= names
     assert len([x for x in names if x.startswith("histogram_")]) == 4  # csv + 3 formats for one latent
     _check_file((out / "scorer_correlations.pdf").read_bytes(), "pdf", (0, 0))

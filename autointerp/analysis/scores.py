@@ -34,6 +34,43 @@ HEADLINE_LABEL = ("AUROC (balanced accuracy where a scorer gave no probabilities
                   "intervention: log P(explanation) gain on steered text, nats, at KL 1")
 
 
+# what a score means nothing at: AUROC and balanced accuracy 0.5, correlations and gains 0
+CHANCE = {"simulation": 0.0, "intervention": 0.0}
+
+
+def chance(scorer: str) -> float:
+    return CHANCE.get(scorer, 0.5)
+
+
+def headline_interval(scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(low, high) of each score row's 95 % interval, for the metric headline() picks (its
+    <metric>_lo / _hi columns); NaN where that metric has none (older parts, intervention)."""
+    lo = pd.Series(np.nan, index=scores.index, dtype=float)
+    hi = lo.copy()
+    for scorer, rows in scores.groupby("scorer"):
+        for metric in HEADLINE.get(scorer, DEFAULT_HEADLINE):
+            if metric not in rows:
+                continue
+            use = rows.index[rows[metric].notna() & lo.loc[rows.index].isna()]
+            for bound, out in (("_lo", lo), ("_hi", hi)):
+                if metric + bound in rows:
+                    out.loc[use] = rows.loc[use, metric + bound].astype(float)
+    return lo, hi
+
+
+def interval_table(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
+    """One row per current score: hookpoint, latent, scorer, value, lo, hi (95 %), n, and
+    `includes_chance` (None where no interval was stored)."""
+    scores = store.current_scores(hookpoint)
+    if scores.empty:
+        return pd.DataFrame(columns=[*KEYS, "scorer", "value", "lo", "hi", "n", "includes_chance"])
+    lo, hi = headline_interval(scores)
+    out = scores[[*KEYS, "scorer", "n"]].assign(value=headline(scores), lo=lo, hi=hi)
+    base = out.scorer.map(chance)
+    out["includes_chance"] = [None if np.isnan(a) else bool(a <= c <= b) for a, b, c in zip(out.lo, out.hi, base)]
+    return out
+
+
 def headline(scores: pd.DataFrame) -> pd.Series:
     """Each score row's headline metric: the first non-null of its scorer's metrics."""
     out = pd.Series(np.nan, index=scores.index, dtype=float)

@@ -38,6 +38,24 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _window_bootstrap_ci(true: list[np.ndarray], predicted: list[np.ndarray], n_boot: int = 1000,
+                         seed: int = 0) -> tuple[float | None, float | None]:
+    """95 % percentile interval of the all-tokens correlation, resampling whole windows: tokens of
+    one window are not independent, so a Fisher z over tokens would be far too narrow."""
+    if len(true) < 3:
+        return None, None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(true), len(true))
+        r = _pearson(np.concatenate([true[i] for i in idx]), np.concatenate([predicted[i] for i in idx]))
+        if r is not None:
+            values.append(r)
+    if len(values) < n_boot // 2:
+        return None, None
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
 def score_simulation(client, explanation: str, activating: list[Example], negatives: list[Example]
                      ) -> tuple[dict, list[dict]]:
     if not hasattr(client, "positional_probs"):
@@ -61,5 +79,7 @@ def score_simulation(client, explanation: str, activating: list[Example], negati
     for q in sorted({e.quantile for e, act in items if act and e.quantile}):
         idx = [i for i, (e, act) in enumerate(items) if act and e.quantile == q] + neg_idx
         per_q[int(q)] = _pearson(np.concatenate([true[i] for i in idx]), np.concatenate([predicted[i] for i in idx]))
-    summary = {"n": len(items), "n_failed": 0, "correlation": all_corr, "correlation_per_quantile": per_q}
+    lo, hi = _window_bootstrap_ci(true, predicted)
+    summary = {"n": len(items), "n_failed": 0, "correlation": all_corr, "correlation_per_quantile": per_q,
+               "correlation_lo": lo, "correlation_hi": hi}
     return summary, records
