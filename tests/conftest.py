@@ -102,3 +102,4 @@ def fresh_copy(tmp_path, monkeypatch):
         return dest
 
     return copy
+

@@ -23,6 +23,7 @@ from autointerp.config import AnalyzeConfig
 from autointerp.errors import AutointerpError
 from autointerp.store import RunStore, append_results
 from autointerp.studies import run_study
+from fixture_rows import explain_as_scored
 
 ROOT = Path(__file__).resolve().parent.parent
 SAE = "resid_post.2"
@@ -210,6 +211,7 @@ def _fake_scores(run: Path, n: int) -> None:
             rows.append({"score_id": uuid.uuid4().hex, "hookpoint": SAE, "latent": i, "scorer": scorer,
                          "explanation": f"e{i}", "auroc": v, "n": 20, "n_failed": 0})
     append_results(run, "scores", rows)
+    explain_as_scored(run, rows)
 
 
 def test_reports_say_not_enough_data_and_agreement_carries_n_ci_and_validity(run):

@@ -19,6 +19,7 @@ from autointerp.cli import main
 from autointerp.errors import AutointerpError
 from autointerp.metrics import Decision, summarize
 from autointerp.store import RunStore, append_results
+from fixture_rows import explain_as_scored
 
 N_LATENTS = 24  # scored latents 0..23; latent 24 has only a failed score
 SKIP_FUZZING = {0, 5, 10, 15, 20}  # fuzzing never ran on these, so pairwise n differs per pair
@@ -55,11 +56,12 @@ def _score_rows(hookpoint: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
                            "prediction": d.prediction, "probability": d.probability, "failed": d.failed,
                            "raw": "", "shown": ""} for i, d in enumerate(ds)]
         scores.append({"score_id": uuid.uuid4().hex, "hookpoint": hookpoint, "latent": latent,
-                       "scorer": "simulation", "n": 40, "n_failed": 0,
+                       "scorer": "simulation", "explanation": f"latent {latent}", "n": 40, "n_failed": 0,
                        "correlation": float(quality[latent] + rng.normal(0, 0.1)),
                        "accuracy_per_decile": "{}", "correlation_per_quantile": "{}"})
     scores.append({"score_id": uuid.uuid4().hex, "hookpoint": hookpoint, "latent": N_LATENTS, "scorer": "detection",
-                   "error": "only 2 activating windows (need 5)", "n": 0, "n_failed": 0})
+                   "explanation": f"latent {N_LATENTS}", "error": "only 2 activating windows (need 5)", "n": 0,
+                   "n_failed": 0})
     return scores, decisions
 
 
@@ -75,6 +77,7 @@ def scored(tmp_path_factory, tiny_run):
     append_results(run, "scores", [{**scores[0], "score_id": "old", "auroc": 0.0, "created_at": old}])
     append_results(run, "decisions", decisions)
     append_results(run, "scores", scores)
+    explain_as_scored(run, scores + [{**scores[0], "hookpoint": RunStore(run).hookpoints()[1]}])
     # another set's score must not leak into a per-hookpoint query
     other = RunStore(run).hookpoints()[1]
     append_results(run, "scores", [{**scores[0], "score_id": "other", "hookpoint": other}])

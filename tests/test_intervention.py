@@ -31,6 +31,7 @@ from autointerp.llm.base import LLMConfig
 from autointerp.llm.transformers_backend import TransformersClient
 from autointerp.store import RunStore, append_results
 from autointerp.subject import _down_projection
+from fixture_rows import explain_as_scored
 
 SET, NEURONS = "resid_post.2", "mlp_neurons.1-topk4"
 TINY_TARGETS = [0.001, 0.003, 0.01]
@@ -325,6 +326,7 @@ def test_analysis_headline_reads_the_intervention_score(tmp_path, tiny_run):
                                     "intervention_score": 0.25, "n": 8, "n_failed": 0},
                                    {"score_id": "b", "hookpoint": SET, "latent": 1, "scorer": "detection",
                                     "explanation": "words about topic 0", "auroc": 0.6, "n": 8, "n_failed": 0}])
+    explain_as_scored(run, [{"hookpoint": SET, "latent": 1, "explanation": "words about topic 0"}])
     table = score_table(RunStore(run), SET)
     assert list(table.columns) == ["hookpoint", "latent", "detection", "intervention"]
     assert table.intervention.iloc[0] == 0.25 and table.detection.iloc[0] == 0.6

@@ -24,6 +24,7 @@ from autointerp.interpret import run_explain, run_score
 from autointerp.llm.base import LLMConfig
 from autointerp.llm.transformers_backend import TransformersClient
 from autointerp.store import RESULT_SCHEMAS, RunStore, append_results
+from fixture_rows import explain_as_scored
 
 ROOT = Path(__file__).resolve().parent.parent
 SET = "resid_post.2"
@@ -177,6 +178,7 @@ def test_scores_page_shows_fig4_and_exports_it(run, tmp_path):
                      "random_direction_score": -0.1 * i} for t in (0.1, 1.0, 3.0)]
     append_results(run, "interventions", steered)
     append_results(run, "scores", scores)
+    explain_as_scored(run, scores)
     at = AppTest.from_file(str(ROOT / "pages" / "3_Scores.py"), default_timeout=120).run()
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 4  # distributions, correlations, and the two Fig. 4 panels
