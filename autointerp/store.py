@@ -319,7 +319,10 @@ RESULT_SCHEMAS = {
         ("set_b", pa.string()), ("n", pa.int32()), ("matched_mean", pa.float64()), ("matched_lo", pa.float64()),
         ("matched_hi", pa.float64()), ("baseline", pa.string()), ("baseline_mean", pa.float64()),
         ("baseline_lo", pa.float64()), ("baseline_hi", pa.float64()), ("random_pair_mean", pa.float64()),
-        ("recovered", pa.float64()), ("model", pa.string()), ("created_at", pa.timestamp("us"))]),
+        ("recovered", pa.float64()), ("model", pa.string()), ("created_at", pa.timestamp("us")),
+        # decoder basis: matched - baseline with a Welch t interval; NULL in parts written when the
+        # baseline was coordinate shuffling (their `baseline` column says so)
+        ("excess_mean", pa.float64()), ("excess_lo", pa.float64()), ("excess_hi", pa.float64())]),
 }
 STUDY_KINDS = ("study_explanations", "study_scores", "overlap_pairs", "overlap_summary")
 

@@ -183,3 +183,52 @@ def test_per_score_intervals_cover_the_true_value():
                          Decision(False, True, 0.6), Decision(True, True, 0.8, 3), Decision(False, False, 0.1)])
     assert summary["auroc_lo"] <= summary["auroc"] <= summary["auroc_hi"]
     assert summary["balanced_accuracy_lo"] <= summary["balanced_accuracy"] <= summary["balanced_accuracy_hi"]
+
+
+def test_decoder_overlap_baseline_keeps_the_sets_shared_geometry():
+    """Two independent synthetic decoder sets sharing anisotropy (four enlarged dimensions and a
+    common mean direction): the coordinate-shuffle baseline made them look overlapping (A4); the
+    Gaussian null with B's mean and covariance matches them as well as they match each other, so
+    the excess is ~0 and its interval holds 0. Truly shared directions still show a large excess."""
+    from autointerp.analysis.overlap import _unit, hungarian, match_decoders
+
+    rng = np.random.default_rng(0)
+    d, n = 64, 200
+    scale = np.ones(d)
+    scale[:4] = 6.0
+    mean = np.zeros(d)
+    mean[4] = 2.0
+
+    def draw():
+        return mean + rng.standard_normal((n, d)) * scale
+
+    a, b = draw(), draw()
+    m = match_decoders(a, b, seed=1).summary()
+    ub = _unit(b)
+    shuffled = np.take_along_axis(ub, rng.random(ub.shape).argsort(axis=1), axis=1)
+    sim = _unit(a) @ shuffled.T
+    r, c = hungarian(sim)
+    old_baseline = float(sim[r, c].mean())
+    print(f"independent: matched {m['matched_mean']:.3f}, geometry null {m['baseline_mean']:.3f}, "
+          f"shuffled {old_baseline:.3f}, excess {m['excess_mean']:+.3f} [{m['excess_lo']:.3f}, {m['excess_hi']:.3f}]")
+    assert m["matched_mean"] - old_baseline > 0.1  # the old baseline's false overlap
+    assert m["excess_lo"] <= 0 <= m["excess_hi"] and abs(m["excess_mean"]) < 0.03
+    shared = match_decoders(a, a + 0.3 * rng.standard_normal((n, d)), seed=1).summary()
+    assert shared["excess_lo"] > 0.2
+
+
+def test_explanation_overlap_compares_like_with_like():
+    """Unrelated explanation embeddings (A5): the Hungarian-matched similarity beats random pairs
+    anyway, so the explanation row's headline is recovery against chance 1/n, and the decoder
+    partners' similarity is compared with random pairs (neither maximised). Both show no excess."""
+    from autointerp.analysis.overlap import _unit, match_explanations
+
+    rng = np.random.default_rng(0)
+    ea, eb = _unit(rng.standard_normal((30, 384))), _unit(rng.standard_normal((30, 384)))
+    m = match_explanations(ea, eb, seed=0)
+    s, p = m.summary(), m.partner_summary()
+    assert s["matched_mean"] > s["random_pair_mean"] + 0.02  # what made the old comparison look positive
+    assert s["baseline_mean"] == pytest.approx(1 / 30) and s["excess_lo"] <= 0 <= s["excess_hi"]
+    assert p["excess_lo"] <= 0 <= p["excess_hi"]
+    same = match_explanations(ea, ea, seed=0).summary()  # identical explanations: every partner recovered
+    assert same["recovered"] == 1.0 and same["excess_lo"] > 0.5
