@@ -33,10 +33,14 @@ def _decoder(spec: str) -> torch.Tensor:
 
 
 def _final_norm_gain(model) -> torch.Tensor | None:
+    """The final norm's per-dimension gain. Gemma's RMSNorm multiplies by (1 + weight), every
+    other family's by weight."""
     base = getattr(model, model.base_model_prefix)
     for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm"):
-        if hasattr(base, name) and getattr(getattr(base, name), "weight", None) is not None:
-            return getattr(base, name).weight.detach().float()
+        module = getattr(base, name, None)
+        if module is not None and getattr(module, "weight", None) is not None:
+            weight = module.weight.detach().float()
+            return 1.0 + weight if type(module).__name__.startswith("Gemma") else weight
     return None
 
 

@@ -232,3 +232,42 @@ def test_explanation_overlap_compares_like_with_like():
     assert p["excess_lo"] <= 0 <= p["excess_hi"]
     same = match_explanations(ea, ea, seed=0).summary()  # identical explanations: every partner recovered
     assert same["recovered"] == 1.0 and same["excess_lo"] > 0.5
+
+
+def test_read_outs_go_through_the_models_own_final_logit_transforms(tmp_path, smollm2_dir):
+    """A tiny random Gemma-2 with final-logit softcapping 5 (A7): P(answer) read from the hidden
+    state equals the model's own logits renormalised over the answers (the old read-out skipped
+    the cap), and the logit lens's final-norm gain is Gemma's (1 + weight)."""
+    import torch
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    from autointerp.llm.base import LLMConfig
+    from autointerp.llm.transformers_backend import TransformersClient
+    from autointerp.logit_lens import _final_norm_gain
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                       final_logit_softcapping=5.0, pad_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(cfg)
+    with torch.no_grad():  # sizeable logits, so that the cap matters
+        model.lm_head.weight.mul_(40)
+        model.model.norm.weight.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "gemma2")
+    tok.save_pretrained(tmp_path / "gemma2")
+    client = TransformersClient(LLMConfig(model=str(tmp_path / "gemma2"), dtype="float32", batch_size=2))
+    seq = client.token_ids("The river flows into the sea because")
+    answers = client.answer_token_ids([" Yes", " No", " Maybe"])
+    got = client.next_token_probs([seq], answers)[0]
+    with torch.no_grad():
+        own = client.model(input_ids=torch.tensor([seq])).logits[0, -1, answers].float()
+    assert np.allclose(got, torch.softmax(own, -1).numpy(), atol=1e-5), (got, own)
+    with torch.no_grad():
+        uncapped = torch.softmax(client._last_hidden([seq]) @ client.model.lm_head.weight[answers].float().T, -1)[0]
+        assert np.abs(np.array(got) - uncapped.numpy()).max() > 5e-4  # the cap changes the answer here
+        pos = client.positional_probs([(seq, [len(seq) - 1])], answers)[0][0]
+        assert np.allclose(pos, got, atol=1e-5)
+        ones = torch.ones(1, 64)  # RMS 1: the norm's output is its gain
+        assert torch.allclose(client.model.model.norm(ones)[0], _final_norm_gain(client.model), atol=1e-4)

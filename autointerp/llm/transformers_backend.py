@@ -98,11 +98,30 @@ class TransformersClient(TokenizerSide):
         shared prefixes."""
         # Answer logits in float32 from the hidden state: bf16 logits are rounded to ~0.125 and
         # tie many probabilities (measured: 70 distinct values among 240 scores).
-        head = self.model.get_output_embeddings().weight[answer_ids].float()
         out: list[list[float]] = []
         for idx in _packed(seqs, PACK_FACTOR * self.cfg.batch_size):
-            out += torch.softmax(self._last_hidden([seqs[i] for i in idx]) @ head.T, dim=-1).tolist()
+            out += torch.softmax(self._answer_logits(self._last_hidden([seqs[i] for i in idx]), answer_ids),
+                                 dim=-1).tolist()
         return out
+
+    def _answer_logits(self, hidden: torch.Tensor, answer_ids: list[int]) -> torch.Tensor:
+        """The logits of answer_ids only, float32, through the same path as the model's own logits
+        (_logits): the LM head's rows and bias, then logit scaling and final softcapping, which
+        act on each logit alone. Skipping them moved a Gemma-2 P(Yes) (cap 5) from 0.9987 to 0.9998."""
+        head = self.model.get_output_embeddings()
+        logits = hidden.float() @ head.weight[answer_ids].float().T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[answer_ids].float()
+        return self._final_transforms(logits)
+
+    def _final_transforms(self, logits: torch.Tensor) -> torch.Tensor:
+        conf = self.model.config
+        if getattr(conf, "logit_scale", None):
+            logits = logits * conf.logit_scale
+        if getattr(conf, "final_logit_softcapping", None):
+            cap = conf.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def _last_hidden(self, batch: list[list[int]]) -> torch.Tensor:
         """Final hidden state at each sequence's last token, float32 [batch, d_model]."""
@@ -172,14 +191,7 @@ class TransformersClient(TokenizerSide):
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on some hidden states, float32, with the final-logit transforms some
         architectures apply after it (softcapping, scaling)."""
-        logits = self.model.get_output_embeddings()(hidden).float()
-        conf = self.model.config
-        if getattr(conf, "logit_scale", None):
-            logits = logits * conf.logit_scale
-        if getattr(conf, "final_logit_softcapping", None):
-            cap = conf.final_logit_softcapping
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return self._final_transforms(self.model.get_output_embeddings()(hidden).float())
 
     @torch.inference_mode()
     def token_losses(self, prompts: list[str], texts: list[str]) -> list[list[float]]:
@@ -204,10 +216,9 @@ class TransformersClient(TokenizerSide):
         """For each (ids, positions): at each position, P(next token = answer) renormalised over
         answers (simulation's all-at-once read-out). Batched; the instructions, worked examples and
         explanation that the sequences share run once."""
-        head = self.model.get_output_embeddings().weight[answer_ids].float()
         out: list[list[list[float]]] = []
         for idx in _packed([ids for ids, _ in items], PACK_FACTOR * self.cfg.batch_size):
             batch = [items[i] for i in idx]
             hidden = self._hidden_at([ids for ids, _ in batch], [pos for _, pos in batch])
-            out += [torch.softmax(h.float() @ head.T, dim=-1).tolist() for h in hidden]
+            out += [torch.softmax(self._answer_logits(h, answer_ids), dim=-1).tolist() for h in hidden]
         return out
