@@ -12,7 +12,7 @@ import torch
 
 from autointerp.coders import CoderSpec, build_coder
 from autointerp.errors import AutointerpError
-from autointerp.subject import Hookpoint, _decoder_layers, _down_projection, load_causal_lm
+from autointerp.subject import Hookpoint, _decoder_layers, _down_projection, _mlp, load_causal_lm
 
 
 @dataclass
@@ -54,7 +54,7 @@ def residual_direction(run_info: dict, latent_set: str, latent: int) -> torch.Te
         return _decoder(coder["spec"])[int(latent)].float()
     if coder["kind"] in ("neurons", "topk"):
         model, _ = _model(run_info["model"])
-        down = _down_projection(_decoder_layers(model)[Hookpoint.parse(coder["hookpoint"]).layer].mlp)
+        down = _down_projection(_mlp(_decoder_layers(model)[Hookpoint.parse(coder["hookpoint"]).layer]))
         w = down.weight.detach().float()
         return w[:, int(latent)] if isinstance(down, torch.nn.Linear) else w[int(latent)]
     raise AutointerpError(f"{coder['kind']} latents have no decoder direction, so no logit lens")

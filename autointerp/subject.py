@@ -88,6 +88,27 @@ def _down_projection(mlp: torch.nn.Module) -> torch.nn.Module:
     raise AutointerpError(f"unsupported MLP class {type(mlp).__name__}: no down projection found")
 
 
+def _mlp(layer: torch.nn.Module) -> torch.nn.Module:
+    """The layer's MLP block; OPT keeps fc1/fc2 on the layer itself (no `.mlp`)."""
+    return layer.mlp if hasattr(layer, "mlp") else layer
+
+
+# Families whose layer normalises the MLP's output before adding it to the residual stream: there
+# TransformerLens's hook_mlp_out (and so sae-lens and GemmaScope MLP SAEs) reads after that norm.
+_POST_MLP_NORMS = ("post_feedforward_layernorm",)
+
+
+def _mlp_out_module(layer: torch.nn.Module) -> torch.nn.Module:
+    """The module whose output is TransformerLens's hook_mlp_out: the post-feed-forward norm
+    (Gemma 2/3, OLMo 2), OPT's fc2, else the MLP block."""
+    for name in _POST_MLP_NORMS:
+        if hasattr(layer, name):
+            return getattr(layer, name)
+    if not hasattr(layer, "mlp") and hasattr(layer, "fc2"):
+        return layer.fc2
+    return layer.mlp
+
+
 class Subject:
     """A causal LM with named hookpoints. Forward passes never run the lm_head."""
 
@@ -99,10 +120,13 @@ class Subject:
         cfg = model.config
         self.n_layers = len(self.layers)
         self.d_model = int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd)
-        mlp = self.layers[0].mlp
-        down = _down_projection(mlp)
-        # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
-        self.d_mlp = int(down.weight.shape[1] if isinstance(down, torch.nn.Linear) else down.weight.shape[0])
+        try:
+            down = _down_projection(_mlp(self.layers[0]))
+            # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+            self.d_mlp: int | None = int(down.weight.shape[1] if isinstance(down, torch.nn.Linear)
+                                         else down.weight.shape[0])
+        except AutointerpError:  # mixture-of-experts MLPs: no dense neurons; resid_post still works
+            self.d_mlp = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -119,6 +143,9 @@ class Subject:
             raise AutointerpError(
                 f"hookpoint {name!r} names layer {hp.layer} but {self.name} has layers 0..{self.n_layers - 1}"
             )
+        if hp.kind != "resid_post" and self.d_mlp is None:
+            raise AutointerpError(f"hookpoint {name!r}: {self.name}'s MLP ({type(_mlp(self.layers[0])).__name__}) "
+                                  f"has no dense down projection (mixture of experts?): use resid_post.{hp.layer}")
         return hp
 
     def hookpoint_dim(self, name: str) -> int:
@@ -133,8 +160,8 @@ class Subject:
         if hp.kind == "resid_post":
             return layer, False
         if hp.kind == "mlp_out":
-            return layer.mlp, False
-        return _down_projection(layer.mlp), True
+            return _mlp_out_module(layer), False
+        return _down_projection(_mlp(layer)), True
 
     @torch.no_grad()
     def activations(self, input_ids: torch.Tensor, hookpoints: list[str]) -> dict[str, torch.Tensor]:
@@ -147,7 +174,9 @@ class Subject:
         def keep(name: str):
             def hook(module, args, output=None):
                 value = args[0] if output is None else output
-                out[name] = value[0] if isinstance(value, tuple) else value
+                value = value[0] if isinstance(value, tuple) else value
+                # OPT runs its MLP on [batch * seq, dim]: back to [batch, seq, dim]
+                out[name] = value.reshape(*input_ids.shape, -1) if value.dim() == 2 else value
             return hook
 
         for name, hp in parsed.items():

@@ -271,3 +271,72 @@ def test_read_outs_go_through_the_models_own_final_logit_transforms(tmp_path, sm
         assert np.allclose(pos, got, atol=1e-5)
         ones = torch.ones(1, 64)  # RMS 1: the norm's output is its gain
         assert torch.allclose(client.model.model.norm(ones)[0], _final_norm_gain(client.model), atol=1e-4)
+
+
+def _tiny(family: str, vocab: int):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                  num_attention_heads=4, max_position_embeddings=64)
+    if family == "llama":
+        return tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=2, **common))
+    if family == "gemma2":
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(num_key_value_heads=2, head_dim=8, **common))
+    if family == "olmo2":
+        return tf.Olmo2ForCausalLM(tf.Olmo2Config(num_key_value_heads=2, **common))
+    if family == "opt":
+        return tf.OPTForCausalLM(tf.OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=48, num_hidden_layers=3,
+                                              num_attention_heads=4, max_position_embeddings=64,
+                                              word_embed_proj_dim=32))
+    if family == "mixtral":
+        return tf.MixtralForCausalLM(tf.MixtralConfig(num_key_value_heads=2, num_local_experts=2,
+                                                      num_experts_per_tok=1, **common))
+    raise ValueError(family)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "olmo2", "opt"])
+def test_mlp_out_is_what_the_layer_adds_to_the_residual_stream(family):
+    """TransformerLens's hook_mlp_out (what sae-lens MLP SAEs read) is the MLP branch's
+    contribution to the residual stream: resid_post - mlp_out must equal the layer's output with
+    that MLP's down projection zeroed. Gemma 2 and OLMo 2 normalise the MLP output before adding
+    it (A8: the raw MLP output was read); OPT has no `.mlp` (it did not load)."""
+    import copy
+
+    import torch
+
+    from autointerp.subject import Subject, _down_projection, _mlp
+
+    torch.manual_seed(0)
+    model = _tiny(family, 128).eval()
+    layer = 1
+    ids = torch.randint(0, 128, (2, 12))
+    subject = Subject(model, None, family)
+    got = subject.activations(ids, [f"resid_post.{layer}", f"mlp_out.{layer}", f"mlp_neurons.{layer}"])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert torch.allclose(got[f"resid_post.{layer}"], hidden[layer + 1], atol=1e-5)
+    silent = copy.deepcopy(model)
+    down = _down_projection(_mlp(Subject(silent, None, family).layers[layer]))
+    with torch.no_grad():
+        down.weight.zero_()
+        if getattr(down, "bias", None) is not None:
+            down.bias.zero_()
+        resid_mid = silent(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
+    assert torch.allclose(got[f"resid_post.{layer}"] - got[f"mlp_out.{layer}"], resid_mid, atol=1e-5)
+    assert got[f"mlp_neurons.{layer}"].shape[-1] == subject.d_mlp
+
+
+def test_mixture_of_experts_caches_resid_post_and_refuses_mlp_hookpoints_in_one_line():
+    import torch
+
+    from autointerp.errors import AutointerpError
+    from autointerp.subject import Subject
+
+    torch.manual_seed(0)
+    subject = Subject(_tiny("mixtral", 128).eval(), None, "mixtral")
+    got = subject.activations(torch.randint(0, 128, (1, 8)), ["resid_post.1"])
+    assert got["resid_post.1"].shape == (1, 8, 32)
+    for hp in ("mlp_out.1", "mlp_neurons.1"):
+        with pytest.raises(AutointerpError, match="use resid_post.1") as e:
+            subject.hookpoint(hp)
+        assert "\n" not in str(e.value)
