@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from autointerp.coders import CoderSpec, SparseCoder, build_coder
+from autointerp.coders import CoderSpec, SparseCoder, build_coder, check_context_metadata
 from autointerp.config import CacheConfig
 from autointerp.corpus import load_texts, tokenize_contexts
 from autointerp.devices import resolve_device, resolve_dtype
@@ -165,6 +165,10 @@ def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool =
     coder_dtype = resolve_dtype(cfg.coder_dtype, device, subject.d_model)
     coders: list[SparseCoder] = [build_coder(s, subject, dtype=coder_dtype, device=device) for s in specs]
     names = [s.default_name(c.hookpoint) for s, c in zip(specs, coders)]
+    for spec, coder in zip(cfg.coders, coders):  # SAEs trained on shorter contexts than ours: warn
+        meta = getattr(getattr(getattr(coder, "sae", None), "cfg", None), "metadata", None)
+        if meta is not None:
+            check_context_metadata(spec, None, getattr(meta, "context_size", None), cfg.ctx_len)
     if len(set(names)) != len(names):
         raise AutointerpError(f"two coders would share the latent set name in {names}: give each a distinct kind "
                               f"or hookpoint")

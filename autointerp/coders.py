@@ -168,6 +168,22 @@ class SaeLensCoder:
                 "architecture": self.sae.cfg.architecture()}
 
 
+def check_context_metadata(source: str, prepend_bos, context_size, ctx_len: int | None = None) -> list[str]:
+    """Warnings (also logged) where an SAE's training contexts differ from ours: every context
+    here starts with a BOS token (never cached) followed by --ctx-len corpus tokens. An SAE trained
+    without BOS, or on shorter contexts, sees activations here it never saw in training."""
+    warnings = []
+    if prepend_bos is False:
+        warnings.append(f"SAE {source} was trained without a BOS token (prepend_bos false), but contexts here "
+                        f"start with one: activations near the start may be off-distribution for it")
+    if context_size and ctx_len and int(context_size) < ctx_len + 1:
+        warnings.append(f"SAE {source} was trained on contexts of {context_size} tokens, shorter than the "
+                        f"{ctx_len + 1} here: pass --ctx-len {int(context_size) - 1} to match")
+    for w in warnings:
+        log.warning(w)
+    return warnings
+
+
 def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu", dtype: str | None = None) -> SaeLensCoder:
     """An SAE from a local sae-lens folder, or `release/id` from the sae-lens registry (online).
     dtype overrides the stored one (bfloat16 encodes ~4x faster on CPUs with AMX)."""
@@ -205,8 +221,11 @@ def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu", dty
             raise AutointerpError(f"could not load SAE release {release!r} id {sae_id!r} ({type(e).__name__}): "
                                   f"check the names in sae-lens's pretrained_saes.yaml and the network") from e
         cfg = sae.cfg.to_dict()
-    hook_name = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
+    meta = cfg.get("metadata") or {}
+    hook_name = meta.get("hook_name") or cfg.get("hook_name")
     hp = hookpoint or (str(Hookpoint.parse(hook_name)) if hook_name else None)
+    check_context_metadata(source, meta.get("prepend_bos", cfg.get("prepend_bos")),
+                           meta.get("context_size", cfg.get("context_size")))
     if hp is None:
         raise AutointerpError(f"SAE {source} does not record its hook name: pass --hookpoint")
     return SaeLensCoder(sae, hp, source)

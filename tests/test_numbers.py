@@ -340,3 +340,20 @@ def test_mixture_of_experts_caches_resid_post_and_refuses_mlp_hookpoints_in_one_
         with pytest.raises(AutointerpError, match="use resid_post.1") as e:
             subject.hookpoint(hp)
         assert "\n" not in str(e.value)
+
+
+def test_sae_context_metadata_that_disagrees_with_our_contexts_is_named(tiny_subject, tmp_path, caplog):
+    """An SAE's prepend_bos / context_size metadata is read (A8): trained without BOS or on shorter
+    contexts than --ctx-len + 1, it gets a warning that names the fix."""
+    from sae_lens import SAE
+
+    from autointerp.coders import check_context_metadata, load_sae
+
+    assert check_context_metadata("x", True, 65, 64) == []
+    assert "--ctx-len 31" in check_context_metadata("x", True, 32, 64)[0]
+    cfg = {"architecture": "topk", "d_in": 64, "d_sae": 32, "k": 4, "dtype": "float32", "device": "cpu",
+           "metadata": {"hook_name": "blocks.1.hook_resid_post", "prepend_bos": False, "context_size": 128}}
+    SAE.from_dict(cfg).save_model(str(tmp_path / "sae"))
+    with caplog.at_level("WARNING", logger="autointerp.coders"):
+        load_sae(str(tmp_path / "sae"))
+    assert any("prepend_bos false" in r.message for r in caplog.records)
