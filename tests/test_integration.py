@@ -90,7 +90,8 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
     (job,) = jobs.list_jobs()
     assert job.title == DEMO_JOB_TITLE and [s[0] for s in job.steps] == ["explain", "score"] * 3 + ["score"]
     assert all(s[s.index("--dtype") + 1] == "float32" for s in job.steps)
-    assert job.steps[-1][job.steps[-1].index("--scorers") + 1:] == ["intervention"]
+    scorers_at = job.steps[-1].index("--scorers") + 1
+    assert job.steps[-1][scorers_at:scorers_at + 1] == ["intervention"] and "fuzzing" not in job.steps[-1]
     assert "resid_post.14" in job.steps[-1]
     assert [s[s.index("--hookpoint") + 1] for s in job.steps[:6:2]] == ["mlp_neurons.15-topk8", "mlp_out.15",
                                                                        "resid_post.14"]

@@ -75,6 +75,7 @@ def test_interpret_args_round_trip_through_the_cli_parser():
 
 
 def test_explain_job_runs_to_done_with_progress_and_results(data):
+    launched = time.time()
     job = jobs.launch("explain", _explain_args(2), title="explain 2 latents")
     assert job.state == "running" and job.dir == data / "jobs" / job.id
     assert json.loads((job.dir / "job.json").read_text())["pid"] == job.pid
@@ -82,7 +83,8 @@ def test_explain_job_runs_to_done_with_progress_and_results(data):
     assert job.state == "done", job.log_tail(30)
     p = job.progress
     assert (p["done"], p["total"], p["unit"]) == (2, 2, "latent") and p["started"] <= p["updated"]
-    assert job.eta_s is None and job.error is None and 0 < job.elapsed_s < 120
+    # the job's own clock: positive, and within the time the test saw pass (no bound on the machine's speed)
+    assert job.eta_s is None and job.error is None and 0 < job.elapsed_s <= time.time() - launched + 1
     tail = job.log_tail(10)
     assert tail and tail[0].startswith("$ autointerp explain") and any(f"{SET} " in line for line in tail)
     assert all("\r" not in line for line in tail)
