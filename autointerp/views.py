@@ -230,8 +230,9 @@ def latent_scores_table(scores: pd.DataFrame, validity: dict[str, bool]) -> pd.D
     shown = scores.assign(validity=[validity_mark(validity, s) for s in scores.scorer],
                           decisions=[decision_rule_label(m, r) for m, r in zip(scores["mode"], rules)],
                           **{"95% CI": ci})
-    return shown[["scorer", "validity", "auroc", "balanced_accuracy", "f1", "correlation", "95% CI", "n", "n_failed",
-                  "error", "model", "mode", "decisions", "created_at"]].rename(columns={"n_failed": "failures"})
+    # long texts (decision rule, error) last: the grid draws the columns in view first
+    return shown[["scorer", "validity", "auroc", "95% CI", "balanced_accuracy", "f1", "correlation", "n", "n_failed",
+                  "model", "mode", "created_at", "decisions", "error"]].rename(columns={"n_failed": "failures"})
 
 
 def decisions_view(store: RunStore, score_id: str) -> pd.DataFrame:

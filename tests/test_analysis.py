@@ -225,7 +225,7 @@ def test_reports_say_not_enough_data_and_agreement_carries_n_ci_and_validity(run
     assert summary.loc[SAE, "n"] == 4 and np.isnan(summary.loc[TOPK, "median_lo"])
     _fake_scores(run, 8)
     append_results(run, "validity_summary", [{"validation_id": "v", "hookpoint": SAE, "scorer": "detection",
-                                              "n_latents": 8, "validated": True}])
+                                              "n_latents": 8, "validated": True, "verdict": "validated"}])
     table = REPORTS["agreement"](store).sections[0].table
     (row,) = table.itertuples()
     assert (row.scorer_a, row.scorer_b, row.n, row.rho) == ("detection", "fuzzing", 8, pytest.approx(1.0))

@@ -357,3 +357,15 @@ def test_sae_context_metadata_that_disagrees_with_our_contexts_is_named(tiny_sub
     with caplog.at_level("WARNING", logger="autointerp.coders"):
         load_sae(str(tmp_path / "sae"))
     assert any("prepend_bos false" in r.message for r in caplog.records)
+
+
+def test_validations_stored_before_verdicts_are_shown_as_the_old_check():
+    from types import SimpleNamespace
+
+    from autointerp.analysis.agreement import verdict_of
+    from autointerp.views import VALIDITY_MARKS
+
+    old = SimpleNamespace(validated=True, verdict=None)  # a part written before the sign-flip rule
+    assert VALIDITY_MARKS[verdict_of(old)] == "≈ old check (over-confident)"
+    assert verdict_of(SimpleNamespace(validated=False, verdict=None)) == "not validated"
+    assert verdict_of(SimpleNamespace(validated=False, verdict="too few latents")) == "too few latents"
