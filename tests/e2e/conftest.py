@@ -234,8 +234,13 @@ def _write_results(run_dir: Path, hookpoint: str, xss_latent: int, avoid: set[in
     scores = []
     for i, (x, t) in enumerate(explained.items()):
         for scorer, value in (("detection", 0.55 + 0.08 * i), ("embedding", 0.5 + 0.07 * i)):
+            # detection carries 95% intervals whose lower bounds order the latents differently from
+            # the values (even positions narrow, odd ones wide); embedding's were stored before intervals
+            lo, hi = ((round(value - (0.05 if i % 2 == 0 else 0.3), 2), round(min(1.0, value + 0.1), 2))
+                      if scorer == "detection" else (None, None))
             scores.append({"score_id": uuid.uuid4().hex, "hookpoint": hookpoint, "latent": x, "scorer": scorer,
-                           "explanation": t, "auroc": value, "n": 40, "n_failed": i % 2, "model": "fixture",
+                           "explanation": t, "auroc": value, "auroc_lo": lo, "auroc_hi": hi, "n": 40,
+                           "n_failed": i % 2, "model": "fixture",
                            "mode": "logprob", "correlation_per_quantile": "{}",
                            "accuracy_per_decile": json.dumps({"0": 0.8, "1": 0.4 + 0.05 * i, "5": 0.6, "10": 0.9})})
     append_results(run_dir, "scores", scores)

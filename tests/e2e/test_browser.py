@@ -89,6 +89,11 @@ def test_browse_a_latent_set_and_open_a_latent(app, e2e_data):
     app.select("Sort by", "detection")
     expected = [str(x) for x in reversed(e2e_data.explained)]
     eventually(lambda: app.table().latent.tolist()[:len(expected)], lambda top: top == expected)
+    # by the 95% lower bound: the narrow intervals (even positions) first, then the wide ones
+    app.select("Sort by", "detection low")
+    order = list(e2e_data.explained)
+    by_low = [str(order[i]) for i in (4, 2, 0, 3, 1)]
+    eventually(lambda: app.table().latent.tolist()[:len(by_low)], lambda top: top == by_low)
     app.select("Sort by", "frequency")
     app.screenshot("browse")
 
@@ -144,6 +149,9 @@ def test_rescore_a_latent_from_its_page_and_follow_the_job(app, e2e_data):
     assert set(scores.index) == {"detection", "embedding"}
     old = scores.loc["embedding"]
     assert old.model == "fixture"
+    # each score with its 95% interval, marked where it holds chance (this latent's detection interval
+    # is a wide one); embedding's score predates intervals
+    assert scores.loc["detection", "95% CI"] == "[0.33, 0.73] ≈ chance" and old["95% CI"] == "–"
 
     form = page.locator('[data-testid="stForm"]')
     expect(form).to_contain_text("Launch on 1 latent(s)")
