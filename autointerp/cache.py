@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from autointerp.coders import CoderSpec, SparseCoder, build_coder, check_context_metadata
+from autointerp.coders import CoderSpec, SaeLensCoder, SparseCoder, build_coder, check_context_metadata
 from autointerp.config import CacheConfig
 from autointerp.corpus import load_texts, tokenize_contexts
 from autointerp.devices import resolve_device, resolve_dtype
@@ -83,7 +83,7 @@ def _prepare_run(run_dir: Path, manifest: dict, contexts: np.ndarray, tokenizer)
         manifest = {**manifest, **{k: existing[k] for k in ("created", "status") if k in existing}}
         for key in ("dtype", "coder_dtype"):  # a resume in another dtype: both are named, in order
             before = existing.get(key)
-            if before and manifest[key] not in before.split(" then "):
+            if before and existing.get("status") != "complete" and manifest[key] not in before.split(" then "):
                 log.warning("run %s was cached in %s %s; its remaining parts are cached in %s", run_dir, key,
                             before, manifest[key])
                 manifest[key] = f"{before} then {manifest[key]}"
@@ -166,9 +166,8 @@ def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool =
     coders: list[SparseCoder] = [build_coder(s, subject, dtype=coder_dtype, device=device) for s in specs]
     names = [s.default_name(c.hookpoint) for s, c in zip(specs, coders)]
     for spec, coder in zip(cfg.coders, coders):  # SAEs trained on shorter contexts than ours: warn
-        meta = getattr(getattr(getattr(coder, "sae", None), "cfg", None), "metadata", None)
-        if meta is not None:
-            check_context_metadata(spec, None, getattr(meta, "context_size", None), cfg.ctx_len)
+        if isinstance(coder, SaeLensCoder):
+            check_context_metadata(spec, None, coder.context_size, cfg.ctx_len)
     if len(set(names)) != len(names):
         raise AutointerpError(f"two coders would share the latent set name in {names}: give each a distinct kind "
                               f"or hookpoint")

@@ -133,6 +133,8 @@ class SaeLensCoder:
         self.sae = sae.eval()
         self.hookpoint = hookpoint
         self.source = source
+        # tokens per training context, where the SAE's metadata records it (cache warns when shorter)
+        self.context_size = getattr(getattr(sae.cfg, "metadata", None), "context_size", None)
         self.d_in = int(sae.cfg.d_in)
         self.n_latents = int(sae.cfg.d_sae)
         self.k = int(getattr(sae.cfg, "k", 0)) or None

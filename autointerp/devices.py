@@ -3,7 +3,7 @@
 Every model load (subject, coders, explainer/scorer, steering, SAE training) resolves its dtype
 here. auto on a GPU is bfloat16 where supported (else float16). auto on a CPU is decided by a
 measurement, not by CPU flags: machines differ by 10-30x (bfloat16 is 2.5x float32 with AMX,
-slower than float32 on AMD AVX-512 without AMX, 0.03x on AVX2-only CPUs), so a one-second probe
+slower than float32 on AMD AVX-512 without AMX, 0.03x on AVX2-only CPUs), so a probe of 0.4-2.5 s
 times a small MLP block of the model's width in both dtypes and keeps bfloat16 only where it wins
 clearly. The verdict is cached per machine (CPU, ISA limits, torch version, threads) in
 data/machine/dtype-probe.json; bench/cache.py prints the bf16 vs fp32 line for a whole model.
@@ -40,13 +40,6 @@ _ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILIT
 
 
 @functools.cache
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bfloat16 tiles (the `amx_bf16` flag of /proc/cpuinfo); shown in
-    benchmarks beside the measured verdict, never used to decide it."""
-    return "amx_bf16" in cpu_flags()
-
-
-@functools.cache
 def cpu_flags() -> frozenset[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -68,6 +61,7 @@ def cpu_class() -> str:
     return "AVX2" if "avx2" in flags else (platform.machine() or "unknown")
 
 
+@functools.cache
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -139,11 +133,10 @@ def cpu_bf16_probe(width: int = PROBE_WIDTH) -> dict:
         return known[key]
     result = _cached_measure(key, width)
     known[key] = result
-    try:  # atomic: a reader never sees half a file; a read-only data folder only costs a re-measure
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, path)
+    from autointerp.store import atomic_write_json
+
+    try:  # a read-only data folder only costs a re-measure next time
+        atomic_write_json(path, known)
     except OSError as e:
         log.warning("could not store the dtype probe in %s (%s); it is measured again next time", path, e)
     return result

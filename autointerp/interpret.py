@@ -24,6 +24,7 @@ from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.jobs import report_progress
 from autointerp.llm import make_client
 from autointerp.llm.base import LLMConfig
+from autointerp.metrics import INTERVAL_KEYS
 from autointerp.llm.lockstep import run_lockstep
 from autointerp.sampling import (SamplingConfig, TooFewExamples, explanation_examples, scoring_examples,
                                  shown_windows)
@@ -174,7 +175,7 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         sid = uuid.uuid4().hex
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
                                                                 "recall", "f1", "auroc", "accuracy", "correlation",
-                                                                *INTERVAL_COLUMNS)},
+                                                                *INTERVAL_KEYS)},
                        "score_id": sid, "scorer": scorer, "model": model, "mode": mode,
                        "decision_rule": summary.get("decision_rule"),
                        "accuracy_per_decile": json.dumps(summary.get("accuracy_per_decile", {})),
@@ -182,10 +183,6 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         decisions += [{**r, "score_id": sid, "hookpoint": hookpoint, "latent": int(latent), "scorer": scorer}
                       for r in records]
     return scores, decisions
-
-
-INTERVAL_COLUMNS = ("auroc_lo", "auroc_hi", "balanced_accuracy_lo", "balanced_accuracy_hi", "correlation_lo",
-                    "correlation_hi")
 
 
 def _score_job(client, *, cfg: InterpretConfig, **kw) -> tuple[list[dict], list[dict]]:

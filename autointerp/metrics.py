@@ -34,6 +34,9 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+# the 95 % interval bounds a scorer summary may carry (stored as score columns of the same names)
+INTERVAL_KEYS = ("auroc_lo", "auroc_hi", "balanced_accuracy_lo", "balanced_accuracy_hi", "correlation_lo",
+                 "correlation_hi")
 
 
 def auroc_ci(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float] | tuple[None, None]:

@@ -469,36 +469,52 @@ class ResultsMixin:
         """Per (hookpoint, latent) its current explanation: the latest one that did not fail. A
         latent whose newest attempt failed keeps its last good explanation; `newest_failed` and
         `newest_error` say so. Latents that never got a good explanation have no row."""
-        src = _results_glob(self.run_dir, "explanations")
-        if src is None:
+        cte = self._current_explanations_sql(hookpoint, kind)
+        if cte is None:
             return _empty("explanations").assign(newest_failed=pd.Series(dtype=bool), newest_error=None)
-        cond, params = self._kind_filter("explanations", src, kind)
-        hp = " AND hookpoint = ?" if hookpoint else ""
-        params = params + ([hookpoint] if hookpoint else [])
-        rows = self._sql(f"""
-            WITH e AS (SELECT * FROM read_parquet({src}, {NEWEST_FIRST_READ}) WHERE {cond}{hp}),
-            good AS (SELECT * FROM e WHERE explanation IS NOT NULL
-                     QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1),
-            newest AS (SELECT hookpoint, latent, explanation IS NULL AS newest_failed, error AS newest_error FROM e
-                       QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1)
+        sql, params = cte
+        rows = self._sql(f"""WITH {sql}
             SELECT good.* EXCLUDE (filename, file_row_number), newest.newest_failed,
                    CASE WHEN newest.newest_failed THEN newest.newest_error END AS newest_error
             FROM good JOIN newest USING (hookpoint, latent) ORDER BY hookpoint, latent""", params)
         return _nulls_to_none(rows, "explanations")
 
-    def current_scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
-        """Latest score per (hookpoint, latent, scorer) of the latent's current explanation only:
-        a score of an earlier explanation is never shown beside a newer one (it stays in the
-        latent's history). Every view, export and analysis reads these."""
-        scores = self.scores_of_any_explanation(hookpoint, kind)
-        if scores.empty:
-            return scores
-        current = self.current_explanations(hookpoint, kind)[["hookpoint", "latent", "explanation"]]
-        return scores.merge(current, on=["hookpoint", "latent", "explanation"], how="inner")
+    def _current_explanations_sql(self, hookpoint: str | None, kind: str) -> tuple[str, list] | None:
+        """CTEs `good` (latest non-failed explanation per latent) and `newest` (latest attempt, and
+        whether it failed), with their parameters; None when nothing was explained."""
+        src = _results_glob(self.run_dir, "explanations")
+        if src is None:
+            return None
+        cond, params = self._kind_filter("explanations", src, kind)
+        hp = " AND hookpoint = ?" if hookpoint else ""
+        return (f"""e AS (SELECT * FROM read_parquet({src}, {NEWEST_FIRST_READ}) WHERE {cond}{hp}),
+            good AS (SELECT * FROM e WHERE explanation IS NOT NULL
+                     QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1),
+            newest AS (SELECT hookpoint, latent, explanation IS NULL AS newest_failed, error AS newest_error FROM e
+                       QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1)""",
+                params + ([hookpoint] if hookpoint else []))
 
-    def scores_of_any_explanation(self, hookpoint: str | None, kind: str) -> pd.DataFrame:
-        """Latest score per (hookpoint, latent, scorer, explanation)."""
-        return self._latest("scores", "hookpoint, latent, scorer, explanation", hookpoint, kind)
+    def current_scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Latest score per (hookpoint, latent, scorer) of the latent's current explanation only
+        (one query): a score of an earlier explanation is never shown beside a newer one (it stays
+        in the latent's history). Every view, export and analysis reads these."""
+        src = _results_glob(self.run_dir, "scores")
+        cte = self._current_explanations_sql(hookpoint, kind)
+        if src is None or cte is None:
+            return _empty("scores")
+        sql, params = cte
+        cond, kind_params = self._kind_filter("scores", src, kind)
+        hp = " AND s.hookpoint = ?" if hookpoint else ""
+        rows = self._sql(f"""WITH {sql}
+            SELECT s.* EXCLUDE (filename, file_row_number)
+            FROM read_parquet({src}, {NEWEST_FIRST_READ}) s
+            JOIN good ON s.hookpoint = good.hookpoint AND s.latent = good.latent
+                     AND s.explanation = good.explanation
+            WHERE {cond}{hp}
+            QUALIFY row_number() OVER (PARTITION BY s.hookpoint, s.latent, s.scorer
+                                       ORDER BY s.created_at DESC, s.filename DESC, s.file_row_number DESC) = 1
+            ORDER BY s.hookpoint, s.latent, s.scorer""", params + kind_params + ([hookpoint] if hookpoint else []))
+        return _nulls_to_none(rows, "scores")
 
     def validity(self, hookpoint: str | None = None) -> pd.DataFrame:
         """Latest validity summary per (hookpoint, scorer): is the scorer validated on this run?"""

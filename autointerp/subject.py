@@ -100,13 +100,12 @@ _POST_MLP_NORMS = ("post_feedforward_layernorm",)
 
 def _mlp_out_module(layer: torch.nn.Module) -> torch.nn.Module:
     """The module whose output is TransformerLens's hook_mlp_out: the post-feed-forward norm
-    (Gemma 2/3, OLMo 2), OPT's fc2, else the MLP block."""
+    (Gemma 2/3, OLMo 2), else the MLP block, or its down projection where the MLP is no module of
+    its own (OPT)."""
     for name in _POST_MLP_NORMS:
         if hasattr(layer, name):
             return getattr(layer, name)
-    if not hasattr(layer, "mlp") and hasattr(layer, "fc2"):
-        return layer.fc2
-    return layer.mlp
+    return layer.mlp if hasattr(layer, "mlp") else _down_projection(layer)
 
 
 class Subject:

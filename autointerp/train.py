@@ -82,10 +82,8 @@ def evaluate(sae, acts: torch.Tensor, batch: int = 4096) -> dict:
 
 
 def train_one(acts: torch.Tensor, eval_acts: torch.Tensor, hookpoint: str, cfg: TrainConfig,
-              model_name: str, out_dir: Path, n_dropped: int = 0, autocast: bool | None = None,
-              subject_dtype: str = "") -> dict:
-    """Train one top-k SAE; autocast (bfloat16) defaults to cfg.autocast where --dtype resolves to
-    bfloat16 on this machine (see train_autocast)."""
+              model_name: str, out_dir: Path, n_dropped: int = 0, subject_dtype: str = "") -> dict:
+    """Train one top-k SAE (bfloat16 autocast as train_autocast decides)."""
     from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -113,7 +111,7 @@ def train_one(acts: torch.Tensor, eval_acts: torch.Tensor, hookpoint: str, cfg: 
         lr_scheduler_name="constant", lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5,
         dead_feature_window=cfg.dead_feature_window, feature_sampling_window=max(steps, 1),
         n_batches_for_norm_estimate=20, device="cpu",
-        autocast=train_autocast(cfg) if autocast is None else autocast,
+        autocast=train_autocast(cfg),
     )
     t0 = time.time()
     SAETrainer(trainer_cfg, sae, _batches(acts, cfg.batch_size, cfg.seed)).fit()

@@ -42,7 +42,6 @@ MIN_LATENTS = 3  # fewer explained latents: validate refuses to run
 MIN_VERDICT_LATENTS = 10  # fewer paired latents: "too few latents", no verdict
 ALPHA = 0.025  # one-sided, as the lower bound of a two-sided 95% interval
 WHICH = ("true", "random", "neutral")
-VERDICTS = ("validated", "not validated", "too few latents", "not measured")
 
 
 def headline_value(row: dict) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from autointerp.analysis import score_table, scorer_columns
-from autointerp.analysis.scores import chance, headline_interval, interval_table
+from autointerp.analysis.scores import chance, headline_interval, includes_chance, interval_table
 from autointerp.analysis.agreement import verdict_of
 from autointerp.scorers import SCORERS
 from autointerp.store import Example, RunStore
@@ -105,26 +105,29 @@ def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
     df = stats.merge(expl[["latent", "explanation", "newest failed"]], on="latent", how="left") if len(expl) else \
         stats.assign(explanation=None, **{"newest failed": False})
     df["newest failed"] = df["newest failed"].astype("boolean").fillna(False).astype(bool)
-    scores = score_table(store, hookpoint)
+    current = store.current_scores(hookpoint)  # read once: the values and their intervals
+    scores = score_table(store, hookpoint, scores=current)
     if len(scores):
         df = df.merge(scores.drop(columns="hookpoint"), on="latent", how="left")
-        intervals = interval_table(store, hookpoint)
+        intervals = interval_table(store, hookpoint, scores=current)
         for scorer, g in intervals.groupby("scorer"):
             g = g.set_index("latent")
             df[f"{scorer} low"] = df.latent.map(g.lo).astype(float)  # sortable: the lower bound
-            df[f"{scorer} 95% CI"] = df.latent.map(g.apply(interval_text, axis=1))
+            df[f"{scorer} 95% CI"] = df.latent.map(
+                pd.Series([interval_text(a, b, scorer) for a, b in zip(g.lo, g.hi)], index=g.index))
         # each scorer's value, then its interval and lower bound
         scored = [c for s in scorer_columns(scores) for c in (s, f"{s} 95% CI", f"{s} low") if c in df]
         df = df[[c for c in df.columns if c not in scored] + scored]
     return df
 
 
-def interval_text(row) -> str:
+def interval_text(lo: float, hi: float, scorer: str) -> str:
     """'[0.47, 0.65] ≈ chance' (the interval holds chance), '[0.61, 0.80]', or '–' when none is
     stored (scores written before intervals)."""
-    if pd.isna(row.lo) or pd.isna(row.hi):
+    holds = includes_chance(lo, hi, scorer)
+    if holds is None:
         return "–"
-    return f"[{row.lo:.2f}, {row.hi:.2f}]" + (" ≈ chance" if row.includes_chance else "")
+    return f"[{lo:.2f}, {hi:.2f}]" + (" ≈ chance" if holds else "")
 
 
 @dataclass
@@ -224,9 +227,7 @@ def latent_scores_table(scores: pd.DataFrame, validity: dict[str, bool]) -> pd.D
     """The Latent page's score table: validity mark and decision rule beside each score."""
     rules = scores["decision_rule"] if "decision_rule" in scores else pd.Series([None] * len(scores))
     lo, hi = headline_interval(scores)
-    base = scores.scorer.map(chance)
-    ci = [interval_text(pd.Series({"lo": a, "hi": b, "includes_chance": (not np.isnan(a)) and a <= c <= b}))
-          for a, b, c in zip(lo, hi, base)]
+    ci = [interval_text(a, b, s) for a, b, s in zip(lo, hi, scores.scorer)]
     shown = scores.assign(validity=[validity_mark(validity, s) for s in scores.scorer],
                           decisions=[decision_rule_label(m, r) for m, r in zip(scores["mode"], rules)],
                           **{"95% CI": ci})

@@ -29,12 +29,15 @@ def test_auto_device_is_the_cpu_without_a_gpu_and_cuda_is_refused_in_one_line():
         devices.resolve_device("tpu")
 
 
-def test_amx_flag_is_read_and_explicit_dtypes_pass_through():
-    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
-    assert devices.cpu_has_amx() == amx
-    assert devices.resolve_dtype("float32", "cpu") == "float32"
-    with pytest.raises(AutointerpError, match="unknown dtype"):
-        devices.resolve_dtype("int4", "cpu")
+def test_cpu_class_names_the_matrix_features_of_proc_cpuinfo():
+    flags = set(next((line.partition(":")[2].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), []))
+    expected = ("AMX" if "amx_bf16" in flags else
+                ("AVX-512 + AVX512-BF16" if "avx512_bf16" in flags else "AVX-512") if "avx512f" in flags else
+                "AVX2" if "avx2" in flags else None)
+    assert devices.cpu_flags() == frozenset(flags)
+    if expected:
+        assert devices.cpu_class() == expected
 
 
 def test_cache_with_cuda_on_a_cpu_machine_stops_before_writing(tmp_path):

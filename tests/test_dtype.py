@@ -132,6 +132,17 @@ def test_cache_and_train_sae_honour_dtype_and_record_it(tmp_path, tiny_model_dir
                                     part_contexts=4, batch_contexts=4))
         info = RunStore(run).info
         assert (info["dtype"], info["coder_dtype"]) == (dtype, dtype)
+    # reopening a complete run in another dtype caches nothing and keeps its record; resuming an
+    # unfinished one in another dtype names both, in order
+    reopen = dict(model=model, coders=[f"sae:{tmp_path / 'saes-float32' / 'resid_post.1'}", "topk:4@mlp_neurons.1"],
+                  tokens=64 * 8, part_contexts=4, batch_contexts=4, dtype="bfloat16", coder_dtype="bfloat16")
+    run = tmp_path / "run-float32"
+    cache_run(CacheConfig(run=str(run), **reopen))
+    assert RunStore(run).info["dtype"] == "float32"
+    manifest = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**manifest, "status": "caching"}))
+    cache_run(CacheConfig(run=str(run), **reopen))
+    assert RunStore(run).info["dtype"] == "float32 then bfloat16"
     auto = cache_run(CacheConfig(run=str(tmp_path / "run-auto"), model=model, coders=["topk:4@mlp_neurons.1"],
                                  tokens=64 * 4, part_contexts=4, batch_contexts=4))
     assert RunStore(auto).info["dtype"] == devices.resolve_dtype("auto", "cpu", 64)

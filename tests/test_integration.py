@@ -102,6 +102,9 @@ def test_demo_builds_end_to_end_and_a_second_call_reuses_everything(tmp_path, mo
         steps = demo_steps(DemoConfig(interpret=6, studies=0), store)
         assert [c for c, _ in steps] == ["explain", "score"] * 3 + ["validate", "score"]
         assert steps[-2][1] == steps[-3][1] and "resid_post.14" in steps[-2][1]
+        # the validated set is explained, scored and validated on 10 latents (a verdict needs 10)
+        assert steps[-2][1][steps[-2][1].index("--random") + 1] == "10"
+        assert steps[0][1][steps[0][1].index("--random") + 1] == "6"  # the other sets keep --interpret
         no_steering = DemoConfig(interpret=6, intervention=False, studies=0)
         assert [c for c, _ in demo_steps(no_steering, store)][-1] == "validate"
         # with studies: the overlap's decoder match first (no LLM: a figure within seconds), the small

@@ -357,6 +357,17 @@ def test_sae_context_metadata_that_disagrees_with_our_contexts_is_named(tiny_sub
     with caplog.at_level("WARNING", logger="autointerp.coders"):
         load_sae(str(tmp_path / "sae"))
     assert any("prepend_bos false" in r.message for r in caplog.records)
+    # caching with longer contexts than the SAE was trained on names the --ctx-len that matches
+    from autointerp.cache import cache_run
+    from autointerp.config import CacheConfig
+
+    short = {**cfg, "metadata": {**cfg["metadata"], "prepend_bos": True, "context_size": 17}}
+    SAE.from_dict(short).save_model(str(tmp_path / "short"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="autointerp.coders"):
+        cache_run(CacheConfig(run=str(tmp_path / "run"), model=tiny_subject.name, coders=[f"sae:{tmp_path / 'short'}"],
+                              tokens=64 * 4, part_contexts=4, batch_contexts=4), subject=tiny_subject)
+    assert any("--ctx-len 16" in r.message for r in caplog.records)
 
 
 def test_validations_stored_before_verdicts_are_shown_as_the_old_check():

@@ -58,16 +58,23 @@ def headline_interval(scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return lo, hi
 
 
-def interval_table(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
-    """One row per current score: hookpoint, latent, scorer, value, lo, hi (95 %), n, and
-    `includes_chance` (None where no interval was stored)."""
-    scores = store.current_scores(hookpoint)
+def includes_chance(lo: float, hi: float, scorer: str) -> bool | None:
+    """Whether a 95 % interval holds the scorer's chance level; None when there is no interval."""
+    if lo is None or hi is None or np.isnan(lo) or np.isnan(hi):
+        return None
+    return bool(lo <= chance(scorer) <= hi)
+
+
+def interval_table(store: RunStore, hookpoint: str | None = None, scores: pd.DataFrame | None = None
+                   ) -> pd.DataFrame:
+    """One row per current score (or per row of `scores`, already read): hookpoint, latent, scorer,
+    value, lo, hi (95 %), n, and `includes_chance` (None where no interval was stored)."""
+    scores = store.current_scores(hookpoint) if scores is None else scores
     if scores.empty:
         return pd.DataFrame(columns=[*KEYS, "scorer", "value", "lo", "hi", "n", "includes_chance"])
     lo, hi = headline_interval(scores)
     out = scores[[*KEYS, "scorer", "n"]].assign(value=headline(scores), lo=lo, hi=hi)
-    base = out.scorer.map(chance)
-    out["includes_chance"] = [None if np.isnan(a) else bool(a <= c <= b) for a, b, c in zip(out.lo, out.hi, base)]
+    out["includes_chance"] = [includes_chance(a, b, s) for a, b, s in zip(out.lo, out.hi, out.scorer)]
     return out
 
 
@@ -88,10 +95,12 @@ def _scorer_order(names) -> list[str]:
     return known + sorted(set(names) - set(known))
 
 
-def score_table(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
+def score_table(store: RunStore, hookpoint: str | None = None, scores: pd.DataFrame | None = None
+                ) -> pd.DataFrame:
     """One row per scored (hookpoint, latent), one column per scorer with its headline metric
-    (NaN where that scorer failed or has not run)."""
-    scores = store.current_scores(hookpoint)  # only scores of the explanation each latent shows
+    (NaN where that scorer failed or has not run). `scores`: store.current_scores already read."""
+    # only scores of the explanation each latent shows
+    scores = store.current_scores(hookpoint) if scores is None else scores
     if scores.empty:
         return pd.DataFrame(columns=KEYS)
     scores = scores.assign(value=headline(scores))
