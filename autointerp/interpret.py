@@ -15,6 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from autointerp.config import InterpretConfig
+from autointerp.embedding import embedder_name, load_embedder
 from autointerp.errors import AutointerpError
 from autointerp.faults import fault_point
 from autointerp.intervention.scorer import SCORER as INTERVENTION
@@ -142,6 +143,8 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
     `cache` and `also` let several explanations of one latent share detection/fuzzing passes."""
     sampling = _sampling(cfg)
     base = {"hookpoint": hookpoint, "latent": int(latent), "explanation": explanation}
+    if embedder is None and ("embedding" in cfg.scorers or cfg.negatives == "hard"):
+        embedder = load_embedder(cfg.embedder)
     try:
         if shown is None:
             shown = shown_windows(store, hookpoint, latent, explanation)
@@ -157,7 +160,7 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         model, mode = client.name if client else None, None
         if scorer == "embedding":
             summary, records = score_embedding(explanation, activating, negatives, embedder)
-            model, mode = "all-MiniLM-L6-v2", "similarity"
+            model, mode = embedder_name(cfg.embedder), "similarity"
         elif scorer == "surprisal":
             summary, records = score_surprisal(client, explanation, activating, negatives, cache)
             mode = "loss"
@@ -222,14 +225,12 @@ def open_for_scoring(cfg: InterpretConfig, steering: bool = False
 
 
 def scoring_models(cfg: InterpretConfig, client=None) -> tuple:
-    """(LLM client or None when only embedding scores, MiniLM embedder or None), loaded once."""
+    """(LLM client or None when only embedding scores, cfg.embedder or None), loaded once."""
     needs_llm = any(s != "embedding" for s in cfg.scorers)
     client = client or (_client(cfg) if needs_llm else None)
     embedder = None
     if "embedding" in cfg.scorers or cfg.negatives == "hard":
-        from autointerp.embedding import load_embedder
-
-        embedder = load_embedder()
+        embedder = load_embedder(cfg.embedder)
     return client, embedder
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 from scipy.stats import rankdata
 
 
@@ -33,10 +34,26 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+MIN_N = 3  # fewer values than this give no interval ("not enough data")
+
+
+def t_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student t interval of the mean; NaN bounds below MIN_N values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(v.mean())
+    if len(v) < MIN_N or np.ptp(v) == 0:
+        return (mean, np.nan, np.nan) if len(v) < MIN_N else (mean, mean, mean)
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * stats.sem(v))
+    return mean, mean - half, mean + half
+
+
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 # the 95 % interval bounds a scorer summary may carry (stored as score columns of the same names)
 INTERVAL_KEYS = ("auroc_lo", "auroc_hi", "balanced_accuracy_lo", "balanced_accuracy_hi", "correlation_lo",
-                 "correlation_hi")
+                 "correlation_hi")  # intervention_score_lo/hi are written by the intervention scorer
 
 
 def auroc_ci(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float] | tuple[None, None]:

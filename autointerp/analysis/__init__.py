@@ -15,5 +15,5 @@ matching) in autointerp/studies.py.
 from autointerp.analysis.scores import (HEADLINE, HEADLINE_LABEL, INTERVENTION_CONDITIONS, KEYS, SCORE_RANGE,  # noqa: F401
                                         accuracy_per_decile, chance, headline, histogram_table, interval_table,
                                         intervention_by_kl,
-                                        intervention_vs_fuzzing, linear_fit, mean_ci, score_range, score_table,
+                                        intervention_vs_fuzzing, linear_fit, score_range, score_table,
                                         scorer_columns, scorer_correlations)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from autointerp.analysis.stats import bootstrap_ci, t_ci
+from autointerp.analysis.stats import median_ci, t_ci
 
 SUMMARY_COLUMNS = ["condition", "n", "n_failed", "mean", "mean_lo", "mean_hi", "median", "median_lo", "median_hi"]
 DECILE_COLUMNS = ["condition", "decile", "n", "mean", "ci_lo", "ci_hi"]
@@ -34,7 +34,7 @@ def conditions_in_order(scores: pd.DataFrame) -> list[str]:
 
 def condition_summary(scores: pd.DataFrame, scorer: str, explanations: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per condition: n latents with a score, failures (failed explanations and failed scores),
-    mean with a t interval, median with a bootstrap interval."""
+    mean with a t interval, median with an order-statistic interval."""
     s = of_scorer(scores, scorer)
     rows = []
     for condition in conditions_in_order(s):
@@ -47,7 +47,7 @@ def condition_summary(scores: pd.DataFrame, scorer: str, explanations: pd.DataFr
             failed += int(e.explanation.isna().sum())
         rows.append({"condition": condition, "n": len(ok), "n_failed": failed,
                      **dict(zip(("mean", "mean_lo", "mean_hi"), t_ci(ok))),
-                     **dict(zip(("median", "median_lo", "median_hi"), bootstrap_ci(ok)))})
+                     **dict(zip(("median", "median_lo", "median_hi"), median_ci(ok)))})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from autointerp.analysis.stats import MIN_N, t_ci
+from autointerp.analysis.stats import MIN_N, t_ci, welch_ci
 from autointerp.errors import AutointerpError
 
 BASES = ("decoder", "explanation")
@@ -122,19 +122,7 @@ class DecoderMatch:
 
 def excess_ci(matched, baseline, level: float = 0.95) -> dict:
     """excess_mean/lo/hi: mean(matched) - mean(baseline) with a Welch t interval."""
-    from scipy import stats
-
-    a, b = np.asarray(matched, dtype=float), np.asarray(baseline, dtype=float)
-    diff = float(a.mean() - b.mean()) if len(a) and len(b) else np.nan
-    if min(len(a), len(b)) < MIN_N:
-        return {"excess_mean": diff, "excess_lo": np.nan, "excess_hi": np.nan}
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = np.sqrt(va + vb)
-    if se == 0:
-        return {"excess_mean": diff, "excess_lo": diff, "excess_hi": diff}
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, dof) * se)
-    return {"excess_mean": diff, "excess_lo": diff - half, "excess_hi": diff + half}
+    return dict(zip(("excess_mean", "excess_lo", "excess_hi"), welch_ci(matched, baseline, level)))
 
 
 def geometry_null(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from autointerp.analysis.stats import t_ci
 from autointerp.scorers import SCORERS
 from autointerp.store import RunStore
 
@@ -44,7 +45,7 @@ def chance(scorer: str) -> float:
 
 def headline_interval(scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """(low, high) of each score row's 95 % interval, for the metric headline() picks (its
-    <metric>_lo / _hi columns); NaN where that metric has none (older parts, intervention)."""
+    <metric>_lo / _hi columns); NaN where that metric has none (parts written before intervals)."""
     lo = pd.Series(np.nan, index=scores.index, dtype=float)
     hi = lo.copy()
     for scorer, rows in scores.groupby("scorer"):
@@ -166,16 +167,6 @@ INTERVENTION_CONDITIONS = {"latent, true explanation": "score",
                            "random direction, true explanation": "random_direction_score"}
 
 
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): a t interval over latents (low = high = mean for one value)."""
-    values = np.asarray(values, dtype=float)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * stats.sem(values))
-    return mean, mean - half, mean + half
-
-
 def intervention_by_kl(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
     """Mean intervention score with 95% CI per target KL, for the latent's direction with its true
     and a random explanation and for a random direction with the true explanation (Fig. 4 left):
@@ -187,7 +178,7 @@ def intervention_by_kl(store: RunStore, hookpoint: str | None = None) -> pd.Data
             values = g[column].dropna().astype(float).to_numpy()
             if len(values):
                 rows.append({"target_kl": float(target), "condition": condition,
-                             **dict(zip(("mean", "ci_lo", "ci_hi"), mean_ci(values))), "n": len(values)})
+                             **dict(zip(("mean", "ci_lo", "ci_hi"), t_ci(values))), "n": len(values)})
     return pd.DataFrame(rows, columns=["target_kl", "condition", "mean", "ci_lo", "ci_hi", "n"])
 
 

@@ -6,23 +6,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-MIN_N = 3  # fewer values than this give no interval ("not enough data")
-N_BOOT = 2000
+from autointerp.metrics import MIN_N, t_ci  # noqa: F401  (the studies' t interval is the scorers' one)
 
-
-def t_ci(values, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student t interval of the mean; NaN bounds below MIN_N values."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return np.nan, np.nan, np.nan
-    mean = float(v.mean())
-    if len(v) < MIN_N or np.ptp(v) == 0:
-        return (mean, np.nan, np.nan) if len(v) < MIN_N else (mean, mean, mean)
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * stats.sem(v))
-    return mean, mean - half, mean + half
-
-
+N_BOOT = 2000  # resamples of the bootstraps that remain (rank correlations between scorers)
 EXACT_FLIPS_UP_TO = 12  # 2^12 sign patterns; more latents: a seeded random sample of patterns
 
 
@@ -48,34 +34,39 @@ def sign_flip_p(diffs, n_random: int = 10_000, seed: int = 0) -> float:
     return float(np.mean(means >= observed - 1e-12 * max(1.0, abs(observed))))
 
 
-def bootstrap_ci(values, statistic=np.median, n_boot: int = N_BOOT, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float, float]:
-    """(statistic, low, high): percentile bootstrap over the values; NaN bounds below MIN_N."""
-    v = np.asarray(values, dtype=float)
+def median_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(median, low, high): the distribution-free interval between two order statistics, chosen by
+    the binomial(n, 1/2) law of how many values fall below the median, so it holds its level at any
+    n (a percentile bootstrap of a median under-covers at a few dozen values). NaN bounds below
+    MIN_N values, and where n is too small for any pair of order statistics to reach the level
+    (n < 6 at 95 %)."""
+    v = np.sort(np.asarray(values, dtype=float))
     v = v[np.isfinite(v)]
     if len(v) == 0:
         return np.nan, np.nan, np.nan
-    point = float(statistic(v))
-    if len(v) < MIN_N:
+    point = float(np.median(v))
+    n = len(v)
+    # j = the smallest k with P(B <= k) >= alpha/2, so P(B <= j - 1) < alpha/2: the values below
+    # the j-th and above the (n-j+1)-th each hold the median with probability < alpha/2
+    j = int(stats.binom.ppf((1 - level) / 2, n, 0.5))
+    if n < MIN_N or j < 1:
         return point, np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    boots = statistic(rng.choice(v, size=(n_boot, len(v)), replace=True), axis=1)
-    tail = (1 - level) / 2 * 100
-    return point, float(np.percentile(boots, tail)), float(np.percentile(boots, 100 - tail))
+    return point, float(v[j - 1]), float(v[n - j])
 
 
-def difference_ci(a, b, statistic=np.median, n_boot: int = N_BOOT, seed: int = 0,
-                  level: float = 0.95) -> tuple[float, float, float]:
-    """(statistic(a) - statistic(b), low, high): independent groups, each resampled on its own."""
+def welch_ci(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), low, high): Welch's t interval for two independent groups of unequal
+    variance (the latent sets of the coders study, a decoder match against its null). NaN bounds
+    when either group has fewer than MIN_N values."""
     a, b = (np.asarray(x, dtype=float) for x in (a, b))
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) == 0 or len(b) == 0:
-        return np.nan, np.nan, np.nan
-    point = float(statistic(a) - statistic(b))
+    diff = float(a.mean() - b.mean()) if len(a) and len(b) else np.nan
     if min(len(a), len(b)) < MIN_N:
-        return point, np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    boots = (statistic(rng.choice(a, size=(n_boot, len(a))), axis=1)
-             - statistic(rng.choice(b, size=(n_boot, len(b))), axis=1))
-    tail = (1 - level) / 2 * 100
-    return point, float(np.percentile(boots, tail)), float(np.percentile(boots, 100 - tail))
+        return diff, np.nan, np.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = np.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof) * se)
+    return diff, diff - half, diff + half

@@ -22,6 +22,7 @@ from autointerp.coders import coder_from_manifest
 from autointerp.errors import AutointerpError
 from autointerp.intervention.search import LOG10_ALPHA_RANGE, AlphaResult, search_alphas
 from autointerp.intervention.steering import (check_lengths, greedy_continuations, mean_kl, next_token_logprobs)
+from autointerp.metrics import t_ci
 from autointerp.prompts import defuse
 from autointerp.store import SPECIAL_TOKEN_MARK, RunStore, latent_seed
 from autointerp.subject import Subject
@@ -150,9 +151,16 @@ def mean_gain(lp: dict[tuple[str, str], float], steered: list[str] | None, clean
               explanation: str | None) -> float | None:
     """Mean over prompts of log P(explanation | steered) - log P(explanation | clean), from the
     scorer LM's log-probabilities `lp` by (text, explanation); None when a side is missing."""
+    gains = prompt_gains(lp, steered, clean, explanation)
+    return None if gains is None else float(np.mean(gains))
+
+
+def prompt_gains(lp: dict[tuple[str, str], float], steered: list[str] | None, clean: list[str],
+                 explanation: str | None) -> list[float] | None:
+    """Per prompt, log P(explanation | steered) - log P(explanation | clean); None when a side is missing."""
     if steered is None or explanation is None:
         return None
-    return float(np.mean([lp[(s, explanation)] - lp[(c, explanation)] for s, c in zip(steered, clean)]))
+    return [lp[(s, explanation)] - lp[(c, explanation)] for s, c in zip(steered, clean)]
 
 
 class InterventionScorer:
@@ -252,7 +260,11 @@ class InterventionScorer:
                     examples.append(row)
         head = next(r for r in targets if r["target_kl"] == cfg.headline_kl)
         if head["reached"]:
-            score |= {"intervention_score": head["score"], "n": head["n"]}
+            # the 95 % interval is a t interval over the prompts: each prompt's gain is one paired
+            # (steered - clean) measurement of the same explanation
+            _, lo, hi = t_ci(prompt_gains(lp, steered[(cfg.headline_kl, "latent")], self.clean_texts, explanation))
+            score |= {"intervention_score": head["score"], "n": head["n"], "intervention_score_lo": lo,
+                      "intervention_score_hi": hi}
         else:
             lo, hi = (10 ** x for x in LOG10_ALPHA_RANGE)
             score["error"] = (f"steering latent {latent} reached KL {head['kl']:.3g}, not the target "
