@@ -19,7 +19,8 @@ GPU. When one is lent, for minutes, this script is all there is to run. It
   4. intervention-scores --intervention-latents of them (steering and scorer LM on --device);
 
 and prints one table (step, status, seconds, result, peak memory: GPU memory in use on CUDA, the
-process tree's RSS on a CPU). Each step is a subprocess with its own time limit, capped by what is
+process tree's RSS on a CPU; vLLM reserves 90% of the GPU's memory for its KV cache by default, so
+its rows show that reservation rather than what it needs). Each step is a subprocess with its own time limit, capped by what is
 left of --budget; a step that fails prints one line and the next step runs. Table, results.json and
 one log per step go to --out. Without a CUDA GPU (and --device cuda) it exits at once, in one line.
 """
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -241,12 +243,14 @@ def step_timeout(name: str, cfg: CheckConfig, elapsed_s: float) -> float:
 
 
 def last_error_line(text: str) -> str:
-    """The line that names the problem: the CLI's `error:` line, else a traceback's last line, else
-    the last line written."""
+    """The line that names the problem: pip's `ERROR:` line (its last `error:` line is a generic
+    'subprocess-exited-with-error'), else the CLI's `error:` line, else a traceback's last line,
+    else the last line written."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:"):
-            return line
+    for prefix in ("ERROR:", "error:"):
+        for line in reversed(lines):
+            if line.startswith(prefix):
+                return line
     for line in reversed(lines):
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", line):
             return line
@@ -359,13 +363,7 @@ def install_commands(python: str, find_links: str, makefile: str, make_venv: boo
 
 def install_script(commands: list[list[str]]) -> list[str]:
     """One step that runs the commands in order and stops at the first that fails."""
-    return ["bash", "-c", "set -e\n" + "\n".join(" ".join(_quote(a) for a in c) for c in commands)]
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+    return ["bash", "-c", "set -e\n" + "\n".join(shlex.join(c) for c in commands)]
 
 
 # ---------------------------------------------------------------- comparisons
@@ -437,8 +435,8 @@ class ProbComparison:
 
     def describe(self) -> str:
         corr = "n/a" if self.corr is None else f"{self.corr:.3f}"
-        return (f"P(Yes) vLLM vs transformers on {self.n} examples: mean |diff| {self.mean_abs:.4f}, "
-                f"max {self.max_abs:.4f}, r {corr}")
+        return (f"P(Yes) vLLM vs transformers on {self.n} examples: mean |diff| {self.mean_abs:.1e}, "
+                f"max {self.max_abs:.1e}, r {corr}")
 
 
 def compare_probabilities(a: dict, b: dict, max_mean_abs: float = 0.02, max_abs: float = 0.1) -> ProbComparison:
@@ -667,13 +665,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     out = Path(cfg.out or ROOT / "data" / "gpu-check" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    python = cfg.python or (default_python() if (cfg.install or cfg.on_gpu) else sys.executable)
+    install = cfg.on_gpu if cfg.install is None else cfg.install
+    python = cfg.python or (default_python() if install or Path(default_python()).exists() else sys.executable)
     rows: list[StepResult] = []
     if record:  # this process is the re-run after the install: carry its row and elapsed time over
         saved = json.loads(Path(record).read_text())
         rows.append(StepResult(**saved["row"]))
         started -= saved["elapsed_s"]
-    elif (cfg.on_gpu if cfg.install is None else cfg.install) and "install" in cfg.steps:
+    elif install and "install" in cfg.steps:
         cmds = install_commands(python, cfg.find_links, (ROOT / "Makefile").read_text(),
                                 make_venv=not Path(python).exists())
         row = run_step("install", install_script(cmds), step_timeout("install", cfg, 0), out / "logs",

@@ -159,6 +159,8 @@ def test_last_error_line_prefers_the_cli_error_then_the_exception():
     assert gc.last_error_line("loading\nerror: --device cuda: torch sees no CUDA GPU\nbye\n") == \
         "error: --device cuda: torch sees no CUDA GPU"
     assert gc.last_error_line("just this\n\n") == "just this"
+    pip = "  ERROR: No matching distribution found for vllm\n  [end of output]\nerror: subprocess-exited-with-error\n"
+    assert gc.last_error_line(pip) == "ERROR: No matching distribution found for vllm"
     assert gc.last_error_line("") == "no output"
 
 
@@ -309,3 +311,24 @@ def test_peak_sampler_keeps_the_largest_reading():
                 break
             time.sleep(0.01)
     assert sampler.peak == 9.0
+
+
+def test_a_failed_install_is_one_line_and_the_check_goes_on_under_the_new_venv(tmp_path):
+    """The install path for real, offline: the venv is made, pip finds nothing in an empty wheel
+    folder, the step fails in one line and the script re-runs itself under the new interpreter
+    (which has no numpy: the table is still written)."""
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    out = tmp_path / "check"
+    res = _run_script(["--device", "cpu", "--install", "--python", str(venv_python), "--find-links", str(wheels),
+                       "--steps", "install", "--out", str(out)], [Path(sys.executable).parent, Path("/usr/bin"),
+                                                                  Path("/bin")])
+    assert res.returncode == 1, res.stderr
+    assert venv_python.exists()
+    line = next(x for x in res.stdout.splitlines() if "install: failed" in x)
+    assert "exit 1: ERROR: No matching distribution found for setuptools" in line
+    table = (out / "table.md").read_text()
+    assert "| install | failed |" in table
+    assert "$ bash -c" in (out / "logs" / "install.log").read_text()
+    assert "--no-index" in (out / "logs" / "install.log").read_text()
