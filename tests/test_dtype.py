@@ -4,6 +4,7 @@ machine; and every command honours the dtype it is given."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -161,3 +162,24 @@ def test_explain_score_and_steering_load_models_in_the_dtype_asked(tiny_model_di
         assert client.model.dtype == getattr(torch, dtype)
         scorer = InterventionScorer.for_run(cfg, client, RunStore(tiny_run))
         assert scorer.subject.dtype == getattr(torch, dtype)
+
+
+def test_the_intervention_scorer_steers_the_subject_on_the_device_asked(tiny_model_dir, tiny_run):
+    """--device places the steered subject too (it stayed on the CPU before). Without a GPU here,
+    cuda is checked by its one-line error: the device reached the subject's load."""
+    from autointerp.config import InterpretConfig
+    from autointerp.errors import AutointerpError
+    from autointerp.interpret import _client
+    from autointerp.intervention.scorer import InterventionScorer
+    from autointerp.store import RunStore
+
+    cfg = InterpretConfig(run=str(tiny_run), hookpoint="resid_post.2", model=str(tiny_model_dir), dtype="float32",
+                          device="cpu", n_intervention_prompts=2, prompt_tokens=8)
+    client = _client(cfg)
+    assert InterventionScorer.for_run(cfg, client, RunStore(tiny_run)).subject.device.type == "cpu"
+    if torch.cuda.is_available():
+        gpu = InterventionScorer.for_run(dataclasses.replace(cfg, device="cuda"), client, RunStore(tiny_run))
+        assert gpu.subject.device.type == "cuda"
+    else:
+        with pytest.raises(AutointerpError, match="--device cuda: torch sees no CUDA GPU"):
+            InterventionScorer.for_run(dataclasses.replace(cfg, device="cuda"), client, RunStore(tiny_run))

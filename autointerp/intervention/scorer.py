@@ -200,11 +200,14 @@ class InterventionScorer:
     @classmethod
     def for_run(cls, cfg, client, store: RunStore) -> "InterventionScorer":
         """The scorer for `autointerp score`: the subject model named in the run's manifest, steered
-        in cfg.subject_dtype; the scorer LM is the client (--model)."""
+        in cfg.subject_dtype on cfg.device (where --device puts the scorer LM too); the scorer LM is
+        the client (--model)."""
+        from autointerp.devices import resolve_device
         from autointerp.subject import load_subject
 
         icfg = InterventionConfig.from_interpret(cfg)
-        return cls(client, load_subject(store.info["model"], dtype=cfg.subject_dtype), store, cfg.hookpoint, icfg)
+        subject = load_subject(store.info["model"], dtype=cfg.subject_dtype, device=resolve_device(cfg.device))
+        return cls(client, subject, store, cfg.hookpoint, icfg)
 
     def score_latent(self, latent: int, explanations: dict[int, str]) -> tuple[dict, list[dict], list[dict]]:
         """`score` with the random explanation drawn from the set's other explanations (seeded per latent)."""
