@@ -201,7 +201,11 @@ def test_scores_carry_their_intervals_in_browse_and_on_the_latent_page(data):
         {"score_id": uuid.uuid4().hex, "hookpoint": SET, "latent": x, "scorer": "detection", "explanation": texts[x],
          "auroc": value, "auroc_lo": lo, "auroc_hi": hi, "n": 40, "n_failed": 0, "model": "m",
          "mode": "logprob-calibrated", "decision_rule": "rank: top n_activating of the test set"}
-        for x, value, lo, hi in ((narrow, 0.93, 0.8, 0.97), (wide, 0.95, 0.45, 1.0))])
+        for x, value, lo, hi in ((narrow, 0.93, 0.8, 0.97), (wide, 0.95, 0.45, 1.0))] + [
+        # an intervention score (nats, chance 0) with its t interval over the steered prompts
+        {"score_id": uuid.uuid4().hex, "hookpoint": SET, "latent": narrow, "scorer": "intervention",
+         "explanation": texts[narrow], "intervention_score": 0.4, "intervention_score_lo": -0.1,
+         "intervention_score_hi": 0.9, "target_kl": 1.0, "n": 8, "n_failed": 0}])
     at = page("pages/1_Browse.py")
     at.query_params["set"] = SET
     at.run()
@@ -210,6 +214,7 @@ def test_scores_carry_their_intervals_in_browse_and_on_the_latent_page(data):
     assert rows.loc[narrow, "detection 95% CI"] == "[0.80, 0.97]"
     assert rows.loc[wide, "detection 95% CI"] == "[0.45, 1.00] ≈ chance"
     assert rows.loc[data["latents"][3], "detection 95% CI"] == "–"  # stored before intervals
+    assert rows.loc[narrow, "intervention 95% CI"] == "[-0.10, 0.90] ≈ chance"
     at.selectbox(key="sort").select("detection").run()
     assert list(at.dataframe[0].value.latent[:2]) == [wide, narrow]
     at.selectbox(key="sort").select("detection low").run()
@@ -222,4 +227,5 @@ def test_scores_carry_their_intervals_in_browse_and_on_the_latent_page(data):
     assert not at.exception
     scores = at.dataframe[0].value.set_index("scorer")
     assert scores.loc["detection", "95% CI"] == "[0.80, 0.97]" and scores.loc["embedding", "95% CI"] == "–"
+    assert scores.loc["intervention", "95% CI"] == "[-0.10, 0.90] ≈ chance"
     assert scores.loc["detection", "decisions"].startswith("rank")
