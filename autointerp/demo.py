@@ -137,9 +137,9 @@ def launch_demo_build(cfg: DemoConfig) -> jobs.Job | None:
     if running:
         log.info("the demo build job %s is running: follow it on the app's Jobs page", running[0].id)
         return None
-    run = next((r for r in list_runs() if r["name"] == cfg.run and r.get("status") == "complete"), None)
-    if run is not None:
-        job = launch_demo_job(dataclasses.replace(cfg, background=False), RunStore(run["path"]))
+    run = run_path(cfg.run)
+    if next((r for r in list_runs(run.parent) if Path(r["path"]) == run), {}).get("status") == "complete":
+        job = launch_demo_job(dataclasses.replace(cfg, background=False), RunStore(run))
         if job is not None:
             log.info("demo run complete; explaining and scoring in the background: job %s", job.id)
         return job
