@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+# Extra flags for `autointerp demo` (e.g. DEMO_FLAGS="--tokens 100000 --first-budget-s 120").
+DEMO_FLAGS ?=
 STAMP  := $(VENV)/.installed-stamp
 
 VVENV  := .venv-vllm
@@ -36,9 +38,13 @@ models: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp models smollm2 qwen1.5b
 
 demo: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp demo $(DEMO_FLAGS)
 
-app: browser models demo
+# The app is served as soon as the install and models are ready. The demo is built behind it by a
+# background job (Jobs page, Overview): a first size that caches within --first-budget-s is
+# browsable first, the main set's first scores follow, then the run grows in place to the full size.
+app: browser models
+	HF_HUB_OFFLINE=1 $(VENV)/bin/autointerp demo --background $(DEMO_FLAGS)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/streamlit run app.py --server.headless true --server.address 127.0.0.1 \
 		--server.port $(PORT) --browser.gatherUsageStats false
 

@@ -4,6 +4,16 @@ Resume protocol: contexts are cut into parts of `part_contexts`. A part is done 
 set's part file has been renamed into place and then `progress/part-N.done` written. A restarted run
 skips done parts and rewrites the others, so a kill at any moment (Ctrl-C or kill -9) leaves
 no duplicated or missing rows. Memory is bounded by one part, whatever the number of tokens.
+
+Growing: a run is *published* (browsable) up to `n_contexts` of run.json; each set's acts.parquet
+records the contexts it covers in its Parquet metadata. Publishing merges the parts of the next
+contexts into each set's sorted file (old rows + new rows, one sort), then raises run.json's
+`n_contexts`: every visible set always covers at least what run.json says, so readers never draw
+from contexts not yet cached. So a run can be published early (`publish_after_s`: a time-budgeted
+first size) and keep growing, and a complete run asked for more tokens grows in place when its
+contexts are a prefix of the larger request (corpus.tokenize_contexts keeps that property; the
+token matrix is compared to be sure). The parts of a growth are numbered in the same grid
+(`plan` in run.json: origin, target, part_contexts), so a kill mid-growth resumes like any cache.
 """
 
 from __future__ import annotations
@@ -28,15 +38,48 @@ from autointerp.corpus import load_texts, tokenize_contexts
 from autointerp.devices import resolve_device, resolve_dtype
 from autointerp.errors import AutointerpError
 from autointerp.faults import fault_point
-from autointerp.store import (ACT_SCHEMA, TOKENS_NPY, atomic_write_bytes, atomic_write_json, finalize_latent_set,
+from autointerp.jobs import report_progress
+from autointerp.milestones import record_milestone
+from autointerp.store import (ACT_SCHEMA, TOKENS_NPY, atomic_write_bytes, atomic_write_json, publish_latent_set,
                               remove_stale_temp, run_path, write_parquet_atomic)
 from autointerp.subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
 
 WINDOW = 32
-# Settings that decide the run's content: a resumed run must match them exactly.
-_IDENTITY_KEYS = ("model", "corpus", "ctx_len", "n_contexts", "seed", "part_contexts", "coders")
+# Settings that decide the run's content: a resumed or grown run must match them exactly. The number
+# of contexts may grow (a complete run whose contexts are a prefix of the request); the part size
+# is the unit of resume, fixed while a run is caching or growing (plan), free once it is complete.
+_IDENTITY_KEYS = ("model", "corpus", "ctx_len", "seed", "coders")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The parts being cached: contexts [origin, target) in the grid of part_contexts; part p
+    covers [max(p * part_contexts, origin), min((p + 1) * part_contexts, target))."""
+
+    origin: int
+    target: int
+    part_contexts: int
+
+    @classmethod
+    def of(cls, manifest: dict) -> Plan:
+        plan = manifest.get("plan")
+        if plan:
+            return cls(int(plan["origin"]), int(plan["target"]), int(plan["part_contexts"]))
+        return cls(0, int(manifest["n_contexts"]), int(manifest["part_contexts"]))  # runs cached before plans
+
+    def parts(self) -> range:
+        return range(self.origin // self.part_contexts, -(-self.target // self.part_contexts))
+
+    def span(self, p: int) -> tuple[int, int]:
+        return max(p * self.part_contexts, self.origin), min((p + 1) * self.part_contexts, self.target)
+
+
+def published_contexts(manifest: dict) -> int:
+    """Contexts a run's readers see: all of them once complete, n_contexts while growing, none while
+    a first cache is still running."""
+    return int(manifest["n_contexts"]) if manifest.get("status") in ("complete", "growing") else 0
 
 
 def code_to_table(code, doc_ids: np.ndarray, ctx_len: int) -> pa.Table:
@@ -70,9 +113,32 @@ def _tokens_table(contexts: np.ndarray) -> pa.Table:
                      "token_id": pa.array(contexts.reshape(-1))})
 
 
+def _same_prefix(run_dir: Path, contexts: np.ndarray) -> bool:
+    """Whether the run's stored token matrix and `contexts` agree on the contexts both hold."""
+    path = run_dir / TOKENS_NPY
+    if not path.exists():
+        return True
+    stored = np.load(path, mmap_mode="r")
+    n = min(len(stored), len(contexts))
+    return stored.shape[1] == contexts.shape[1] and np.array_equal(stored[:n], contexts[:n])
+
+
+def _write_tokens(run_dir: Path, contexts: np.ndarray, tokenizer) -> None:
+    """The token matrix of every context planned (readers use the first n_contexts of it) and the
+    strings of every token in it."""
+    write_parquet_atomic(_tokens_table(contexts), run_dir / "tokens.parquet")
+    write_parquet_atomic(_token_strings(tokenizer, contexts), run_dir / "token_strings.parquet")
+    buf = io.BytesIO()  # the same matrix, memory-mapped by readers; written last: readers key on it
+    np.save(buf, np.ascontiguousarray(contexts, dtype=np.int32))
+    atomic_write_bytes(run_dir / TOKENS_NPY, buf.getvalue())
+
+
 def _prepare_run(run_dir: Path, manifest: dict, contexts: np.ndarray, tokenizer) -> dict:
-    """Create the run's manifest and token files, or check an existing run matches the request."""
+    """Create the run's manifest and token files, or check an existing run matches the request:
+    resume it, or grow a complete run whose contexts are a prefix of the request."""
     existing_file = run_dir / "run.json"
+    target = len(contexts)
+    plan = Plan(0, target, manifest["part_contexts"])
     if existing_file.exists():
         existing = json.loads(existing_file.read_text())
         diff = [k for k in _IDENTITY_KEYS if existing.get(k) != manifest.get(k)]
@@ -80,27 +146,49 @@ def _prepare_run(run_dir: Path, manifest: dict, contexts: np.ndarray, tokenizer)
             raise AutointerpError(
                 f"run {run_dir} already exists with different {', '.join(diff)}: choose a new --run name "
                 f"or delete {run_dir}")
-        manifest = {**manifest, **{k: existing[k] for k in ("created", "status") if k in existing}}
+        status, have = existing.get("status"), int(existing["n_contexts"])
+        ctx_len = manifest["ctx_len"]
+        if status == "complete" and target < have:
+            raise AutointerpError(f"run {run_dir} holds {have * ctx_len} tokens, more than the {target * ctx_len} "
+                                  f"asked for: a run only grows; ask for at least {have * ctx_len} or choose a new "
+                                  f"--run name")
+        if status != "complete":  # caching or growing: the plan it started is kept until it completes
+            old = Plan.of(existing)
+            if (old.target, old.part_contexts) != (target, plan.part_contexts):
+                raise AutointerpError(
+                    f"run {run_dir} is being cached to {old.target * ctx_len} tokens in parts of {old.part_contexts} "
+                    f"contexts: finish it with --tokens {old.target * ctx_len} --part-contexts {old.part_contexts} "
+                    f"(it can grow once complete), or choose a new --run name")
+            plan = old
+        if not _same_prefix(run_dir, contexts):
+            raise AutointerpError(f"the corpus no longer tokenizes into the contexts run {run_dir} was cached on "
+                                  f"(another tokenizer or corpus file): choose a new --run name or delete {run_dir}")
+        growing = status == "complete" and target > have
+        if growing:
+            plan = Plan(have, target, plan.part_contexts)
+            log.info("run %s grows from %d to %d tokens: only the new contexts are cached", run_dir.name,
+                     have * ctx_len, target * ctx_len)
+        keep = ("created", "status", "n_contexts", "n_tokens", "stream_stats")
+        manifest = {**manifest, **{k: existing[k] for k in keep if k in existing}}
         for key in ("dtype", "coder_dtype"):  # a resume in another dtype: both are named, in order
             before = existing.get(key)
-            if before and existing.get("status") != "complete" and manifest[key] not in before.split(" then "):
+            if before and (status != "complete" or growing) and manifest[key] not in before.split(" then "):
                 log.warning("run %s was cached in %s %s; its remaining parts are cached in %s", run_dir, key,
                             before, manifest[key])
                 manifest[key] = f"{before} then {manifest[key]}"
             elif before:
                 manifest[key] = before
+        if growing:
+            manifest["status"] = "growing"
     else:
         manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         manifest["status"] = "caching"
+    if manifest["status"] != "complete":
+        manifest["plan"] = asdict(plan)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "tokens.parquet").exists():
-        write_parquet_atomic(_tokens_table(contexts), run_dir / "tokens.parquet")
-    if not (run_dir / TOKENS_NPY).exists():  # the same matrix, memory-mapped by readers
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(contexts, dtype=np.int32))
-        atomic_write_bytes(run_dir / TOKENS_NPY, buf.getvalue())
-    if not (run_dir / "token_strings.parquet").exists():
-        write_parquet_atomic(_token_strings(tokenizer, contexts), run_dir / "token_strings.parquet")
+    names = (TOKENS_NPY, "tokens.parquet", "token_strings.parquet")
+    if not all((run_dir / n).exists() for n in names) or len(np.load(run_dir / TOKENS_NPY, mmap_mode="r")) != target:
+        _write_tokens(run_dir, contexts, tokenizer)
     atomic_write_json(run_dir / "run.json", manifest)
     return manifest
 
@@ -118,22 +206,36 @@ class CacheJob:
     manifest: dict
 
     @property
-    def n_parts(self) -> int:
-        return -(-len(self.contexts) // self.cfg.part_contexts)
+    def plan(self) -> Plan:
+        return Plan.of(self.manifest)
 
     def part_tokens(self, p: int) -> int:
-        """Tokens cached by part p (the last part may be short)."""
-        return min(self.cfg.part_contexts, len(self.contexts) - p * self.cfg.part_contexts) * self.cfg.ctx_len
+        """Tokens cached by part p (the first part of a growth and the last part may be short)."""
+        lo, hi = self.plan.span(p)
+        return (hi - lo) * self.cfg.ctx_len
+
+    def done(self, p: int) -> bool:
+        """A part is done once its .done marker is written, or once it is published."""
+        return (self.run_dir / "progress" / f"part-{p:05d}.done").exists() or \
+            self.plan.span(p)[1] <= published_contexts(self.manifest)
 
     def todo(self) -> list[int]:
-        """Parts not yet done (a part is done once its .done marker is written)."""
-        progress = self.run_dir / "progress"
-        return [p for p in range(self.n_parts) if not (progress / f"part-{p:05d}.done").exists()]
+        """Parts not yet done."""
+        return [p for p in self.plan.parts() if not self.done(p)]
+
+    def done_prefix(self) -> int:
+        """Contexts cached without a gap from the start: what could be published now."""
+        end = self.plan.origin
+        for p in self.plan.parts():
+            if not self.done(p):
+                break
+            end = self.plan.span(p)[1]
+        return max(end, published_contexts(self.manifest))
 
     def compute_part(self, p: int, on_batch=None) -> dict[str, list[pa.Table]]:
         """Part p's activations, as tables per latent set (nothing written)."""
         cfg, hookpoints = self.cfg, sorted({c.hookpoint for c in self.coders})
-        lo, hi = p * cfg.part_contexts, min(len(self.contexts), (p + 1) * cfg.part_contexts)
+        lo, hi = self.plan.span(p)
         tables: dict[str, list[pa.Table]] = {n: [] for n in self.names}
         for start in range(lo, hi, cfg.batch_contexts):
             stop = min(hi, start + cfg.batch_contexts)
@@ -194,7 +296,9 @@ def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool =
 
 def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     """Cache every coder's activations over the corpus into the run folder; resumable. With
-    cfg.ray the parts are spread over a Ray cluster (distributed.py)."""
+    cfg.publish_after_s >= 0 the run is published (browsable) once that much caching time has
+    passed and keeps growing (or, with cfg.stop_when_browsable, returns there). With cfg.ray the
+    parts are spread over a Ray cluster (distributed.py)."""
     if cfg.ray:
         from autointerp.distributed import cache_distributed
 
@@ -203,21 +307,41 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     if job.manifest.get("status") == "complete":
         log.info("run %s is already complete", job.run_dir)
         return job.run_dir
-    todo, total = job.todo(), job.manifest["n_tokens"]
-    bar = tqdm(total=total, initial=total - sum(job.part_tokens(p) for p in todo), unit="tok", unit_scale=True,
-               desc=f"cache {job.run_dir.name}", smoothing=0.1)
+    if cfg.stop_when_browsable and published_contexts(job.manifest):
+        log.info("run %s is browsable (%d tokens); it grows in a later call", job.run_dir,
+                 job.manifest["n_tokens"])
+        return job.run_dir
+    todo, total = job.todo(), job.plan.target * cfg.ctx_len
+    initial = total - sum(job.part_tokens(p) for p in todo)
+    bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=f"cache {job.run_dir.name}",
+               smoothing=0.1)
+    report_progress(initial, total, unit="token", initial=initial)
+
+    def on_batch(n: int) -> None:
+        bar.update(n)
+        report_progress(bar.n, total, unit="token", initial=initial)
+
     # Parquet writing runs in a thread (pyarrow releases the GIL) while the next part computes.
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     pending: concurrent.futures.Future | None = None
     t_start, n_new = time.perf_counter(), 0
     try:
-        for p in todo:
-            tables = job.compute_part(p, on_batch=bar.update)
+        for i, p in enumerate(todo):
+            tables = job.compute_part(p, on_batch=on_batch)
             n_new += job.part_tokens(p)
             if pending is not None:
                 pending.result()
                 fault_point("cache-part-written")
             pending = writer.submit(_write_part, job.run_dir, job.names, tables, p)
+            due = 0 <= cfg.publish_after_s <= time.perf_counter() - t_start
+            if due and not published_contexts(job.manifest) and i < len(todo) - 1:
+                pending.result()
+                fault_point("cache-part-written")
+                pending = None
+                publish(job.run_dir, job.manifest, job.done_prefix(), cfg.histogram_bins)
+                fault_point("cache-published")
+                if cfg.stop_when_browsable:
+                    return job.run_dir
         if pending is not None:
             pending.result()
             fault_point("cache-part-written")
@@ -228,21 +352,43 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
 
 
 def finish_cache(run_dir: Path, manifest: dict, n_new: int, stream_s: float, histogram_bins: int) -> Path:
-    """Once every part is done: sort each latent set, compute its latent table, mark the run
-    complete. Needs no model: everything comes from the manifest."""
+    """Once every part is done: publish the whole plan (each set sorted, its latent table
+    computed) and mark the run complete. Needs no model: everything comes from the manifest."""
     manifest["stream_stats"] = {"tokens": n_new, "seconds": round(stream_s, 2),
                                 "tok_per_s": round(n_new / stream_s) if n_new else None}
-    for name, coder in manifest["coders"].items():
-        set_dir = run_dir / "acts" / name
-        if not (set_dir / "latents.parquet").exists():
-            log.info("finalizing %s", name)
-            finalize_latent_set(run_dir, name, coder["n_latents"], manifest["n_tokens"], histogram_bins)
-        shutil.rmtree(set_dir / "parts", ignore_errors=True)
-    shutil.rmtree(run_dir / ".duckdb-tmp", ignore_errors=True)
-    manifest["status"] = "complete"
-    atomic_write_json(run_dir / "run.json", manifest)
-    shutil.rmtree(run_dir / "progress", ignore_errors=True)
+    publish(run_dir, manifest, Plan.of(manifest).target, histogram_bins)
     return run_dir
+
+
+def publish(run_dir: Path, manifest: dict, n_contexts: int, histogram_bins: int) -> dict:
+    """Make the first n_contexts contexts browsable: merge each set's parts up to there into its
+    sorted acts.parquet and latent table, then raise run.json's n_contexts (complete once the whole
+    plan is published). Every step can be killed and run again: a set records the contexts its
+    files cover, so a set already merged is skipped."""
+    plan, ctx_len = Plan.of(manifest), manifest["ctx_len"]
+    was = published_contexts(manifest)
+    if manifest.get("status") == "caching" and n_contexts < plan.target:
+        # the first, partial publish: lower the published size before any set appears
+        manifest.update(status="growing", n_contexts=n_contexts, n_tokens=n_contexts * ctx_len)
+        atomic_write_json(run_dir / "run.json", manifest)
+    spans = {p: plan.span(p) for p in plan.parts()}
+    for name, coder in manifest["coders"].items():
+        publish_latent_set(run_dir, name, coder["n_latents"], n_contexts, ctx_len, spans, histogram_bins)
+    complete = n_contexts >= plan.target
+    manifest.update(n_contexts=n_contexts, n_tokens=n_contexts * ctx_len, status="complete" if complete else "growing")
+    if complete:
+        manifest.pop("plan", None)
+    atomic_write_json(run_dir / "run.json", manifest)
+    if complete:
+        for name in manifest["coders"]:
+            shutil.rmtree(run_dir / "acts" / name / "parts", ignore_errors=True)
+        shutil.rmtree(run_dir / "progress", ignore_errors=True)
+    shutil.rmtree(run_dir / ".duckdb-tmp", ignore_errors=True)
+    event = "run browsable" if not was else "run grown"
+    record_milestone(run_dir, event, n_tokens=n_contexts * ctx_len, complete=complete)
+    log.info("run %s: %d tokens %s%s", run_dir.name, n_contexts * ctx_len, "published" if not was else "now",
+             "" if complete else f" (growing to {plan.target * ctx_len})")
+    return manifest
 
 
 def _write_part(run_dir: Path, names: list[str], tables: dict[str, list[pa.Table]], p: int) -> None:

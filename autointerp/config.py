@@ -53,7 +53,12 @@ class CacheConfig:
     tokens: int = _help("tokens to cache", default=500_000)
     ctx_len: int = _help("corpus tokens per context (a BOS token is prepended and never cached)", default=64)
     batch_contexts: int = _help("contexts per forward pass", default=64)
-    part_contexts: int = _help("contexts per Parquet part (the unit of resume)", default=1024)
+    part_contexts: int = _help("contexts per Parquet part (the unit of resume, and of publishing early)", default=1024)
+    publish_after_s: float = _help("publish the run (browsable in the app) once this many seconds of caching have "
+                                   "passed, then keep caching and grow it in place (-1: publish when complete)",
+                                   default=-1.0)
+    stop_when_browsable: bool = _help("return once the run is published (browsable), leaving the rest for a later "
+                                      "call with the same settings, which grows it", default=False)
     seed: int = _help("seed of the corpus shuffle", default=0)
     histogram_bins: int = _help("bins of each latent's activation histogram", default=20)
     device: str = _help("where the subject and coders run: auto (a CUDA GPU when torch sees one), cpu, cuda, "
@@ -71,7 +76,18 @@ class CacheConfig:
 @dataclass
 class DemoConfig:
     run: str = _help("name of the demo run under data/runs/", default="demo")
-    tokens: int = _help("tokens to cache (the demo's size; ~20 min at 500k on 2 cores)", default=500_000)
+    tokens: int = _help("tokens to cache (the demo's full size)", default=500_000)
+    first_budget_s: float = _help("seconds of caching before the run is first published (browsable): on a slow CPU "
+                                  "that is a part of --tokens and the rest is cached after, growing the same run in "
+                                  "place (-1: publish only the full size)", default=300.0)
+    part_contexts: int = _help("contexts (of 64 tokens) per cache part: the unit of resume and of the first size",
+                               default=128)
+    stage: str = _help("what to build: all (everything, then launch the explain/score job), first (until the run is "
+                       "browsable), grow (the rest, then launch the explain/score job)", default="all")
+    background: bool = _help("launch the build as a background job (first size, first scores, growth) and return at "
+                             "once: what `make app` does before serving the app", default=False)
+    first_scores: int = _help("with --background: latents of the main residual set explained and scored as soon as "
+                              "the run is browsable, before it grows (0: none)", default=2)
     train_tokens: int = _help("tokens each demo SAE trains on", default=300_000)
     epochs: int = _help("passes over the training tokens", default=3)
     n_latents: int = _help("latents per SAE", default=4096)

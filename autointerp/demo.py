@@ -5,6 +5,12 @@ when their folders exist) -> cache them plus a top-k neuron baseline over the Wi
 (resumes or returns at once when complete) -> launch a background job that explains and scores
 a few random latents of every latent set (skipped when they have scores or the job is running),
 so the app is browsable at once and its score views fill in over minutes.
+
+The cache is published (browsable) after `first_budget_s` of caching, whatever the CPU's speed,
+and then grows in place to the full size. `--background` (what `make app` runs before serving the
+app) launches all of it as one job, "demo: build": the first size (`--stage first`), the first
+scores of the main set (`first_scores` latents, so a scored latent appears before the growth),
+then the growth (`--stage grow`), which ends by launching the explain/score job.
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ import logging
 import time
 from pathlib import Path
 
+import dataclasses
+
 from autointerp import jobs
-from autointerp.cache import cache_run
 from autointerp.config import AnalyzeConfig, CacheConfig, DemoConfig, InterpretConfig, TrainConfig
+from autointerp.errors import AutointerpError
 from autointerp.paths import data_dir
-from autointerp.store import RunStore
-from autointerp.subject import load_subject
-from autointerp.train import train_saes
+from autointerp.store import RunStore, list_runs, run_path
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,20 @@ def demo_sae_dir(cfg: DemoConfig) -> Path:
     return data_dir() / "saes" / f"smollm2-{cfg.n_latents}x{cfg.k}"
 
 
+STAGES = ("all", "first", "grow")
+DEMO_BUILD_TITLE = "demo: build"
+
+
 def run_demo(cfg: DemoConfig) -> Path:
+    if cfg.stage not in STAGES:
+        raise AutointerpError(f"unknown --stage {cfg.stage!r}: choose one of {', '.join(STAGES)}")
+    if cfg.background:
+        launch_demo_build(cfg)
+        return run_path(cfg.run)
+    from autointerp.cache import cache_run
+    from autointerp.subject import load_subject
+    from autointerp.train import train_saes
+
     t0 = time.time()
     log.info("[1/3] subject model SmolLM2-135M-Instruct")
     subject = load_subject("smollm2", cfg.dtype)
@@ -44,8 +63,13 @@ def run_demo(cfg: DemoConfig) -> Path:
     log.info("[3/3] activation cache over %d tokens", cfg.tokens)
     coders = [f"sae:{sae_dir / hp}" for hp in hookpoints] + baseline_coders(cfg)
     run_dir = cache_run(CacheConfig(run=cfg.run, model="smollm2", coders=coders, tokens=cfg.tokens, dtype=cfg.dtype,
-                                    coder_dtype=cfg.dtype),
+                                    coder_dtype=cfg.dtype, part_contexts=cfg.part_contexts,
+                                    publish_after_s=cfg.first_budget_s if cfg.stage != "grow" else -1.0,
+                                    stop_when_browsable=cfg.stage == "first"),
                         subject=subject)
+    if cfg.stage == "first":
+        log.info("demo browsable in %.0f s: %s", time.time() - t0, run_dir)
+        return run_dir
     log.info("demo ready in %.0f s: %s", time.time() - t0, run_dir)
     job = launch_demo_job(cfg, RunStore(run_dir))
     if job is not None:
@@ -84,6 +108,47 @@ def coder_study_sets(cfg: DemoConfig, store: RunStore) -> list[str]:
 DEMO_JOB_TITLE = "demo: explain + score"
 
 
+def main_set(cfg: DemoConfig) -> str | None:
+    """The residual-stream SAE set the demo validates: the middle layer's (.15) when it has one."""
+    residual = sorted((h for h in cfg.hookpoints if h.startswith("resid_post.")), key=lambda s: (".15" not in s, s))
+    return residual[0] if residual else None
+
+
+def build_steps(cfg: DemoConfig) -> list[tuple[str, list[str]]]:
+    """The build job's CLI steps: the first size, the main set's first scores, the growth."""
+    def demo(stage: str) -> tuple[str, list[str]]:
+        return "demo", jobs.config_args(dataclasses.replace(cfg, background=False, stage=stage))
+
+    steps = [demo("first")]
+    main = main_set(cfg)
+    if cfg.interpret > 0 and cfg.first_scores > 0 and main is not None:
+        args = jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=main, random=cfg.first_scores,
+                                                   model=cfg.interpret_model, dtype=cfg.dtype, chunk=1,
+                                                   scorers=list(cfg.interpret_scorers)))
+        steps += [("explain", args), ("score", args)]
+    return steps + [demo("grow")]
+
+
+def launch_demo_build(cfg: DemoConfig) -> jobs.Job | None:
+    """Launch the demo's build as a background job and return at once (what `make app` does before
+    it serves the app). A complete demo run only gets its explain/score job (when some set still
+    lacks scores); nothing is launched while a build job runs."""
+    running = [j for j in jobs.list_jobs() if j.title == DEMO_BUILD_TITLE and j.state == "running"]
+    if running:
+        log.info("the demo build job %s is running: follow it on the app's Jobs page", running[0].id)
+        return None
+    run = run_path(cfg.run)
+    if next((r for r in list_runs(run.parent) if Path(r["path"]) == run), {}).get("status") == "complete":
+        job = launch_demo_job(dataclasses.replace(cfg, background=False), RunStore(run))
+        if job is not None:
+            log.info("demo run complete; explaining and scoring in the background: job %s", job.id)
+        return job
+    job = jobs.launch_steps(build_steps(cfg), DEMO_BUILD_TITLE)
+    log.info("building the demo in the background: job %s (the app's Jobs page and Overview show its progress; "
+             "log %s)", job.id, job.log_path)
+    return job
+
+
 def launch_demo_job(cfg: DemoConfig, store: RunStore) -> jobs.Job | None:
     """One job: explain then score `cfg.interpret` random latents of each set, the SAE sets of
     the middle layer first. None when disabled, already running, or every set has scores."""
@@ -104,18 +169,27 @@ def demo_steps(cfg: DemoConfig, store: RunStore) -> list[tuple[str, list[str]]]:
     4. the small studies: sampling strategies, SAE vs neurons (on the coders run), overlap with
        explanations. A job stops at its first failing step, so what the app already relies on
        (scores, validity) comes before the studies."""
-    scored = set(store.scores().hookpoint)
     # sets cached only for a study are explained by that study, not one by one here
     studied = {*cfg.overlap_hookpoints, f"{cfg.neuron_baseline}-neurons",
                f"mlp_out.{cfg.neuron_baseline.rpartition('.')[2]}-random"}
-    sets = sorted((s for s in store.hookpoints() if s not in scored and s not in studied),
-                  key=lambda s: (".15" not in s, s))
+    candidates = sorted((s for s in store.hookpoints() if s not in studied), key=lambda s: (".15" not in s, s))
+    first_residual = next((s for s in candidates if s.startswith("resid_post.")), None)
 
-    main_set = next((s for s in sets if s.startswith("resid_post.")), None)
+    def wanted(s: str) -> int:
+        # the validated set is explained and scored on enough latents for a validity verdict
+        return max(cfg.interpret, cfg.validate) if s == first_residual and cfg.validate > 0 else cfg.interpret
+
+    # a set is done once that many of its latents are scored or failed to explain (the build's
+    # first scores are only a start on the main set)
+    scores, expl = store.scores(), store.explanations()
+    failed = expl[expl.explanation.isna()] if len(expl) else expl
+    done = {s: len(set(scores.latent[scores.hookpoint == s]) | set(failed.latent[failed.hookpoint == s]))
+            for s in candidates}
+    sets = [s for s in candidates if done[s] < wanted(s)]
+    main_set = first_residual if first_residual in sets else None
 
     def args(s: str, scorers: list[str] | None = None) -> list[str]:
-        # the validated set is explained and scored on enough latents for a validity verdict
-        n = max(cfg.interpret, cfg.validate) if s == main_set and cfg.validate > 0 else cfg.interpret
+        n = wanted(s)
         return jobs.interpret_args(InterpretConfig(run=cfg.run, hookpoint=s, random=n,
                                                    model=cfg.interpret_model, dtype=cfg.dtype,
                                                    scorers=list(scorers or cfg.interpret_scorers)))

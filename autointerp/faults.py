@@ -1,13 +1,14 @@
 """Deterministic fault injection for the crash-safety tests.
 
 `AUTOINTERP_FAULT=POINT:N:SIGNAL` (e.g. `cache-part-written:3:KILL`) makes the process send itself
-SIGNAL (KILL or INT) the N-th time it passes the named point, so a test kills a real run at an
+SIGNAL (KILL or INT; STOP pauses it until a test sends SIGCONT) the N-th time it passes the named point, so a test kills a real run at an
 exact place instead of racing the clock. Several specs may be given, comma-separated (a Ray worker
 node started with them dies at whichever it reaches). Unset (always, outside tests) it costs one
 dict lookup.
 
 Points:
   cache-part-written      after a cache part's files and its .done marker are in place
+  cache-published         after a run's first partial publish (browsable, not yet grown)
   explain-chunk-written   after an explain chunk's explanations part is written
   score-between-writes    after a score chunk's decisions (and intervention) parts, before its scores part
   score-chunk-written     after a score chunk's scores part
@@ -24,9 +25,9 @@ from collections import Counter
 from autointerp.errors import AutointerpError
 
 FAULT_ENV = "AUTOINTERP_FAULT"
-POINTS = ("cache-part-written", "explain-chunk-written", "score-between-writes", "score-chunk-written",
+POINTS = ("cache-part-written", "cache-published", "explain-chunk-written", "score-between-writes", "score-chunk-written",
           "mid-write", "worker-chunk-done")
-_SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}
+_SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "STOP": signal.SIGSTOP}
 _passes: Counter = Counter()
 
 
@@ -37,7 +38,7 @@ def _parse(spec: str) -> tuple[str, int, signal.Signals]:
             raise ValueError
         return point, int(n), _SIGNALS[sig]
     except ValueError:
-        raise AutointerpError(f"{FAULT_ENV}={spec!r} is malformed: use POINT:N:KILL|INT with POINT one of "
+        raise AutointerpError(f"{FAULT_ENV}={spec!r} is malformed: use POINT:N:KILL|INT|STOP with POINT one of "
                               f"{', '.join(POINTS)}") from None
 
 

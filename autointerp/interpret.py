@@ -23,6 +23,7 @@ from autointerp.intervention.output import OutputExplainer
 from autointerp.intervention.scorer import InterventionConfig, InterventionScorer
 from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.jobs import report_progress
+from autointerp.milestones import record_milestone
 from autointerp.llm import make_client
 from autointerp.llm.base import LLMConfig
 from autointerp.metrics import INTERVAL_KEYS
@@ -292,6 +293,10 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
             fault_point("score-between-writes")
             append_results(store.run_dir, "scores", part["scores"])
             fault_point("score-chunk-written")
+            good = [r for r in part["scores"] if not r.get("error")]
+            if good:
+                record_milestone(store.run_dir, "first score", once=True, hookpoint=cfg.hookpoint,
+                                 latent=int(good[0]["latent"]), scorer=good[0]["scorer"])
             rows.extend(part["scores"])
             n_failed += len({r["latent"] for r in part["scores"] if r.get("error")})
             bar.update(len(unit[0]))

@@ -181,13 +181,21 @@ class Job:
         return (self.finished or time.time()) - self.created
 
     @property
+    def rate(self) -> float | None:
+        """Units per second of the current step so far (None until one unit is done)."""
+        p = self.progress
+        new = p["done"] - p.get("initial", 0) if p else 0
+        if new <= 0 or p["updated"] <= p["started"]:
+            return None
+        return new / (p["updated"] - p["started"])
+
+    @property
     def eta_s(self) -> float | None:
         """Seconds left in the current step, from its rate so far (None until one unit is done)."""
-        p = self.progress
-        if self.state != "running" or not p or not p["done"] or p["done"] >= p["total"]:
+        p, rate = self.progress, self.rate
+        if self.state != "running" or not p or rate is None or p["done"] >= p["total"]:
             return None
-        per_unit = (p["updated"] - p["started"]) / p["done"]
-        return max(0.0, per_unit * (p["total"] - p["done"]) - (time.time() - p["updated"]))
+        return max(0.0, (p["total"] - p["done"]) / rate - (time.time() - p["updated"]))
 
     def log_tail(self, n_lines: int = 20) -> list[str]:
         """The last lines of the log as a terminal shows them (a tqdm bar's \\r redraws collapsed)."""
@@ -342,9 +350,10 @@ _failed_by_step: dict[int, int] = {}
 _terminated = False
 
 
-def report_progress(done: int, total: int, unit: str = "latent", failed: int = 0) -> None:
-    """Called by the pipeline after each unit of work; a no-op outside a job. `done == 0` marks the
-    start of the timed work (after model loading), which is what the ETA's rate is measured from.
+def report_progress(done: int, total: int, unit: str = "latent", failed: int = 0, initial: int = 0) -> None:
+    """Called by the pipeline after each unit of work; a no-op outside a job. `done == initial`
+    marks the start of the timed work (after model loading), which is what the rate and the ETA are
+    measured from; `initial` counts units done before (a resumed or growing cache).
     `failed` counts this step's units that could not be done (e.g. unparseable explanations); the
     job's total over all steps is kept in progress.json too."""
     job_dir = os.environ.get(JOB_DIR_ENV)
@@ -352,13 +361,13 @@ def report_progress(done: int, total: int, unit: str = "latent", failed: int = 0
         return
     global _progress_started
     now = time.time()
-    if done == 0 or _progress_started is None:
+    if done == initial or _progress_started is None:
         _progress_started = now
     _failed_by_step[_step[0]] = int(failed)
     try:
         _atomic_json(Path(job_dir) / "progress.json",
                      {"done": int(done), "total": int(total), "unit": unit, "updated": now,
-                      "started": _progress_started, "step": _step[0], "n_steps": _step[1],
+                      "started": _progress_started, "initial": int(initial), "step": _step[0], "n_steps": _step[1],
                       "failed": int(failed), "failed_total": sum(_failed_by_step.values())})
     except OSError as e:  # progress is advisory: never let it break the work
         log.warning("could not write job progress: %s", e)

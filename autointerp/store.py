@@ -126,27 +126,70 @@ def _connect(memory_limit: str = "2GB", temp_dir: Path | None = None) -> duckdb.
     return con
 
 
-def finalize_latent_set(run_dir: Path, name: str, n_latents: int, n_tokens: int, bins: int = 20,
-                        memory_limit: str = "2GB") -> None:
-    """Sort a set's parts into acts.parquet by (latent, value desc), then compute latents.parquet.
-    DuckDB sorts out of core within memory_limit, so peak RAM does not grow with the run."""
-    set_dir = run_dir / "acts" / name
-    parts = str(set_dir / "parts" / "part-*.parquet")
-    con = _connect(memory_limit, temp_dir=run_dir / ".duckdb-tmp")
+CONTEXTS_KEY = "autointerp_contexts"  # Parquet metadata of acts/latents files: the contexts they cover
+
+
+def covered_contexts(path: Path) -> int | None:
+    """The contexts a set's acts.parquet or latents.parquet covers (None: no file, or one written
+    before files recorded it)."""
     try:
-        tmp = set_dir / ".tmp-acts.parquet"
-        con.execute(
-            f"COPY (SELECT latent, doc_id, pos, value FROM read_parquet('{parts}') "
-            f"ORDER BY latent, value DESC, doc_id, pos) TO '{tmp}' "
-            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
-        os.replace(tmp, set_dir / "acts.parquet")
-    finally:
-        con.close()
-    write_latent_stats(set_dir, n_latents, n_tokens, bins, memory_limit)
+        meta = pq.read_metadata(path).metadata or {}
+    except FileNotFoundError:
+        return None
+    value = meta.get(CONTEXTS_KEY.encode())
+    return int(value) if value is not None else None
+
+
+def publish_latent_set(run_dir: Path, name: str, n_latents: int, n_contexts: int, ctx_len: int,
+                       spans: dict[int, tuple[int, int]], bins: int = 20, memory_limit: str = "2GB") -> None:
+    """Make a set's sorted acts.parquet and latents.parquet cover contexts [0, n_contexts): the rows
+    it already has plus those of its parts (spans: part -> its contexts [lo, hi)) up to there, sorted
+    by (latent, value desc) in one out-of-core DuckDB sort, so peak RAM does not grow with the run.
+    Idempotent: each file records the contexts it covers. Parts merged are removed."""
+    set_dir = run_dir / "acts" / name
+    acts = set_dir / "acts.parquet"
+    have = covered_contexts(acts)
+    if have is None and acts.exists():  # a set finalised before files recorded their coverage
+        have = int(json.loads((run_dir / "run.json").read_text())["n_contexts"])
+    have = have or 0
+    if have > n_contexts:
+        raise AutointerpError(f"{acts} covers {have} contexts, more than the {n_contexts} being published: delete "
+                              f"the run folder and cache it again")
+    parts_dir = set_dir / "parts"
+    if have < n_contexts:
+        needed = [p for p, (lo, hi) in spans.items() if lo < n_contexts and hi > have]
+        missing = [p for p in needed if not (parts_dir / f"part-{p:05d}.parquet").exists()]
+        if missing:
+            raise AutointerpError(f"{parts_dir} lacks parts {missing[:5]} of contexts it must publish: delete the "
+                                  f"progress/part-*.done markers of those parts and run the cache again")
+        files = [str(parts_dir / f"part-{p:05d}.parquet") for p in needed]
+        old = (f"SELECT latent, doc_id, pos, value FROM read_parquet('{acts}') WHERE doc_id < {have} UNION ALL "
+               if have else "")
+        con = _connect(memory_limit, temp_dir=run_dir / ".duckdb-tmp")
+        try:
+            tmp = set_dir / f"{_tmp_prefix()}acts.parquet"
+            con.execute(
+                f"COPY ({old}SELECT latent, doc_id, pos, value FROM read_parquet({files}) "
+                f"WHERE doc_id >= {have} AND doc_id < {n_contexts} "
+                f"ORDER BY latent, value DESC, doc_id, pos) TO '{tmp}' "
+                f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, "
+                f"KV_METADATA {{{CONTEXTS_KEY}: '{n_contexts}'}})")
+            fault_point("mid-write")
+            os.replace(tmp, acts)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            con.close()
+    if covered_contexts(set_dir / "latents.parquet") != n_contexts:
+        write_latent_stats(set_dir, n_latents, n_contexts * ctx_len, bins, memory_limit, n_contexts)
+    for p, (lo, hi) in spans.items():  # merged: no longer needed
+        if hi <= n_contexts:
+            (parts_dir / f"part-{p:05d}.parquet").unlink(missing_ok=True)
 
 
 def write_latent_stats(set_dir: Path, n_latents: int, n_tokens: int, bins: int = 20,
-                       memory_limit: str = "2GB") -> None:
+                       memory_limit: str = "2GB", n_contexts: int | None = None) -> None:
     """latents.parquet from a sorted acts.parquet: one row per latent id (silent ones included)
     with count, frequency, max/min/mean and a histogram of its activations."""
     acts = str(set_dir / "acts.parquet")
@@ -175,7 +218,10 @@ def write_latent_stats(set_dir: Path, n_latents: int, n_tokens: int, bins: int =
     stats["hist_lo"] = np.minimum(stats["min_act"].to_numpy(), 0).astype(np.float32)
     stats["hist_hi"] = stats["max_act"].astype(np.float32)
     stats["histogram"] = list(counts)
-    write_parquet_atomic(pa.Table.from_pandas(stats, preserve_index=False), set_dir / "latents.parquet")
+    table = pa.Table.from_pandas(stats, preserve_index=False)
+    if n_contexts is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), CONTEXTS_KEY: str(n_contexts)})
+    write_parquet_atomic(table, set_dir / "latents.parquet")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,6 +603,10 @@ class ResultsMixin:
         """Result parts that every query skips because they do not read (shown by the app)."""
         return corrupt_result_parts(self.run_dir)
 
+    def version(self) -> tuple:
+        """Changes whenever results land or the run grows (for caches of what pages show)."""
+        return self.results_version(), self._signature
+
     def results_version(self) -> float:
         """Changes whenever a results part lands (for caches that must see new results)."""
         parts = list((self.run_dir / "results").glob("*/part-*.parquet"))
@@ -597,24 +647,53 @@ class RunStore(ResultsMixin):
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        manifest = self.run_dir / "run.json"
-        if not manifest.exists():
-            raise AutointerpError(f"no run at {self.run_dir}: run `autointerp cache` or `autointerp demo` first")
-        try:
-            self.info = json.loads(manifest.read_text())
-        except json.JSONDecodeError as e:
-            raise AutointerpError(f"{manifest} is corrupt ({e.msg}): delete the run folder and cache it again") from e
-        self.window = int(self.info.get("window", 32))
         self._lock = threading.Lock()
-        self._con = _connect("1GB")
-        self._tokens: np.ndarray | None = None
-        self._strings: dict[int, str] | None = None
+        self._con = None
+        self._signature: tuple | None = None
         self.refresh()
 
     # -- setup ---------------------------------------------------------------------------------
 
+    def _read_info(self) -> dict:
+        manifest = self.run_dir / "run.json"
+        if not manifest.exists():
+            raise AutointerpError(f"no run at {self.run_dir}: run `autointerp cache` or `autointerp demo` first")
+        try:
+            return json.loads(manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise AutointerpError(f"{manifest} is corrupt ({e.msg}): delete the run folder and cache it again") from e
+
+    def _files_signature(self) -> tuple:
+        """What changes when the run is published further (grown) or its token files rewritten."""
+        files = [self.run_dir / "run.json", self.run_dir / TOKENS_NPY, self.run_dir / "token_strings.parquet",
+                 *sorted((self.run_dir / "acts").glob("*/acts.parquet")),
+                 *sorted((self.run_dir / "acts").glob("*/latents.parquet"))]
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+                out.append((f.name, f.parent.name, st.st_mtime_ns, st.st_size, st.st_ino))
+            except FileNotFoundError:
+                continue
+        return tuple(out)
+
     def refresh(self) -> None:
-        """Pick up latent sets finalized since the store was opened."""
+        """Pick up latent sets finalized since the store was opened, and a run that grew: when its
+        files changed, the manifest, token matrix and strings are read again and the DuckDB
+        connection (whose Parquet metadata cache knows the old files) is opened anew."""
+        signature = self._files_signature()
+        if signature != self._signature:
+            info = self._read_info()
+            con = _connect("1GB")
+            with self._lock:
+                old, self._con = self._con, con
+                self.info = info
+                self.window = int(info.get("window", 32))
+                self._tokens: np.ndarray | None = None
+                self._strings: dict[int, str] | None = None
+                self._signature = signature
+            if old is not None:
+                old.close()
         sets = sorted(p.parent.name for p in (self.run_dir / "acts").glob("*/latents.parquet"))
         self._sets = [s for s in sets if (self.run_dir / "acts" / s / "acts.parquet").exists()]
 
@@ -641,9 +720,15 @@ class RunStore(ResultsMixin):
         return f"read_parquet('{self.run_dir / 'acts' / hookpoint / 'latents.parquet'}')"
 
     @property
+    def n_contexts(self) -> int:
+        """Contexts the run's latent sets cover (a growing run's token matrix holds more)."""
+        return min(int(self.info.get("n_contexts", len(self.tokens))), len(self.tokens))
+
+    @property
     def tokens(self) -> np.ndarray:
-        """[n_contexts, 1 + ctx_len] token ids: memory-mapped from tokens.npy (only the pages read
-        are in memory), or loaded once from tokens.parquet for runs cached before the .npy existed."""
+        """[contexts, 1 + ctx_len] token ids of every context cached or planned (n_contexts of them
+        are published): memory-mapped from tokens.npy (only the pages read are in memory), or loaded
+        once from tokens.parquet for runs cached before the .npy existed."""
         if self._tokens is None and (self.run_dir / TOKENS_NPY).exists():
             self._tokens = np.load(self.run_dir / TOKENS_NPY, mmap_mode="r")
         if self._tokens is None:
@@ -673,7 +758,7 @@ class RunStore(ResultsMixin):
 
     def n_windows(self) -> int:
         ctx_len = self.tokens.shape[1] - 1
-        return self.tokens.shape[0] * (-(-ctx_len // self.window))
+        return self.n_contexts * (-(-ctx_len // self.window))
 
     # -- latent table ---------------------------------------------------------------------------
 
@@ -767,6 +852,8 @@ class RunStore(ResultsMixin):
     def window_example(self, doc_id: int, w: int) -> Example:
         """Window w of context doc_id with all activations zero (fill in `acts`)."""
         start = 1 + w * self.window
+        if doc_id >= len(self.tokens):  # the run grew since this store read its token files
+            self._tokens = self._strings = None
         ids = self.tokens[doc_id, start:start + self.window].tolist()
         strings = self.token_strings
         return Example(doc_id, start, ids, [strings.get(t, f"<{t}>") for t in ids], [0.0] * len(ids))
@@ -793,7 +880,7 @@ class RunStore(ResultsMixin):
         each latent gets its own."""
         active = self._sql(f"SELECT DISTINCT doc_id, (pos - 1) // {self.window} AS w "
                            f"FROM {self._acts(hookpoint)} WHERE latent = ?", [int(latent)])
-        n_ctx, width = self.tokens.shape
+        n_ctx, width = self.n_contexts, self.tokens.shape[1]
         per_ctx = -(-(width - 1) // self.window)
         taken = set((active.doc_id * per_ctx + active.w).tolist())
         free = n_ctx * per_ctx - len(taken)

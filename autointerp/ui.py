@@ -9,7 +9,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from autointerp import jobs
+from autointerp import jobs, views
 from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
 from autointerp.scorers import SCORERS
@@ -32,11 +32,35 @@ def _remember(name: str, value) -> None:
     st.query_params[name] = str(value)
 
 
+def running_jobs(runs: list[dict]) -> None:
+    """Every running job's progress, redrawn every 2 s; the whole page is drawn again as soon as a
+    run's published size or status changes (a run became browsable or grew), so the app picks up
+    new data without a reload. Nothing is drawn (and nothing refreshes) when no job runs."""
+    if not any(j.state == "running" for j in jobs.list_jobs()):
+        return
+    drawn = views.runs_state(runs)
+
+    @st.fragment(run_every=2)
+    def panel() -> None:
+        if views.runs_state(list_runs()) != drawn:
+            st.rerun(scope="app")
+        running = [j for j in jobs.list_jobs() if j.state == "running"]
+        for job in running:
+            st.caption(f"⏳ {job.title}: {views.job_progress_text(job)} (Jobs page: log, cancel)")  # plain text
+        if not running:
+            st.rerun(scope="app")
+
+    panel()
+
+
 def pick_run() -> tuple[dict, RunStore]:
-    """Sidebar run picker; stops the page with a hint when there is no run."""
+    """Sidebar run picker; stops the page with a hint when there is no run (showing the progress
+    of a demo being built)."""
     runs = list_runs()
     if not runs:
-        st.info("No runs yet. Build the demo with `make app` (or `autointerp demo`).")
+        st.info("No runs yet. Build the demo with `make app` (or `autointerp demo`). A demo being built shows its "
+                "progress here and opens as soon as its first size is cached.")
+        running_jobs(runs)
         st.stop()
     names = [r["name"] for r in runs]
     wanted = _param("run", names[0])
@@ -59,6 +83,7 @@ def pick_set(store: RunStore, label: str = "Latent set (hookpoint)") -> str:
     sets = store.hookpoints()
     if not sets:
         st.info("This run is still caching; latent sets appear here as they are finalized.")
+        running_jobs(list_runs())
         st.stop()
     wanted = _param("set", sets[0])
     hookpoint = st.sidebar.selectbox(label, sets, index=sets.index(wanted) if wanted in sets else 0)
@@ -197,11 +222,7 @@ def _latent_list(latents: list[int]) -> str:
     return f"latents {shown}" + (f" +{len(latents) - 5}" if len(latents) > 5 else "")
 
 
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    s = int(s)
-    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+fmt_seconds = views.fmt_seconds
 
 
 def figure_with_table(fig, table: pd.DataFrame, filename: str, key: str) -> None:

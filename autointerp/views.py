@@ -23,6 +23,49 @@ VALIDITY_HELP = ("Validated = on this run, the scorer scores latents' own explan
                  "paired difference, one-sided p < 0.025 (`autointerp validate`). Fewer latents: no verdict.")
 
 
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    s = int(s)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def job_progress_text(job) -> str:
+    """A running job's current step as one line: 'step 1/3 · 12,288/500,000 tokens · 310 tokens/s ·
+    ETA 26m 12s' (parts unknown yet are left out)."""
+    p = job.progress or {}
+    out = []
+    if p.get("n_steps", 1) > 1:
+        out.append(f"step {p.get('step', 1)}/{p['n_steps']}")
+    unit = p.get("unit", "unit")
+    if p.get("total"):
+        out.append(f"{p['done']:,}/{p['total']:,} {unit}s")
+    rate = job.rate
+    if rate is not None:
+        out.append(f"{rate:,.0f} {unit}s/s" if rate >= 1 else f"{rate * 3600:,.0f} {unit}s/h")
+    if job.eta_s is not None:
+        out.append(f"ETA {fmt_seconds(job.eta_s)}")
+    return " · ".join(out) or "starting (loading models)"
+
+
+def runs_state(runs: list[dict]) -> tuple:
+    """What decides whether pages must be drawn again: each run's published size and status."""
+    return tuple((r.get("name"), r.get("n_tokens"), r.get("status")) for r in runs)
+
+
+def growth_text(run: dict) -> str | None:
+    """The Overview's line for a run that is still being cached, None once complete."""
+    status = run.get("status")
+    if status == "complete":
+        return None
+    plan = run.get("plan") or {}
+    target = int(plan.get("target", run.get("n_contexts", 0))) * int(run.get("ctx_len", 0))
+    if status == "growing":
+        return (f"This run is growing: {run.get('n_tokens', 0):,} of {target:,} tokens are browsable; the rest is "
+                f"being cached in the background and every page picks it up when it lands.")
+    return f"This run is being cached ({target:,} tokens); its latent sets appear here when they are published."
+
+
 def run_dtype(run: dict) -> str:
     """The dtype a run was cached in, as the Overview shows it: the subject's, plus the coders' when
     they differ; runs cached before the dtype was recorded say so."""

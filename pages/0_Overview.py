@@ -18,18 +18,21 @@ st.caption("Automatically interpreted sparse-autoencoder latents: browse, read e
            "launch re-explanation and rescoring.")
 
 run, store = ui.pick_run()
+info = store.info  # what the store reads: a grown run is read again (RunStore.refresh)
 cols = st.columns(5)
-cols[0].metric("Subject model", run.get("model", "?"))
-cols[1].metric("Dtype", views.run_dtype(run), help="what --dtype (and --coder-dtype) resolved to when this run "
+cols[0].metric("Subject model", info.get("model", "?"))
+cols[1].metric("Dtype", views.run_dtype(info), help="what --dtype (and --coder-dtype) resolved to when this run "
                "was cached; auto is measured per machine (bfloat16 only where it runs faster than float32)")
-cols[2].metric("Tokens cached", f"{run.get('n_tokens', 0):,}")
+cols[2].metric("Tokens cached", f"{info.get('n_tokens', 0):,}", help="tokens every latent set covers (browsable)")
 cols[3].metric("Latent sets", len(store.hookpoints()))
-cols[4].metric("Status", run.get("status", "?"))
+cols[4].metric("Status", info.get("status", "?"))
+if (growth := views.growth_text(info)) is not None:
+    st.info(growth, icon="⏳")
+ui.running_jobs(ui.list_runs())
 st.caption(f"Corpus: {run.get('corpus', '?')}, contexts of {run.get('ctx_len', '?')} tokens; "
            f"created {run.get('created', '?')}")
 
 if not store.hookpoints():
-    st.info("This run is still caching; latent sets appear here as they are finalized.")
     st.stop()
 
 st.subheader("Latent sets")

@@ -20,7 +20,7 @@ st.title(f"Browse {hookpoint}")
 
 
 @st.cache_data(show_spinner=False, ttl=5)
-def frame(path: str, hookpoint: str, version: float):
+def frame(path: str, hookpoint: str, version: tuple):
     return views.latent_frame(ui.open_store(path), hookpoint)
 
 
@@ -29,7 +29,7 @@ def index(path: str, hookpoint: str, n_explanations: int) -> ExplanationIndex:
     return ExplanationIndex(ui.open_store(path).current_explanations(hookpoint))
 
 
-df = frame(run["path"], hookpoint, store.results_version())
+df = frame(run["path"], hookpoint, store.version())
 scorers = [s for s in SCORERS if s in df.columns]
 
 with st.sidebar:

@@ -35,7 +35,11 @@ def job_list() -> None:
                               text=f"{step}{p['done']}/{p['total']} {p.get('unit', '')}s")
             failures = (f" · {job.failures} failures summed over steps (recorded, see the log)"
                         if job.failures else "")
-            head.caption(f"elapsed {ui.fmt_seconds(job.elapsed_s)} · ETA {ui.fmt_seconds(job.eta_s)}{failures}")
+            rate = job.rate
+            unit = (p or {}).get("unit", "unit")
+            speed = "" if rate is None or state != "running" else (
+                f" · {rate:,.0f} {unit}s/s" if rate >= 1 else f" · {rate * 3600:,.0f} {unit}s/h")
+            head.caption(f"elapsed {ui.fmt_seconds(job.elapsed_s)}{speed} · ETA {ui.fmt_seconds(job.eta_s)}{failures}")
             if state == "failed" and job.error:
                 head.error(job.error)
             if state == "running" and side.button("Cancel", key=f"cancel-{job.id}"):

@@ -30,6 +30,8 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
     assert "pip install -q torch==2.13.0" in test_steps and "pytest" in test_steps
     app_steps = _make_dry_run("app")
     assert "autointerp demo" in app_steps and "streamlit run app.py" in app_steps
+    # the demo is built behind the app: launched as a job first, never waited for
+    assert app_steps.index("autointerp demo --background") < app_steps.index("streamlit run app.py")
     assert "--server.address 127.0.0.1" in app_steps
 
 

@@ -125,7 +125,8 @@ def sample_prompts(store: RunStore, n: int, prompt_tokens: int, seed: int) -> tu
     if prompt_tokens > tokens.shape[1]:
         raise AutointerpError(f"--prompt-tokens {prompt_tokens} is longer than the run's contexts "
                               f"({tokens.shape[1]} tokens with BOS): lower --prompt-tokens")
-    docs = np.random.default_rng(seed).choice(tokens.shape[0], size=min(n, tokens.shape[0]), replace=False)
+    n_ctx = store.n_contexts  # published contexts only (a growing run's matrix holds more)
+    docs = np.random.default_rng(seed).choice(n_ctx, size=min(n, n_ctx), replace=False)
     return [int(d) for d in docs], [tokens[d, :prompt_tokens].tolist() for d in docs]
 
 
