@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from autointerp.analysis.stats import t_ci  # noqa: E402
+from autointerp.analysis.stats import sign_flip_p, t_ci  # noqa: E402
 from autointerp.config import InterpretConfig  # noqa: E402
 from autointerp.embedding import embedder_name, load_embedder  # noqa: E402
 from autointerp.interpret import explanation_dict, score_latent  # noqa: E402
@@ -53,6 +53,7 @@ def main() -> None:
     print(f"{len(expl)} latents of {args.hookpoint} in run {args.run!r} with a current explanation; test sets: "
           f"{args.test_per_quantile} per decile + {args.n_negative} random silent windows", flush=True)
     rows = []
+    gaps: dict[str, np.ndarray] = {}  # per latent, true - random AUROC (every embedder scores the same latents)
     for spec in args.embedders:
         t = time.perf_counter()
         embedder = load_embedder(spec)
@@ -74,6 +75,7 @@ def main() -> None:
             half.append((got["true"]["auroc_hi"] - got["true"]["auroc_lo"]) / 2)
         per_latent = (time.perf_counter() - t) / max(1, len(expl))
         d = np.array(true) - np.array(rand)
+        gaps[spec] = d
         mean, lo, hi = t_ci(d)
         word, p = verdict(d, len(d))
         rows.append((embedder_name(spec), len(d), np.mean(true), np.mean(rand), mean, lo, hi, p, word,
@@ -84,6 +86,15 @@ def main() -> None:
     for name, n, tr, ra, mean, lo, hi, p, word, half, per_latent, load_s in rows:
         print(f"| {name} | {n} | {tr:.3f} | {ra:.3f} | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | {p:.4f} | {word} | "
               f"±{half:.3f} | {per_latent:.2f} | {load_s:.1f} |")
+    # does an embedder beat the first? paired over latents: its gap minus the first's gap
+    first = args.embedders[0]
+    for spec in args.embedders[1:]:
+        if len(gaps[spec]) != len(gaps[first]):
+            continue  # a latent scored by one embedder and not the other: no pairing
+        diff = gaps[spec] - gaps[first]
+        mean, lo, hi = t_ci(diff)
+        print(f"\n{embedder_name(spec)} gap - {embedder_name(first)} gap, paired over {len(diff)} latents: "
+              f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (95% t), one-sided sign-flip p {sign_flip_p(diff):.4f}")
 
 
 if __name__ == "__main__":
