@@ -35,7 +35,7 @@ from autointerp.embedding import load_embedder  # noqa: E402
 from autointerp.explain import ExplainConfig, explain_latents  # noqa: E402
 from autointerp.interpret import _sampling, run_explain, score_latent, select_latents  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
-from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
+from autointerp.llm import make_client  # noqa: E402
 from autointerp.analysis.stats import t_ci  # noqa: E402
 from autointerp.metrics import auroc  # noqa: E402
 from autointerp.validity import verdict  # noqa: E402
@@ -58,6 +58,7 @@ def auroc_se(labels: np.ndarray, values: np.ndarray, n_boot: int = 300, seed: in
 
 def main() -> None:
     ap = llm_bench_parser(__doc__, latents=30)
+    ap.add_argument("--backend", default="transformers", help="the scorer's LLM backend (autointerp.llm.BACKENDS)")
     ap.add_argument("--scorers", nargs="+", default=["detection", "fuzzing", "embedding", "surprisal", "simulation"])
     ap.add_argument("--out", default="", help="write the per-latent values as JSON here")
     ap.add_argument("--explainer", default="", help="model whose explanations are scored (default: --model)")
@@ -68,17 +69,18 @@ def main() -> None:
                           model=args.model, random=args.latents, calibrate=True, batch_size=16)
     store = RunStore(run_path(args.run))
     latents = select_latents(store, cfg)
-    client = TransformersClient(LLMConfig(model=args.model, batch_size=16))
+    client = make_client(LLMConfig(backend=args.backend, model=args.model, batch_size=16))
     explainer_model = args.explainer or args.model
-    explainer = client if explainer_model == args.model else None
+    explainer = client if explainer_model == args.model and args.backend == "transformers" else None
     t_explain = time.time()
-    # explanations by the explainer (--explainer, default the scorer): the others are redone
+    # explanations by the explainer (--explainer, default the scorer; made with the transformers
+    # backend, the reference): the others are redone
     name = f"transformers:{explainer_model}"
     have = {int(r.latent) for r in store.explanations(args.hookpoint, model=name).itertuples()
             if present(r.explanation)}
     todo = [x for x in latents if x not in have]
     if todo:
-        explainer = explainer or TransformersClient(LLMConfig(model=explainer_model, batch_size=16))
+        explainer = explainer or make_client(LLMConfig(model=explainer_model, batch_size=16))
         run_explain(InterpretConfig(**{**cfg.__dict__, "random": 0, "latents": todo, "force": True}), client=explainer)
     t_explain = time.time() - t_explain
     expl = {int(r.latent): r.explanation for r in store.explanations(args.hookpoint, model=name).itertuples()
@@ -136,7 +138,7 @@ def main() -> None:
             seconds[(scorer, calibrate)].append(time.time() - t)
             n_examples[(scorer, calibrate)] += n
     total = time.time() - t0
-    print(f"\n{args.model}, {len(expl)} latents of {args.hookpoint} ({len(latents)} chosen), {args.per_prompt} per "
+    print(f"\n{client.name}, {len(expl)} latents of {args.hookpoint} ({len(latents)} chosen), {args.per_prompt} per "
           f"prompt; explain {t_explain:.0f} s, total {total:.0f} s")
     print(f"{'scorer':11s} {'read-out':13s} {'true':>6s} {'random':>7s} {'neutral':>7s} {'diff':>6s}  95% t interval"
           f"        n  p (sign-flip)  verdict")

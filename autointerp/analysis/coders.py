@@ -1,8 +1,8 @@
 """SAE latents vs neurons: random latents of each latent set (an SAE, raw neurons, top-k neurons,
 random directions) explained and scored alike. The sets hold different latents, so they are
 compared as independent groups: the difference of means to the reference set (the first, an
-SAE) with a Welch t interval (a bootstrap of the difference of medians under-covers at these
-sizes)."""
+SAE) with a Welch t interval (a percentile bootstrap of the difference of medians covered 0.85 at
+3 latents per set and 0.91 at 4, simulated; Welch 0.94-0.96)."""
 
 from __future__ import annotations
 
