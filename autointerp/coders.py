@@ -431,7 +431,8 @@ def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None, device:
     if dtype == "auto":
         from autointerp.devices import resolve_dtype
 
-        dtype = resolve_dtype(dtype, device)
+        # the cache resolves with the subject's width too: the probe's verdict depends on it
+        dtype = resolve_dtype(dtype, device, subject.d_model if subject is not None else None)
     if spec.kind == "sae":
         coder: SparseCoder = load_sae(spec.source, spec.hookpoint, device=device, dtype=dtype)
     elif spec.kind == "sparsify":

@@ -75,8 +75,8 @@ def tiny_run(tmp_path_factory, tiny_subject, tiny_sae_dir) -> Path:
 
     run = tmp_path_factory.mktemp("data") / "runs" / "tiny"  # AUTOINTERP_DATA=<that data folder> finds it
     cfg = CacheConfig(run=str(run), model=tiny_subject.name, coders=[f"sae:{tiny_sae_dir}", "topk:4@mlp_neurons.1"],
-                      tokens=64 * 40, part_contexts=16, batch_contexts=8)
-    cache_run(cfg, subject=tiny_subject)
+                      tokens=64 * 40, part_contexts=16, batch_contexts=8, coder_dtype="float32")
+    cache_run(cfg, subject=tiny_subject)  # tests compare numbers: float32 coders on every CPU
     return run
 
 

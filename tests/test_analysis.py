@@ -44,7 +44,7 @@ def analysis_run(tmp_path_factory, tiny_subject, tiny_sae_dir) -> Path:
     run = tmp_path_factory.mktemp("analysis-data") / "runs" / "analysis"
     cache_run(CacheConfig(run=str(run), model=tiny_subject.name, tokens=64 * 40, part_contexts=16, batch_contexts=8,
                           coders=[f"sae:{tiny_sae_dir}", "random:64:4@resid_post.1", "random:64:4@resid_post.2",
-                                  "neurons:0.05@mlp_neurons.1", "topk:4@mlp_neurons.1"]),
+                                  "neurons:0.05@mlp_neurons.1", "topk:4@mlp_neurons.1"], coder_dtype="float32"),
               subject=tiny_subject)
     return run
 

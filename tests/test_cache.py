@@ -23,7 +23,7 @@ def test_cached_rows_equal_direct_encoding(tiny_run, tiny_subject, tiny_sae_dir)
     assert sorted(info["coders"]) == ["mlp_neurons.1-topk4", "resid_post.2"]
     tokens = duckdb.sql(f"SELECT * FROM read_parquet('{tiny_run / 'tokens.parquet'}') ORDER BY doc_id, pos").df()
     ids = torch.tensor(tokens.token_id.to_numpy().reshape(40, 65), dtype=torch.long)
-    sae = build_coder(CoderSpec.parse(f"sae:{tiny_sae_dir}"), tiny_subject, dtype=CacheConfig().coder_dtype)
+    sae = build_coder(CoderSpec.parse(f"sae:{tiny_sae_dir}"), tiny_subject, dtype="float32")  # as tiny_run caches
     x = tiny_subject.activations(ids[5:8], ["resid_post.2"])["resid_post.2"][:, 1:].reshape(-1, 64)
     dense = sae.encode(x).to_dense(sae.n_latents).reshape(3, 64, -1)
     rows = _rows(tiny_run, "resid_post.2")
@@ -55,7 +55,7 @@ def test_second_call_is_idempotent(tiny_run, tiny_subject, tiny_sae_dir):
     before = (tiny_run / "acts" / "resid_post.2" / "acts.parquet").stat().st_mtime_ns
     cfg = CacheConfig(run=str(tiny_run), model=tiny_subject.name,
                       coders=[f"sae:{tiny_sae_dir}", "topk:4@mlp_neurons.1"], tokens=64 * 40, part_contexts=16,
-                      batch_contexts=8)
+                      batch_contexts=8, coder_dtype="float32")
     cache_run(cfg, subject=tiny_subject)
     assert (tiny_run / "acts" / "resid_post.2" / "acts.parquet").stat().st_mtime_ns == before
 

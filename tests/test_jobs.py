@@ -43,7 +43,7 @@ def _explain_args(n_latents: int) -> list[str]:
                                                n_explain=6, chunk=1))
 
 
-def _wait(job, until, timeout=240.0):  # generous: the 2 cores are shared
+def _wait(job, until, timeout=900.0):  # a guard against a hung job, not a time bound: the cores are shared
     deadline = time.time() + timeout
     while time.time() < deadline:
         if until(job):

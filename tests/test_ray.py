@@ -87,9 +87,10 @@ def _assert_same_cache(a: Path, b: Path) -> None:
 
 def _tiny_cache_cfg(run: Path, tiny_subject, tiny_sae_dir, **kw) -> CacheConfig:
     # the tiny_run fixture's settings (tests/conftest.py): 40 contexts in 3 parts, the subject in
-    # float32 (as tiny_subject is loaded), the coders' dtype left to auto
+    # float32 (as tiny_subject is loaded), the coders in float32 too
     return CacheConfig(run=str(run), model=tiny_subject.name, coders=[f"sae:{tiny_sae_dir}", "topk:4@mlp_neurons.1"],
-                       tokens=64 * 40, part_contexts=16, batch_contexts=8, device="cpu", dtype="float32", **kw)
+                       tokens=64 * 40, part_contexts=16, batch_contexts=8, device="cpu", dtype="float32",
+                       coder_dtype="float32", **kw)
 
 
 def test_ray_flag_errors_are_one_line(tiny_run, tmp_path, monkeypatch):

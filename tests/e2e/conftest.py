@@ -205,7 +205,8 @@ def build_e2e_data(data: Path, subject) -> E2EData:
     ctx_len = 64
     run_dir = data / "runs" / "e2e"
     cfg = CacheConfig(run=str(run_dir), model="smollm2", corpus=str(corpus), coders=[f"sae:{SAE_DIR}", NEURON_CODER],
-                      tokens=(n_tokens // ctx_len) * ctx_len, ctx_len=ctx_len, part_contexts=256)
+                      tokens=(n_tokens // ctx_len) * ctx_len, ctx_len=ctx_len, part_contexts=256,
+                      coder_dtype="float32")  # tests compare numbers: float32 on every CPU
     cache_run(cfg, subject=subject)
     latents = _hostile_latents(run_dir, HOOKPOINT)
     explained = _write_results(run_dir, HOOKPOINT, latents["script"], set(latents.values()))
