@@ -128,7 +128,7 @@ COMMANDS = {
     "demo": (cmd_demo, DemoConfig, "build the demo run end to end: model, SAEs, cache (idempotent)"),
     "explain": (cmd_explain, InterpretConfig, "explain chosen latents with an LLM (append-only, resumable)"),
     "score": (cmd_score, InterpretConfig, "score explanations: detection, fuzzing, embedding, surprisal, simulation, "
-              "intervention (steering)"),
+              "intervention (steering); and latents without one: intruder"),
     "validate": (cmd_validate, InterpretConfig, "does each scorer tell true from random explanations? paired "
                  "bootstrap CI over latents, stored for the app"),
     "analyze": (cmd_analyze, AnalyzeConfig, "the paper's analyses, stored for the app: sampling (strategies), coders "

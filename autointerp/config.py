@@ -142,7 +142,8 @@ class InterpretConfig:
     threshold: float = _help("highlight tokens above this fraction of the example's max activation", default=0.3)
     show_activations: bool = _help("also show activation values to the explainer", default=False)
     cot: bool = _help("let the explainer think step by step first", default=False)
-    scorers: list[str] = _help("scorers to run: detection fuzzing embedding surprisal simulation intervention",
+    scorers: list[str] = _help("scorers to run: detection fuzzing embedding surprisal simulation intruder (needs no "
+                               "explanation) intervention",
                                default_factory=lambda: ["detection", "fuzzing", "embedding"])
     mode: str = _help("detection/fuzzing answers: logprob (probabilities) or generate (parsed text)",
                       default="logprob")

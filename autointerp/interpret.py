@@ -30,7 +30,8 @@ from autointerp.metrics import INTERVAL_KEYS
 from autointerp.llm.lockstep import run_lockstep
 from autointerp.sampling import (SamplingConfig, TooFewExamples, explanation_examples, scoring_examples,
                                  shown_windows)
-from autointerp.scorers import SCORERS
+from autointerp.scorers import EXPLANATION_FREE, SCORERS
+from autointerp.scorers.intruder import IntruderConfig, score_intruder
 from autointerp.scorers.classify import ClassifyConfig, score_classify
 from autointerp.scorers.embedding import score_embedding
 from autointerp.scorers.simulation import score_simulation
@@ -154,8 +155,8 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         activating, negatives = scoring_examples(store, hookpoint, latent, sampling, exclude=shown,
                                                  embedder=embedder)
     except TooFewExamples as e:
-        return [{**base, "score_id": uuid.uuid4().hex, "scorer": s, "error": str(e), "n": 0, "n_failed": 0}
-                for s in cfg.scorers], []
+        return [{**base, "score_id": uuid.uuid4().hex, "scorer": s, "error": str(e), "n": 0, "n_failed": 0,
+                 **({"explanation": None} if s in EXPLANATION_FREE else {})} for s in cfg.scorers], []
     scores, decisions = [], []
     for scorer in cfg.scorers:
         model, mode = client.name if client else None, None
@@ -168,6 +169,11 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         elif scorer == "simulation":
             summary, records = score_simulation(client, explanation, activating, negatives)
             mode = "all-at-once"
+        elif scorer == "intruder":
+            summary, records = score_intruder(client, activating, negatives,
+                                              IntruderConfig(mode=cfg.mode, threshold=cfg.threshold,
+                                                             seed=latent_seed(cfg.seed, hookpoint, latent)))
+            mode = cfg.mode
         else:
             calibrate = cfg.calibrate and cfg.mode == "logprob"
             summary, records = score_classify(scorer, client, explanation, activating, negatives,
@@ -181,6 +187,7 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
                                                                 "recall", "f1", "auroc", "accuracy", "correlation",
                                                                 *INTERVAL_KEYS)},
                        "score_id": sid, "scorer": scorer, "model": model, "mode": mode,
+                       **({"explanation": None} if scorer in EXPLANATION_FREE else {}),
                        "decision_rule": summary.get("decision_rule"),
                        "accuracy_per_decile": json.dumps(summary.get("accuracy_per_decile", {})),
                        "correlation_per_quantile": json.dumps(summary.get("correlation_per_quantile", {}))})
@@ -246,7 +253,7 @@ def chunk_scorer(cfg: InterpretConfig, store: RunStore, expl: dict[int, str], cl
     def score(chunk: list[int], todo: dict[int, list[str]]) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {"scores": [], "decisions": [], "steered": [], "steered_examples": []}
         # the context scorers of the whole chunk share backend calls (llm/lockstep.py)
-        jobs = [functools.partial(_score_job, store=store, hookpoint=cfg.hookpoint, latent=x, explanation=expl[x],
+        jobs = [functools.partial(_score_job, store=store, hookpoint=cfg.hookpoint, latent=x, explanation=expl.get(x),
                                   cfg=dataclasses.replace(cfg, scorers=[s for s in todo[x] if s != INTERVENTION]),
                                   embedder=embedder) for x in chunk]
         for latent, (s, d) in zip(chunk, run_lockstep(client, jobs)):
@@ -264,20 +271,26 @@ def chunk_scorer(cfg: InterpretConfig, store: RunStore, expl: dict[int, str], cl
 
 def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
     store, latents, records, expl = open_for_scoring(cfg, steering=True)
-    failed = [x for x in latents if x not in expl and x in set(records.latent.tolist())]
+    # explanation-free scorers (intruder) alone score any latent, explained or not
+    needs_explanation = any(s not in EXPLANATION_FREE for s in cfg.scorers)
+    failed = [x for x in latents if x not in expl and x in set(records.latent.tolist())] if needs_explanation else []
     if failed:  # their failure is already recorded; scoring the rest keeps a long job going
         log.warning("skipping %d latents whose explanation failed: %s", len(failed), failed[:10])
         latents = [x for x in latents if x not in failed]
-    missing = [x for x in latents if x not in expl]
+    missing = [x for x in latents if x not in expl] if needs_explanation else []
     if missing:
         raise AutointerpError(f"latents {missing[:10]} of {cfg.hookpoint} have no {cfg.kind} explanation: "
                               f"run `autointerp explain --kind {cfg.kind}` on them first")
     todo = {x: list(cfg.scorers) for x in latents}
     if not cfg.force:
         # a rerun runs only the scorers that have not yet scored the latent's current explanation
+        # (explanation-free ones: that have not scored the latent at all)
         scored = store.scores(cfg.hookpoint, kind=cfg.kind)
         have = scored.groupby(["latent", "explanation"]).scorer.agg(set).to_dict() if len(scored) else {}
-        todo = {x: [s for s in cfg.scorers if s not in have.get((x, expl[x]), set())] for x in latents}
+        judged = set(zip(scored.latent, scored.scorer)) if len(scored) else set()
+        todo = {x: [s for s in cfg.scorers
+                    if ((x, s) not in judged if s in EXPLANATION_FREE else s not in have.get((x, expl[x]), set()))]
+                for x in latents}
         latents = [x for x in latents if todo[x]]
     rows: list[dict] = []
     n_failed = len(failed)  # latents that cannot be scored: failed explanations, too few examples

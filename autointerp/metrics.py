@@ -53,7 +53,7 @@ def t_ci(values, level: float = 0.95) -> tuple[float, float, float]:
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 # the 95 % interval bounds a scorer summary may carry (stored as score columns of the same names)
 INTERVAL_KEYS = ("auroc_lo", "auroc_hi", "balanced_accuracy_lo", "balanced_accuracy_hi", "correlation_lo",
-                 "correlation_hi")  # intervention_score_lo/hi are written by the intervention scorer
+                 "correlation_hi", "accuracy_lo", "accuracy_hi")  # intervention_score_lo/hi are written by the intervention scorer
 
 
 def auroc_ci(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float] | tuple[None, None]:
@@ -82,6 +82,17 @@ def balanced_accuracy_ci(tp: int, fn: int, tn: int, fp: int) -> tuple[float, flo
     se = 0.5 * np.sqrt(r * (1 - r) / (tp + fn + 2) + s * (1 - s) / (tn + fp + 2))
     mid = ((tp / (tp + fn)) + (tn / (tn + fp))) / 2
     return float(max(0.0, mid - Z95 * se)), float(min(1.0, mid + Z95 * se))
+
+
+def wilson_ci(successes: int, n: int) -> tuple[float, float] | tuple[None, None]:
+    """95 % Wilson score interval of a proportion: keeps its coverage at small n and never leaves
+    [0, 1] (20 prompts, all right, still gives [0.84, 1])."""
+    if n <= 0:
+        return None, None
+    p, z2 = successes / n, Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def summarize(decisions: list[Decision]) -> dict:

@@ -46,6 +46,15 @@ then an explanation of a feature of a language model. For each example, decide w
 tokens are correctly marked: exactly the kind of tokens the explanation describes. Answer one line
 per example, in the form "Example 1: Yes" or "Example 1: No"."""
 
+# Intruder scoring: the answer's digit is read right after the assistant prefix "The intruder is ("
+# (scorers/intruder.py); a digit right after "(" tokenizes alone in every tokenizer we use, where
+# " 3" is one token in some and two in others.
+INTRUDER_SYSTEM = """You are an intelligent and meticulous linguistics researcher.
+You will be given several numbered text examples in which some tokens are wrapped in << >>. All but
+one of the examples share a common feature: what the marked tokens are, or the context they occur
+in. One example, the intruder, does not belong with the others. Answer with the number of the
+intruder in parentheses, in the form "The intruder is (2)"."""
+
 ANSWERS = (" Yes", " No")  # read right after the assistant prefix "Example i:"
 
 # Worked examples for the simulation scorer in its own `token<TAB>activation` format, 0-9, as Bills
@@ -186,6 +195,13 @@ def scorer_messages(system: str, explanation: str, texts: list[str]) -> list[dic
     return [{"role": "system", "content": system},
             {"role": "user", "content": f"{shown}\n\nExplanation: {defuse(explanation)}\n\n"
                                         f"Answer for each of the {len(texts)} examples."}]
+
+
+def intruder_messages(system: str, texts: list[str]) -> list[dict]:
+    """The intruder prompt: numbered examples "(1) ...", then the question."""
+    shown = "\n".join(f"({i}) {defuse(t)}" for i, t in enumerate(texts, 1))
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": f"{shown}\n\nWhich of the {len(texts)} examples is the intruder?"}]
 
 
 def simulation_line(token: str, value: str) -> str:

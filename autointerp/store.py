@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from autointerp.errors import AutointerpError
 from autointerp.faults import fault_point
 from autointerp.paths import data_dir
+from autointerp.scorers import EXPLANATION_FREE  # a leaf: the scorers' names, no imports
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,9 @@ RESULT_SCHEMAS = {
         ("auroc_lo", pa.float64()), ("auroc_hi", pa.float64()), ("balanced_accuracy_lo", pa.float64()),
         ("balanced_accuracy_hi", pa.float64()), ("correlation_lo", pa.float64()), ("correlation_hi", pa.float64()),
         # intervention: t interval over the prompts' gains (NULL before it existed)
-        ("intervention_score_lo", pa.float64()), ("intervention_score_hi", pa.float64())]),
+        ("intervention_score_lo", pa.float64()), ("intervention_score_hi", pa.float64()),
+        # intruder: Wilson interval of the share of right calls (NULL before intruder scoring existed)
+        ("accuracy_lo", pa.float64()), ("accuracy_hi", pa.float64())]),
     "decisions": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
@@ -547,21 +550,25 @@ class ResultsMixin:
         (one query): a score of an earlier explanation is never shown beside a newer one (it stays
         in the latent's history). Every view, export and analysis reads these."""
         src = _results_glob(self.run_dir, "scores")
-        cte = self._current_explanations_sql(hookpoint, kind)
-        if src is None or cte is None:
+        if src is None:
             return _empty("scores")
+        # scores of explanation-free scorers (intruder) judge the latent: current whatever it shows
+        cte = self._current_explanations_sql(hookpoint, kind) or (
+            "good AS (SELECT NULL::VARCHAR AS hookpoint, NULL::INTEGER AS latent, NULL::VARCHAR AS explanation "
+            "WHERE FALSE)", [])
         sql, params = cte
         cond, kind_params = self._kind_filter("scores", src, kind)
         hp = " AND s.hookpoint = ?" if hookpoint else ""
+        free = ", ".join("?" for _ in EXPLANATION_FREE)
         rows = self._sql(f"""WITH {sql}
             SELECT s.* EXCLUDE (filename, file_row_number)
             FROM read_parquet({src}, {NEWEST_FIRST_READ}) s
-            JOIN good ON s.hookpoint = good.hookpoint AND s.latent = good.latent
-                     AND s.explanation = good.explanation
-            WHERE {cond}{hp}
+            LEFT JOIN good ON s.hookpoint = good.hookpoint AND s.latent = good.latent
+            WHERE (s.explanation = good.explanation OR s.scorer IN ({free})) AND {cond}{hp}
             QUALIFY row_number() OVER (PARTITION BY s.hookpoint, s.latent, s.scorer
                                        ORDER BY s.created_at DESC, s.filename DESC, s.file_row_number DESC) = 1
-            ORDER BY s.hookpoint, s.latent, s.scorer""", params + kind_params + ([hookpoint] if hookpoint else []))
+            ORDER BY s.hookpoint, s.latent, s.scorer""",
+                         params + list(EXPLANATION_FREE) + kind_params + ([hookpoint] if hookpoint else []))
         return _nulls_to_none(rows, "scores")
 
     def validity(self, hookpoint: str | None = None) -> pd.DataFrame:

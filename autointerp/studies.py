@@ -37,7 +37,7 @@ from autointerp.interpret import (_chunks, _client, _sampling, explain_config, s
                                   select_latents)
 from autointerp.jobs import report_progress
 from autointerp.sampling import STRATEGIES
-from autointerp.scorers import SCORERS
+from autointerp.scorers import EXPLANATION_FREE, SCORERS
 from autointerp.store import RunStore, append_results, present, remove_stale_result_temp, run_path
 from autointerp.validity import headline_value
 
@@ -134,6 +134,10 @@ def run_sampling(cfg: AnalyzeConfig, client=None) -> pd.DataFrame:
     bad = [s for s in cfg.strategies if s not in STRATEGIES]
     if bad or not cfg.strategies:
         raise AutointerpError(f"unknown sampling strategies {bad}: choose from {', '.join(STRATEGIES)}")
+    free = [s for s in cfg.scorers if s in EXPLANATION_FREE]
+    if free:
+        raise AutointerpError(f"{', '.join(free)} scores the latent, not its explanation: every sampling strategy "
+                              f"would get the same score, so drop it from --scorers")
     store = _open(cfg)
     latents = select_latents(store, cfg)
     _enough(latents, f"{cfg.hookpoint} of run {store.run_dir.name}")

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
+from autointerp.scorers import EXPLANATION_FREE
 from autointerp.interpret import _chunks, open_for_scoring, score_latent, scoring_models
 from autointerp.jobs import report_progress
 from autointerp.llm.lockstep import run_lockstep
@@ -45,10 +46,13 @@ WHICH = ("true", "random", "neutral")
 
 
 def headline_value(row: dict) -> float:
-    """The number a scorer is judged by: Pearson r for simulation; AUROC where the scorer read
-    probabilities; balanced accuracy in generate mode (parsed yes/no answers have no AUROC)."""
+    """The number a scorer is judged by: Pearson r for simulation; the share of right calls for
+    intruder; AUROC where the scorer read probabilities; balanced accuracy in generate mode (parsed
+    yes/no answers have no AUROC)."""
     if row["scorer"] == "simulation":
         value = row.get("correlation")
+    elif row["scorer"] == "intruder":
+        value = row.get("accuracy")
     elif str(row.get("mode") or "").startswith("generate"):
         value = row.get("balanced_accuracy")
     else:
@@ -99,6 +103,10 @@ def summarize_validity(per_latent: pd.DataFrame) -> pd.DataFrame:
 def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
     """Score true, random and neutral explanations of the chosen latents; store and return the
     per-scorer summary."""
+    free = [s for s in cfg.scorers if s in EXPLANATION_FREE]
+    if free:
+        raise AutointerpError(f"{', '.join(free)} scores the latent, not its explanation: a true and a random "
+                              f"explanation cannot differ there, so drop it from --scorers")
     store, latents, _, expl = open_for_scoring(cfg)
     expl = {x: e for x, e in expl.items() if x in set(latents)}
     if len(expl) < MIN_LATENTS:

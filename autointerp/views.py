@@ -11,7 +11,7 @@ import pandas as pd
 from autointerp.analysis import score_table, scorer_columns
 from autointerp.analysis.scores import chance, headline_interval, includes_chance, interval_table
 from autointerp.analysis.agreement import verdict_of
-from autointerp.scorers import SCORERS
+from autointerp.scorers import EXPLANATION_FREE, SCORERS
 from autointerp.store import Example, RunStore
 
 # What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.
@@ -242,7 +242,8 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
     history = store.latent_results("scores", hookpoint, latent)
     good = expl.explanation.dropna()
     current = good.iloc[0] if len(good) else None  # the latest explanation that did not fail
-    latest = history[history.explanation == current] if current is not None else history.iloc[0:0]
+    # scores of the current explanation, and the explanation-free ones (intruder) whatever it is
+    latest = history[(history.explanation == current) | history.scorer.isin(EXPLANATION_FREE)]
     latest = latest.drop_duplicates("scorer")  # newest first, so the first row per scorer wins
     order = {s: i for i, s in enumerate(SCORERS)}  # shown in the scorers' canonical order
     latest = latest.sort_values("scorer", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
@@ -275,7 +276,8 @@ def latent_scores_table(scores: pd.DataFrame, validity: dict[str, bool]) -> pd.D
                           decisions=[decision_rule_label(m, r) for m, r in zip(scores["mode"], rules)],
                           **{"95% CI": ci})
     # long texts (decision rule, error) last: the grid draws the columns in view first
-    return shown[["scorer", "validity", "auroc", "95% CI", "balanced_accuracy", "f1", "correlation", "n", "n_failed",
+    return shown[["scorer", "validity", "auroc", "95% CI", "balanced_accuracy", "f1", "correlation", "accuracy", "n",
+                  "n_failed",
                   "model", "mode", "created_at", "decisions", "error"]].rename(columns={"n_failed": "failures"})
 
 
@@ -287,7 +289,9 @@ def decisions_view(store: RunStore, score_id: str) -> pd.DataFrame:
         return d
     failed = d.failed.fillna(True).astype(bool).to_numpy()
     undecided = d.prediction.isna().to_numpy()
-    same = (d.prediction.astype("boolean") == d.activating.astype("boolean")).fillna(False).to_numpy(dtype=bool)
+    # intruder rows are the intruder windows: right when the scorer picked it
+    truth = d.activating.astype("boolean").where(~d.scorer.isin(EXPLANATION_FREE), True)
+    same = (d.prediction.astype("boolean") == truth).fillna(False).to_numpy(dtype=bool)
     outcome = ["failed" if f else ("n/a" if u else ("right" if ok else "wrong"))
                for f, u, ok in zip(failed, undecided, same)]
     return d.assign(outcome=outcome)[["outcome", "activating", "quantile", "prediction", "probability", "shown",

@@ -16,13 +16,14 @@ from scipy import stats
 
 from autointerp.analysis.stats import t_ci
 from autointerp.scorers import SCORERS
+from autointerp.scorers.intruder import INTRUDER_CHANCE
 from autointerp.store import RunStore
 
 KEYS = ["hookpoint", "latent"]
 # the number each scorer is judged by; classifiers without probabilities have no AUROC
 HEADLINE = {"detection": ("auroc", "balanced_accuracy"), "fuzzing": ("auroc", "balanced_accuracy"),
             "surprisal": ("auroc", "balanced_accuracy"), "embedding": ("auroc", "balanced_accuracy"),
-            "simulation": ("correlation",),
+            "simulation": ("correlation",), "intruder": ("accuracy",),  # share of right calls, chance 1/5
             "intervention": ("intervention_score",)}  # nats, at the target KL nearest 1 (scores.target_kl)
 DEFAULT_HEADLINE = ("auroc", "balanced_accuracy", "correlation")
 # the range each scorer's headline can take (for filters and axes); AUROC-like ones live in [0, 1]
@@ -32,11 +33,12 @@ SCORE_RANGE = {"simulation": (-1.0, 1.0), "intervention": (-10.0, 10.0)}
 def score_range(scorer: str) -> tuple[float, float]:
     return SCORE_RANGE.get(scorer, (0.0, 1.0))
 HEADLINE_LABEL = ("AUROC (balanced accuracy where a scorer gave no probabilities); simulation: Pearson r; "
+                  "intruder: share of right calls (chance 0.2); "
                   "intervention: log P(explanation) gain on steered text, nats, at KL 1")
 
 
 # what a score means nothing at: AUROC and balanced accuracy 0.5, correlations and gains 0
-CHANCE = {"simulation": 0.0, "intervention": 0.0}
+CHANCE = {"simulation": 0.0, "intervention": 0.0, "intruder": INTRUDER_CHANCE}
 
 
 def chance(scorer: str) -> float:

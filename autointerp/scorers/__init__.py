@@ -6,8 +6,13 @@ fuzzing    windows shown with << >> marks (true ones for activating windows, ran
 embedding  MiniLM similarity between the explanation and each window; AUROC
 surprisal  drop in the scorer LM's loss on a window when the explanation is in the prompt; AUROC
 simulation predicted per-token activations (0-9, all at once); Pearson correlation with the truth
+intruder   no explanation: which of 4 activating windows and 1 silent one does not belong? Share of
+           right calls (chance 1/5); how coherent the latent's windows are (scorers/intruder.py)
 intervention steer the latent's decoder direction to a target KL and read log P(explanation) on steered
            vs clean continuations (autointerp/intervention/, run by `autointerp score` only)
 """
 
-SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "simulation", "intervention")
+SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "simulation", "intruder", "intervention")
+# scorers that judge the latent, not an explanation: their scores have no explanation and stay
+# current whichever explanation the latent shows
+EXPLANATION_FREE = ("intruder",)
