@@ -83,3 +83,9 @@ def load_embedder(spec: str = DEFAULT_EMBEDDER):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(embedder_dir(spec)), device="cpu")
+
+
+def embedder_engine(embedder) -> str:
+    """What an embedder computes with, stored beside its scores ("sentence-transformers float32 cpu")."""
+    dtype = next(iter(embedder.parameters())).dtype if embedder is not None else None
+    return f"sentence-transformers {str(dtype).removeprefix('torch.')} {getattr(embedder, 'device', '?')}"

@@ -8,6 +8,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from autointerp.llm import engine_of
 from autointerp.prompts import explainer_messages
 from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples
 from autointerp.store import RunStore
@@ -45,7 +46,8 @@ def explain_latents(client, store: RunStore, hookpoint: str, latents: list[int],
     prompts, rows = [], []
     for latent in latents:
         row = {"hookpoint": hookpoint, "latent": int(latent), "explanation": None, "raw": "", "error": None,
-               "model": client.name, "strategy": sampling.strategy, "n_examples": 0, "kind": "input"}
+               "model": client.name, "engine": engine_of(client), "strategy": sampling.strategy, "n_examples": 0,
+               "kind": "input"}
         try:
             examples = explanation_examples(store, hookpoint, latent, sampling)
         except TooFewExamples as e:

@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from autointerp.config import InterpretConfig
-from autointerp.embedding import embedder_name, load_embedder
+from autointerp.embedding import embedder_engine, embedder_name, load_embedder
 from autointerp.errors import AutointerpError
 from autointerp.faults import fault_point
 from autointerp.intervention.scorer import SCORER as INTERVENTION
@@ -24,7 +24,7 @@ from autointerp.intervention.scorer import InterventionConfig, InterventionScore
 from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.jobs import report_progress
 from autointerp.milestones import record_milestone
-from autointerp.llm import make_client
+from autointerp.llm import engine_of, make_client
 from autointerp.llm.base import LLMConfig
 from autointerp.metrics import INTERVAL_KEYS
 from autointerp.llm.lockstep import run_lockstep
@@ -159,10 +159,10 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
                  **({"explanation": None} if s in EXPLANATION_FREE else {})} for s in cfg.scorers], []
     scores, decisions = [], []
     for scorer in cfg.scorers:
-        model, mode = client.name if client else None, None
+        model, mode, engine = client.name if client else None, None, engine_of(client)
         if scorer == "embedding":
             summary, records = score_embedding(explanation, activating, negatives, embedder)
-            model, mode = embedder_name(cfg.embedder), "similarity"
+            model, mode, engine = embedder_name(cfg.embedder), "similarity", embedder_engine(embedder)
         elif scorer == "surprisal":
             summary, records = score_surprisal(client, explanation, activating, negatives, cache)
             mode = "loss"
@@ -186,7 +186,7 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
                                                                 "recall", "f1", "auroc", "accuracy", "correlation",
                                                                 *INTERVAL_KEYS)},
-                       "score_id": sid, "scorer": scorer, "model": model, "mode": mode,
+                       "score_id": sid, "scorer": scorer, "model": model, "mode": mode, "engine": engine,
                        **({"explanation": None} if scorer in EXPLANATION_FREE else {}),
                        "decision_rule": summary.get("decision_rule"),
                        "accuracy_per_decile": json.dumps(summary.get("accuracy_per_decile", {})),

@@ -288,7 +288,9 @@ RESULT_SCHEMAS = {
         ("shown", pa.string()),  # JSON [[doc_id, start], ...]: the windows the explainer saw
         # "input" (from activating examples) or "output" (from clean vs steered continuations); NULL in
         # parts written before output explanations existed, read as "input"
-        ("kind", pa.string())]),
+        ("kind", pa.string()),
+        # what computed it: backend, dtype, device ("transformers bfloat16 cpu"); NULL before it was recorded
+        ("engine", pa.string())]),
     "scores": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("explanation", pa.string()), ("model", pa.string()), ("mode", pa.string()), ("error", pa.string()),
@@ -309,7 +311,8 @@ RESULT_SCHEMAS = {
         # intervention: t interval over the prompts' gains (NULL before it existed)
         ("intervention_score_lo", pa.float64()), ("intervention_score_hi", pa.float64()),
         # intruder: Wilson interval of the share of right calls (NULL before intruder scoring existed)
-        ("accuracy_lo", pa.float64()), ("accuracy_hi", pa.float64())]),
+        ("accuracy_lo", pa.float64()), ("accuracy_hi", pa.float64()),
+        ("engine", pa.string())]),  # as for explanations; the embedding scorer: its embedder's
     "decisions": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
@@ -570,6 +573,24 @@ class ResultsMixin:
             ORDER BY s.hookpoint, s.latent, s.scorer""",
                          params + list(EXPLANATION_FREE) + kind_params + ([hookpoint] if hookpoint else []))
         return _nulls_to_none(rows, "scores")
+
+    def engines(self) -> pd.DataFrame:
+        """Which model and engine (backend, dtype, device) computed this run's explanations and
+        scores: one row per (results, model, engine) with its row count and newest time; parts
+        written before engines were recorded read "not recorded"."""
+        frames = []
+        for kind in ("explanations", "scores"):
+            src = _results_glob(self.run_dir, kind)
+            if src is None:
+                continue
+            names = set(self._sql(f"DESCRIBE SELECT * FROM read_parquet({src}, union_by_name = true)").column_name)
+            engine = "coalesce(engine, 'not recorded')" if "engine" in names else "'not recorded'"
+            frames.append(self._sql(
+                f"SELECT ? AS results, model, {engine} AS engine, count(*) AS rows, max(created_at) AS newest "
+                f"FROM read_parquet({src}, union_by_name = true) GROUP BY ALL ORDER BY rows DESC, model", [kind]))
+        if not frames:
+            return pd.DataFrame(columns=["results", "model", "engine", "rows", "newest"])
+        return pd.concat(frames, ignore_index=True)
 
     def validity(self, hookpoint: str | None = None) -> pd.DataFrame:
         """Latest validity summary per (hookpoint, scorer): is the scorer validated on this run?"""

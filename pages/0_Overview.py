@@ -47,3 +47,9 @@ if scored == 0:
             "background (see Jobs); or select latents on the Browse page and launch a job.")
 measured, validity_text = views.validity_summary_text(store)
 (st.info if measured else st.warning)(validity_text, icon="🔬" if measured else "⚠️")
+engines = store.engines()
+if len(engines):
+    st.subheader("Explained and scored by")
+    st.caption("Each result records the model and the engine (backend, dtype, device) that computed it: results "
+               "from different engines can differ, so compare like with like.")
+    st.dataframe(engines, hide_index=True, width="stretch")

@@ -70,6 +70,18 @@ def test_overview_counts_explained_and_scored_latents(data):
     # no validation yet: the page says no score is known to measure anything, and how to check
     assert "No scorer has been validated on this run yet" in at.warning[0].value
     assert "autointerp validate" in at.warning[0].value
+    # which model and engine computed the results (issue 21): these were written without an engine
+    engines = at.dataframe[1].value
+    assert set(zip(engines.results, engines.model, engines.engine)) == {
+        ("explanations", "m", "not recorded"), ("scores", "m", "not recorded")}
+    assert engines.set_index("results").loc["scores", "rows"] == 10
+    append_results(data["run"], "scores", [{"score_id": uuid.uuid4().hex, "hookpoint": SET, "latent": 0,
+                                            "scorer": "intruder", "model": "transformers:qwen1.5b",
+                                            "engine": "transformers bfloat16 cpu", "accuracy": 0.5, "n": 20}])
+    at = page("app.py").run()
+    engines = at.dataframe[1].value
+    assert ("scores", "transformers:qwen1.5b", "transformers bfloat16 cpu") in set(
+        zip(engines.results, engines.model, engines.engine))
 
 
 def test_overview_with_no_runs_says_how_to_make_one(tmp_path, monkeypatch):
@@ -229,3 +241,33 @@ def test_scores_carry_their_intervals_in_browse_and_on_the_latent_page(data):
     assert scores.loc["detection", "95% CI"] == "[0.80, 0.97]" and scores.loc["embedding", "95% CI"] == "–"
     assert scores.loc["intervention", "95% CI"] == "[-0.10, 0.90] ≈ chance"
     assert scores.loc["detection", "decisions"].startswith("rank")
+
+
+def test_intruder_scores_show_without_an_explanation_in_browse_latent_and_scores(data):
+    """An intruder score judges the latent: Browse shows it with its interval against chance 0.2
+    beside any explanation (or none), the Latent page lists it, the Scores page includes it (23.1)."""
+    explained, failed = data["latents"][1], data["latents"][5]  # the latter's only explanation failed
+    append_results(data["run"], "scores", [
+        {"score_id": uuid.uuid4().hex, "hookpoint": SET, "latent": x, "scorer": "intruder", "explanation": None,
+         "accuracy": acc, "accuracy_lo": lo, "accuracy_hi": hi, "n": 20, "n_failed": 0, "model": "m",
+         "mode": "logprob"}
+        for x, acc, lo, hi in ((explained, 0.85, 0.64, 0.95), (failed, 0.3, 0.15, 0.52))])
+    at = page("pages/1_Browse.py")
+    at.query_params["set"] = SET
+    at.run()
+    assert not at.exception, at.exception
+    rows = at.dataframe[0].value.set_index("latent")
+    assert rows.loc[explained, "intruder"] == pytest.approx(0.85)
+    assert rows.loc[explained, "intruder 95% CI"] == "[0.64, 0.95]"
+    assert rows.loc[failed, "intruder 95% CI"] == "[0.15, 0.52] ≈ chance"  # chance is 0.2, not 0.5
+    assert rows.loc[explained, "detection"] == pytest.approx(0.6)  # the explanation's scores stay beside it
+    at = page("pages/2_Latent.py")
+    at.query_params.update({"set": SET, "latent": str(failed)})
+    at.run()
+    assert not at.exception, at.exception
+    scores = at.dataframe[0].value.set_index("scorer")
+    assert scores.loc["intruder", "accuracy"] == pytest.approx(0.3)
+    assert scores.loc["intruder", "95% CI"] == "[0.15, 0.52] ≈ chance"
+    at = page("pages/3_Scores.py")
+    at.run()
+    assert not at.exception, at.exception

@@ -178,6 +178,7 @@ def test_explain_and_score_pipeline_with_failures_counted(tiny_run, tiny_llm, mo
     assert len(latents) == 2
     # The random tiny model answers garbage: stored as failures with the raw text, never explanations.
     rows = run_explain(cfg, client=tiny_llm)
+    assert {r["engine"] for r in rows} == {"transformers float32 cpu"}  # the engine is recorded (issue 21)
     assert len(rows) == 2 and all(r["raw"] for r in rows)
     expl = store.explanations(SET)
     assert len(expl) == 2
@@ -289,6 +290,7 @@ def test_embedding_scorer_uses_the_chosen_embedder_and_records_it(store, tiny_ru
         assert not row.get("error")
         assert len(decisions) == row["n"] > 0
     assert got["minilm"]["model"] == "all-MiniLM-L6-v2" and got[str(minilm_dir())]["model"] == "model"
+    assert got["minilm"]["engine"] == "sentence-transformers float32 cpu"  # recorded beside the score (issue 21)
     assert got["minilm"]["auroc"] == pytest.approx(got[str(minilm_dir())]["auroc"])  # the same model, two names
     with pytest.raises(AutointerpError, match="unknown embedder 'e5'.*minilm, mpnet"):
         embedding.embedder_dir("e5")

@@ -104,6 +104,9 @@ def test_intruder_scores_unexplained_latents_and_stays_current_across_explanatio
     rows = run_score(cfg, client=tiny_llm)  # no explanation exists: intruder alone needs none
     assert {r["latent"] for r in rows} == set(latents) and all(r["explanation"] is None for r in rows)
     assert all(r["n"] == 6 and 0 <= r["accuracy"] <= 1 and r["model"] == tiny_llm.name for r in rows)
+    # every result records the engine that computed it (issue 21): backend, dtype, device
+    assert {r["engine"] for r in rows} == {"transformers float32 cpu"}
+    assert store.engines().values.tolist()[0][:4] == ["scores", tiny_llm.name, "transformers float32 cpu", 2]
     current = store.current_scores(SET)
     assert set(current.latent) == set(latents) and set(current.scorer) == {"intruder"}
     assert run_score(cfg, client=tiny_llm) == []  # a rerun has nothing left to do

@@ -17,6 +17,7 @@ import math
 from autointerp.config import InterpretConfig
 from autointerp.explain import parse_explanation
 from autointerp.intervention.scorer import HEADLINE_KL, InterventionConfig, InterventionScorer, unit
+from autointerp.llm import engine_of
 from autointerp.prompts import output_explainer_messages
 from autointerp.store import RunStore
 
@@ -91,7 +92,8 @@ class OutputExplainer:
         rows, prompts = [], []
         for latent in latents:
             row = {"hookpoint": self.cfg.hookpoint, "latent": int(latent), "explanation": None, "raw": "",
-                   "error": None, "model": self.client.name, "strategy": None, "n_examples": 0, "kind": KIND}
+                   "error": None, "model": self.client.name,
+                   "engine": engine_of(self.client), "strategy": None, "n_examples": 0, "kind": KIND}
             try:
                 target, samples, source = self.samples(int(latent))
             except NoSteeredText as e:

@@ -20,6 +20,7 @@ import torch
 
 from autointerp.coders import coder_from_manifest
 from autointerp.errors import AutointerpError
+from autointerp.llm import engine_of
 from autointerp.intervention.search import LOG10_ALPHA_RANGE, AlphaResult, search_alphas
 from autointerp.intervention.steering import (check_lengths, greedy_continuations, mean_kl, next_token_logprobs)
 from autointerp.metrics import t_ci
@@ -222,7 +223,7 @@ class InterventionScorer:
         seed = latent_seed(cfg.seed, self.latent_set, latent)
         stored, explanation = explanation, explanation.strip()  # rows keep the text as stored (resume key)
         base = {"hookpoint": self.latent_set, "latent": int(latent), "score_id": uuid.uuid4().hex}
-        score = {**base, "scorer": SCORER, "explanation": stored, "model": self.client.name,
+        score = {**base, "scorer": SCORER, "explanation": stored, "model": self.client.name, "engine": engine_of(self.client),
                  "mode": f"kl={cfg.headline_kl:g}", "target_kl": cfg.headline_kl, "n": 0, "n_failed": 0}
         direction = unit(self.directions[int(latent)])
         if direction is None:

@@ -7,6 +7,11 @@ from autointerp.llm.base import LLMConfig
 BACKENDS = ("transformers", "vllm", "openai")
 
 
+def engine_of(client) -> str | None:
+    """The engine a client computes with (backend, dtype, device), stored beside every result."""
+    return getattr(client, "engine", None) if client is not None else None
+
+
 def make_client(cfg: LLMConfig):
     if cfg.backend == "transformers":
         from autointerp.llm.transformers_backend import TransformersClient

@@ -30,7 +30,8 @@ class LLMConfig:
 
 
 class LLMClient(Protocol):
-    name: str
+    name: str  # backend:model, stored with every result as `model`
+    engine: str  # what computed it: backend, dtype, device (e.g. "transformers bfloat16 cpu"), stored as `engine`
 
     def generate(self, prompts: list[list[Message]], max_tokens: int = 200, temperature: float = 0.0) -> list[str]: ...
 

@@ -28,6 +28,7 @@ class OpenAIClient:
         if not cfg.base_url:
             raise AutointerpError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         self.cfg, self.name = cfg, f"openai:{cfg.model}@{cfg.base_url}"
+        self.engine = "openai-compatible server (its own dtype and device)"
         self._errors = (openai.APIConnectionError, openai.APITimeoutError)
         self.client = openai.OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY")
                                     or "EMPTY", timeout=cfg.timeout_s, max_retries=cfg.max_retries)

@@ -75,6 +75,7 @@ class TransformersClient(TokenizerSide):
         self.combines_latents = str(self.device).startswith("cuda")
         self.model, self.tok = load_causal_lm(cfg.model, cfg.dtype, self.device)
         self.model.to(self.device).eval()
+        self.engine = f"transformers {str(self.model.dtype).removeprefix('torch.')} {self.device}"
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
 

@@ -51,6 +51,7 @@ class VLLMClient(TokenizerSide):
         self.dtype = resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu",
                                    model_width(source, None))
         # vLLM's own logging (and any traceback) goes to a file the errors point at, not the console.
+        self.engine = f"vllm {self.dtype} {'cuda' if torch.cuda.is_available() else 'cpu'}"
         self.log_path = data_dir() / "logs" / f"vllm-worker-{os.getpid()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log_file:
