@@ -172,8 +172,9 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         elif scorer == "intruder":
             summary, records = score_intruder(client, activating, negatives,
                                               IntruderConfig(mode=cfg.mode, threshold=cfg.threshold,
-                                                             seed=latent_seed(cfg.seed, hookpoint, latent)))
-            mode = cfg.mode
+                                                             seed=latent_seed(cfg.seed, hookpoint, latent),
+                                                             calibrate=cfg.calibrate))
+            mode = cfg.mode + ("-calibrated" if cfg.calibrate and cfg.mode == "logprob" else "")
         else:
             calibrate = cfg.calibrate and cfg.mode == "logprob"
             summary, records = score_classify(scorer, client, explanation, activating, negatives,

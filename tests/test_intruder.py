@@ -56,23 +56,49 @@ def test_each_prompt_holds_one_silent_window_and_activating_windows_equally(stor
     assert len({p.intruder for p in prompts}) > 1  # the position varies
 
 
-def test_logprob_calls_follow_the_backends_probabilities(store, tiny_llm):
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_logprob_calls_follow_the_backends_probabilities(store, tiny_llm, calibrate):
     _, act, neg = _test_set(store)
-    cfg = IntruderConfig(seed=3)
+    cfg = IntruderConfig(seed=3, calibrate=calibrate)
     summary, records = score_intruder(tiny_llm, act, neg, cfg)
     prompts = intruder_prompts(act, neg, cfg)
-    direct = tiny_llm.answer_probs([intruder_messages(INTRUDER_SYSTEM, p.texts) for p in prompts],
-                                   [str(j) for j in range(1, 6)], assistant_prefixes=[INTRUDER_PREFIX] * len(prompts))
+    direct = np.array(tiny_llm.answer_probs([intruder_messages(INTRUDER_SYSTEM, p.texts) for p in prompts],
+                                            [str(j) for j in range(1, 6)],
+                                            assistant_prefixes=[INTRUDER_PREFIX] * len(prompts)))
     right = 0
-    for r, p, probs in zip(records, prompts, direct):
+    for i, (r, p) in enumerate(zip(records, prompts)):
         assert r["slot"] == p.intruder and (r["doc_id"], r["start"]) == (p.windows[p.intruder].doc_id,
                                                                          p.windows[p.intruder].start)
-        assert r["probability"] == pytest.approx(probs[p.intruder], abs=1e-6)
-        assert r["prediction"] == (int(np.argmax(probs)) == p.intruder)
+        q = direct[i]
+        if calibrate:  # divided by the mean of every other prompt's probability at each position
+            q = q / np.delete(direct, i, axis=0).mean(axis=0)
+        q = q / q.sum()
+        assert r["probability"] == pytest.approx(q[p.intruder], abs=1e-6)
+        assert r["prediction"] == (int(np.argmax(q)) == p.intruder)
         right += r["prediction"]
     assert summary["n"] == len(neg) and summary["n_failed"] == 0
+    assert summary["decision_rule"].startswith("largest" if calibrate else "most probable")
     assert summary["accuracy"] == pytest.approx(right / len(neg))
     assert (summary["accuracy_lo"], summary["accuracy_hi"]) == pytest.approx(wilson_ci(right, len(neg)))
+
+
+def test_calibration_removes_a_position_bias():
+    """A reader that always favours the last place picks it every time (chance); divided by the
+    position prior of the other prompts, a small real preference for the intruder wins."""
+    from autointerp.scorers.intruder import position_calibration
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 40)
+    read = []
+    for t in truth:
+        p = np.array([0.12, 0.12, 0.12, 0.12, 0.52])
+        p[t] += 0.05
+        read.append(p / p.sum())
+    raw_right = np.mean([np.argmax(p) == t for p, t in zip(read, truth)])
+    w = position_calibration(read)
+    cal_right = np.mean([np.argmax(p * wi) == t for p, wi, t in zip(read, w, truth)])
+    assert raw_right == pytest.approx(np.mean(truth == 4)) and cal_right > 0.9
+    assert position_calibration([read[0], None]) == [pytest.approx(np.ones(5))] * 2  # too few to estimate
 
 
 def test_wilson_interval_known_values():

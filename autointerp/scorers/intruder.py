@@ -6,9 +6,14 @@ the intruder marks of the same shape at random places (as fuzzing's silent windo
 presence gives nothing away and a coherent latent's marked tokens do.
 
 Read-out (logprob mode): P(answer = j) over the digits 1..5 right after "The intruder is (", one
-forward per prompt; the call is right when the intruder's digit is the most probable. Generate mode
-parses "(j)" from the answer; an answer without one is a counted failure, never a guess. The
-latent's score is the share of right calls, with a Wilson 95 % interval; chance is 1/5.
+forward per prompt. A small scorer has a strong position bias: Qwen2.5-1.5B put 41-44 % on "(5)"
+and picked it in every prompt of two demo latents, which is chance whatever the windows. So by
+default (`calibrate`) each prompt's probabilities are divided by the latent's mean probability per
+position over its *other* prompts (the intruder's place is random, so that mean is the position
+prior) and the call is the largest ratio; on those two latents this turned 0.20 and 0.20 into
+0.40 and 0.35. Generate mode parses "(j)" from the answer; an answer without one is a counted
+failure, never a guess. The latent's score is the share of right calls, with a Wilson 95 %
+interval; chance is 1/5.
 
 One prompt per silent test window: the default test set (20 activating, 20 silent windows) gives 20
 prompts, each activating window shown in 4 of them (a seeded cycle, so all are used equally)."""
@@ -20,6 +25,8 @@ import random
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from autointerp.metrics import wilson_ci
 from autointerp.prompts import INTRUDER_SYSTEM, highlight, intruder_messages
 from autointerp.scorers.classify import false_highlight
@@ -29,7 +36,9 @@ INTRUDER_ACTIVATING = 4  # activating windows per prompt, beside the one intrude
 INTRUDER_CHOICES = INTRUDER_ACTIVATING + 1
 INTRUDER_CHANCE = 1 / INTRUDER_CHOICES
 INTRUDER_PREFIX = "The intruder is ("
-DECISION_RULE_INTRUDER = "right when the intruder's number is the most probable (logprob) or the one answered (generate)"
+DECISION_RULE_CALIBRATED = "largest P(position) / the latent's mean P(position) over its other prompts"
+DECISION_RULE_RAW = "most probable position"
+DECISION_RULE_PARSED = "parsed answer"
 
 
 @dataclass
@@ -37,6 +46,7 @@ class IntruderConfig:
     mode: str = "logprob"  # logprob | generate
     threshold: float = 0.3  # share of a window's maximum activation that gets a << >> mark
     seed: int = 0  # prompts and order; pass store.latent_seed(seed, hookpoint, latent)
+    calibrate: bool = True  # logprob mode: take the scorer's position bias out (module docstring)
 
 
 @dataclass
@@ -91,17 +101,22 @@ def score_intruder(client, activating: list[Example], negatives: list[Example],
     if cfg.mode == "logprob":
         answers = [str(j) for j in range(1, n + 1)]
         read = client.answer_probs(messages, answers, assistant_prefixes=[INTRUDER_PREFIX] * len(messages))
-        for p, prompt in zip(read, prompts):
+        read = [None if p is None else np.asarray(p, dtype=float) for p in read]
+        read = [p if p is None or len(p) == n else None for p in read]
+        weights = position_calibration(read) if cfg.calibrate else [np.ones(n)] * len(read)
+        for p, w, prompt in zip(read, weights, prompts):
             if p is None:  # the server's top logprobs held none of the digits: a counted failure
                 picks.append(None), probs.append(None), raws.append("no digit among the top logprobs")
                 continue
-            p = [float(x) for x in p]
-            picks.append(max(range(n), key=lambda j: p[j]))
-            probs.append(p[prompt.intruder])
-            raws.append(json.dumps([round(x, 4) for x in p]))
+            q = p * w / float((p * w).sum())
+            picks.append(int(np.argmax(q)))
+            probs.append(float(q[prompt.intruder]))
+            raws.append(json.dumps({"p": [round(float(x), 4) for x in p], "calibrated": [round(float(x), 4) for x in q]}))
+        rule = DECISION_RULE_CALIBRATED if cfg.calibrate else DECISION_RULE_RAW
     elif cfg.mode == "generate":
         for raw in client.generate(messages, max_tokens=12):
             picks.append(_parse_choice(raw, n)), probs.append(None), raws.append(raw)
+        rule = DECISION_RULE_PARSED
     else:
         raise ValueError(f"unknown mode {cfg.mode!r}: use logprob or generate")
     records = [{"doc_id": p.windows[p.intruder].doc_id, "start": p.windows[p.intruder].start, "activating": False,
@@ -113,5 +128,20 @@ def score_intruder(client, activating: list[Example], negatives: list[Example],
     ok = sum(1 for r in records if not r["failed"])
     lo, hi = wilson_ci(right, ok)
     summary = {"n": ok, "n_failed": len(records) - ok, "accuracy": right / ok if ok else None,
-               "accuracy_lo": lo, "accuracy_hi": hi, "decision_rule": DECISION_RULE_INTRUDER}
+               "accuracy_lo": lo, "accuracy_hi": hi, "decision_rule": rule}
     return summary, records
+
+
+def position_calibration(read: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Per prompt, 1 / the mean probability of each position over the latent's other prompts
+    (leave-one-out: a prompt's own answer never sets its weights); ones where too few prompts
+    were read to estimate it."""
+    ok = [p for p in read if p is not None]
+    if len(ok) < 3:
+        return [np.ones(len(ok[0]) if ok else INTRUDER_CHOICES)] * len(read)
+    total = np.sum(ok, axis=0)
+    out = []
+    for p in read:
+        prior = (total - p) / (len(ok) - 1) if p is not None else total / len(ok)
+        out.append(1.0 / np.maximum(prior, 1e-9))
+    return out
