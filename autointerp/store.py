@@ -903,11 +903,15 @@ class RunStore(ResultsMixin):
                                              n_quantiles=n_quantiles, seed=seed, exclude=exclude))
         return sorted(ex, key=lambda e: (-(e.quantile or 0), -e.max_act, e.doc_id))
 
+    def active_windows(self, hookpoint: str, latent: int) -> pd.DataFrame:
+        """(doc_id, w) of every window where the latent fires at least once."""
+        return self._sql(f"SELECT DISTINCT doc_id, (pos - 1) // {self.window} AS w "
+                         f"FROM {self._acts(hookpoint)} WHERE latent = ?", [int(latent)])
+
     def non_activating_examples(self, hookpoint: str, latent: int, n: int = 20, seed: int = 0) -> list[Example]:
         """Random windows where the latent never fires, seeded per (seed, hookpoint, latent) so
         each latent gets its own."""
-        active = self._sql(f"SELECT DISTINCT doc_id, (pos - 1) // {self.window} AS w "
-                           f"FROM {self._acts(hookpoint)} WHERE latent = ?", [int(latent)])
+        active = self.active_windows(hookpoint, latent)
         n_ctx, width = self.n_contexts, self.tokens.shape[1]
         per_ctx = -(-(width - 1) // self.window)
         taken = set((active.doc_id * per_ctx + active.w).tolist())
