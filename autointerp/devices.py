@@ -1,12 +1,16 @@
 """Where models run and in which dtype: `--device auto|cpu|cuda[:N]` and `--dtype auto|...`.
 
 Every model load (subject, coders, explainer/scorer, steering, SAE training) resolves its dtype
-here. auto on a GPU is bfloat16 where supported (else float16). auto on a CPU is decided by a
-measurement, not by CPU flags: machines differ by 10-30x (bfloat16 is 2.5x float32 with AMX,
-slower than float32 on AMD AVX-512 without AMX, 0.03x on AVX2-only CPUs), so a probe of 0.4-2.5 s
-times a small MLP block of the model's width in both dtypes and keeps bfloat16 only where it wins
-clearly. The verdict is cached per machine (CPU, ISA limits, torch version, threads) in
-data/machine/dtype-probe.json; bench/cache.py prints the bf16 vs fp32 line for a whole model.
+here. auto on a GPU is bfloat16 where supported (else float16). On a CPU machines differ by 10-30x
+(bfloat16 is 2.5x float32 with AMX, slower than float32 on AMD AVX-512 without AMX at small widths,
+0.03x on AVX2-only CPUs). Where the CPU's flags settle it (cpu_flag_verdict) they decide: AMX ->
+bfloat16, no bfloat16 instructions at all (AVX2, AVX-512 without AVX512-BF16, or torch limited to
+such an ISA) -> float32. Only the class in between (AVX512-BF16 without AMX) is measured: a probe
+of 0.4-2.5 s times a small MLP block of the model's width in both dtypes and keeps bfloat16 only
+where it wins clearly, cached per machine (CPU, ISA limits, torch version, threads) in
+data/machine/dtype-probe.json. Flags first because the probe is load-sensitive: on an AMX machine
+under a test suite it once read 1.08x at width 1024 (float32 chosen, Qwen 2-4x slower) where a
+re-run a minute later read 4.35x. bench/cache.py prints the bf16 vs fp32 line for a whole model.
 """
 
 from __future__ import annotations
@@ -110,8 +114,32 @@ def resolve_dtype(spec: str = "auto", device: str = "cpu", width: int | None = N
         raise AutointerpError(f"unknown dtype {spec!r}: use auto or one of {', '.join(DTYPES)}")
     if str(device).startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    settled = cpu_flag_verdict(cpu_flags(), {k: os.environ.get(k, "") for k in _ISA_ENV})
+    return settled if settled is not None else probe_verdict(width)
+
+
+def probe_verdict(width: int | None = None) -> str:
+    """The measured verdict (cpu_bf16_probe at the model's width, capped at PROBE_MAX_WIDTH)."""
     probe_width = min(width or PROBE_WIDTH, PROBE_MAX_WIDTH)
     return "bfloat16" if cpu_bf16_probe(probe_width)["speedup"] >= BF16_MIN_SPEEDUP else "float32"
+
+
+def cpu_flag_verdict(flags: frozenset[str] | set[str], isa_env: dict[str, str]) -> str | None:
+    """bfloat16 or float32 where the CPU flags (and torch's ISA limits) settle --dtype auto; None
+    where only the probe can tell (AVX512-BF16 without AMX, or flags unknown: another OS, ARM)."""
+    if not flags:
+        return None
+    onednn = isa_env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    mkl = isa_env.get("MKL_ENABLE_INSTRUCTIONS", "").strip().upper()
+    unlimited = onednn in ("", "ALL", "DEFAULT")
+    # torch limited to an ISA without bfloat16 (how an AVX2-only CPU is approximated) counts as one
+    bf16_allowed = (unlimited or any(t in onednn for t in ("BF16", "AMX", "AVX10"))) and mkl not in ("AVX2", "AVX",
+                                                                                                     "SSE4_2")
+    if not ("amx_bf16" in flags or "avx512_bf16" in flags) or not bf16_allowed:
+        return "float32"  # no bfloat16 instructions to run on: measured 0.01-0.1x float32
+    if "amx_bf16" in flags and (unlimited or "AMX" in onednn):
+        return "bfloat16"  # AMX: measured 2.5x float32 on the whole demo cache, 2.5-4.4x in the probe
+    return None
 
 
 def probe_path() -> Path:

@@ -30,7 +30,7 @@ def probe_dir(tmp_path, monkeypatch):
 
 def test_auto_dtype_on_a_cpu_is_the_measured_verdict_stored_per_machine(probe_dir):
     width = 64
-    choice = devices.resolve_dtype("auto", "cpu", width)
+    choice = devices.probe_verdict(width)
     stored = json.loads(devices.probe_path().read_text())
     result = stored[devices.machine_key(width)]
     assert result["float32_tok_s"] > 0 and result["bfloat16_tok_s"] > 0
@@ -40,9 +40,35 @@ def test_auto_dtype_on_a_cpu_is_the_measured_verdict_stored_per_machine(probe_di
     for speedup, expected in ((2.5, "bfloat16"), (0.03, "float32"), (devices.BF16_MIN_SPEEDUP - 0.01, "float32")):
         stored[devices.machine_key(width)] = {**result, "speedup": speedup}
         devices.probe_path().write_text(json.dumps(stored))
-        assert devices.resolve_dtype("auto", "cpu", width) == expected
+        assert devices.probe_verdict(width) == expected
     # ISA limits are part of the machine's identity: a limited torch is measured on its own
     assert devices.machine_key(width) != devices.machine_key(width + 1)
+
+
+def test_cpu_flags_settle_auto_where_they_can_and_the_probe_decides_the_rest(probe_dir, monkeypatch):
+    amx = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    avx512_bf16 = {"avx2", "avx512f", "avx512_bf16"}
+    cases = [(amx, {}, "bfloat16"), ({"avx2", "fma"}, {}, "float32"), ({"avx2", "avx512f"}, {}, "float32"),
+             (avx512_bf16, {}, None), (set(), {}, None),
+             # torch limited to AVX2 on an AMX machine: how an AVX2-only CPU is approximated
+             (amx, {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, "float32"),
+             (amx, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, None), (amx, {"ONEDNN_MAX_CPU_ISA": "ALL"}, "bfloat16"),
+             (amx, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, "bfloat16")]
+    for flags, env, expected in cases:
+        assert devices.cpu_flag_verdict(frozenset(flags), env) == expected, (flags, env)
+    # resolve_dtype follows the flags without measuring (this machine's own flags, whatever they are) ...
+    for var in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset(amx))  # another machine's flags: the one fake
+    assert devices.resolve_dtype("auto", "cpu", 1536) == "bfloat16" and not devices.probe_path().exists()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    assert devices.resolve_dtype("auto", "cpu", 1536) == "float32" and not devices.probe_path().exists()
+    # ... and measures where they cannot tell
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS")
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset(avx512_bf16))
+    assert devices.resolve_dtype("auto", "cpu", 64) == devices.probe_verdict(64) and devices.probe_path().exists()
 
 
 def test_machine_key_follows_isa_limits(monkeypatch):
