@@ -142,6 +142,9 @@ class InterpretConfig:
     threshold: float = _help("highlight tokens above this fraction of the example's max activation", default=0.3)
     show_activations: bool = _help("also show activation values to the explainer", default=False)
     cot: bool = _help("let the explainer think step by step first", default=False)
+    explainer: str = _help("default (activating examples) or contrastive (also shown similar windows where the latent "
+                           "is silent: embedding-nearest under --embedder, and asked what tells them apart)",
+                           default="default")
     scorers: list[str] = _help("scorers to run: detection fuzzing embedding surprisal simulation intruder (needs no "
                                "explanation) intervention",
                                default_factory=lambda: ["detection", "fuzzing", "embedding"])

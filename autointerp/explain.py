@@ -3,19 +3,25 @@ An answer we cannot parse is stored as a failure with its raw text, never as an 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 from dataclasses import dataclass
 
+from autointerp.errors import AutointerpError
 from autointerp.llm import engine_of
 from autointerp.prompts import explainer_messages
-from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples
+from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples, hard_negatives
 from autointerp.store import RunStore
 
 log = logging.getLogger(__name__)
 
 _TAGGED = re.compile(r"\[?\s*explanation\s*\]?\s*:\s*(.+)", re.IGNORECASE)
+
+
+EXPLAINERS = ("default", "contrastive")
+CONTRAST_WINDOWS = 10  # silent windows a contrastive prompt shows
 
 
 @dataclass
@@ -24,6 +30,14 @@ class ExplainConfig:
     show_activations: bool = False
     cot: bool = False
     max_tokens: int = 60
+    # contrastive: the prompt also shows CONTRAST_WINDOWS silent windows closest (under `embedder`)
+    # to the activating examples shown, and asks what tells the two apart (delphi's contrastive explainer)
+    explainer: str = "default"
+    embedder: str = "minilm"
+
+    def __post_init__(self) -> None:
+        if self.explainer not in EXPLAINERS:
+            raise AutointerpError(f"unknown explainer {self.explainer!r}: use {' or '.join(EXPLAINERS)}")
 
 
 def parse_explanation(raw: str) -> str | None:
@@ -44,20 +58,31 @@ def explain_latents(client, store: RunStore, hookpoint: str, latents: list[int],
     """One record per latent: explanation (None on failure), raw answer, error, settings, and the
     windows shown (JSON [[doc_id, start], ...])."""
     prompts, rows = [], []
+    embedder = None
+    if cfg.explainer == "contrastive":
+        from autointerp.embedding import load_embedder
+
+        embedder = load_embedder(cfg.embedder)
     for latent in latents:
         row = {"hookpoint": hookpoint, "latent": int(latent), "explanation": None, "raw": "", "error": None,
                "model": client.name, "engine": engine_of(client), "strategy": sampling.strategy, "n_examples": 0,
-               "kind": "input"}
+               "kind": "input", "explainer": cfg.explainer}
         try:
             examples = explanation_examples(store, hookpoint, latent, sampling)
         except TooFewExamples as e:
             row["error"] = str(e)
             rows.append(row)
             continue
+        contrast = []
+        if cfg.explainer == "contrastive":
+            near = dataclasses.replace(sampling, n_negative=CONTRAST_WINDOWS, negatives="hard")
+            contrast = hard_negatives(store, hookpoint, latent, examples, near, embedder)
         row["n_examples"] = len(examples)
-        # Scoring excludes exactly these windows instead of recomputing them from its own settings.
-        row["shown"] = json.dumps([[e.doc_id, e.start] for e in examples])
-        prompts.append((len(rows), explainer_messages(examples, cfg.threshold, cfg.show_activations, cfg.cot)))
+        # Scoring excludes exactly these windows instead of recomputing them from its own settings
+        # (a contrastive prompt's silent windows too: a test on them would reward having seen them).
+        row["shown"] = json.dumps([[e.doc_id, e.start] for e in examples + contrast])
+        prompts.append((len(rows), explainer_messages(examples, cfg.threshold, cfg.show_activations, cfg.cot,
+                                                      contrast=contrast)))
         rows.append(row)
     if prompts:
         answers = client.generate([m for _, m in prompts], max_tokens=cfg.max_tokens * (6 if cfg.cot else 1))

@@ -71,7 +71,8 @@ def _sampling(cfg: InterpretConfig) -> SamplingConfig:
 
 
 def explain_config(cfg: InterpretConfig) -> ExplainConfig:
-    return ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot)
+    return ExplainConfig(threshold=cfg.threshold, show_activations=cfg.show_activations, cot=cfg.cot,
+                         explainer=cfg.explainer, embedder=cfg.embedder)
 
 
 def _client(cfg: InterpretConfig):

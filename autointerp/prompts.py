@@ -14,6 +14,12 @@ Find what the highlighted tokens have in common (their meaning, their form, or t
 Answer with one specific explanation, under 12 words, on a final line of the form:
 [EXPLANATION]: <your explanation>"""
 
+# Contrastive: the same task, plus similar texts where the feature is silent.
+CONTRAST_NOTE = """
+After the examples you also see counter-examples: similar texts in which the feature does NOT
+activate anywhere. Your explanation must fit the highlighted tokens and not the counter-examples:
+say what distinguishes them."""
+
 EXPLAINER_SYSTEM_COT = EXPLAINER_SYSTEM.replace(
     "Answer with one specific explanation",
     "First think step by step: what the highlighted tokens are, what they share, what surrounds them. "
@@ -127,7 +133,8 @@ def highlighted_summary(examples: list[Example], threshold: float = 0.3, top: in
 
 
 def explainer_messages(examples: list[Example], threshold: float = 0.3, show_activations: bool = False,
-                       cot: bool = False) -> list[dict]:
+                       cot: bool = False, contrast: list[Example] | None = None) -> list[dict]:
+    """The explainer's prompt; with `contrast` (silent windows) the contrastive variant."""
     lines = []
     for i, e in enumerate(examples, 1):
         lines.append(f"Example {i}: {highlight(e, threshold)}")
@@ -136,7 +143,11 @@ def explainer_messages(examples: list[Example], threshold: float = 0.3, show_act
                     for t, a in zip(e.tokens, e.acts) if a > 0 and a >= threshold * e.max_act]
             lines.append("Activations: " + ", ".join(acts))
     lines.append("\nHighlighted tokens: " + highlighted_summary(examples, threshold))
-    messages = [{"role": "system", "content": EXPLAINER_SYSTEM_COT if cot else EXPLAINER_SYSTEM}]
+    if contrast:
+        lines.append("\nCounter-examples (the feature is silent in all of them):")
+        lines += [f"Counter-example {i}: {plain(e)}" for i, e in enumerate(contrast, 1)]
+    system = EXPLAINER_SYSTEM_COT if cot else EXPLAINER_SYSTEM
+    messages = [{"role": "system", "content": system + (CONTRAST_NOTE if contrast else "")}]
     for shot, answer in FEW_SHOT:
         messages += [{"role": "user", "content": shot}, {"role": "assistant", "content": answer}]
     messages.append({"role": "user", "content": defuse("\n".join(lines))})  # summary and activations too

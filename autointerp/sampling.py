@@ -11,6 +11,7 @@ seeded per latent (store.latent_seed), so latents are not all tested on the same
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -99,14 +100,22 @@ def scoring_examples(store: RunStore, hookpoint: str, latent: int, cfg: Sampling
     if len(activating) < cfg.min_examples:
         raise TooFewExamples(f"latent {latent} of {hookpoint} has {len(activating)} held-out activating windows; "
                              f"at least {cfg.min_examples} are needed to score it")
-    if cfg.negatives == "random":
-        negatives = store.non_activating_examples(hookpoint, latent, cfg.n_negative, seed=cfg.seed)
-    elif cfg.negatives == "hard":
-        negatives = hard_negatives(store, hookpoint, latent, activating, cfg, embedder)
-    elif cfg.negatives == "neighbours":
-        negatives = neighbour_negatives(store, hookpoint, latent, cfg)
-    else:
+    if cfg.negatives not in NEGATIVES:
         raise AutointerpError(f"unknown negatives {cfg.negatives!r}: use {', '.join(NEGATIVES)}")
+
+    def silent(n: int) -> list[Example]:
+        c = dataclasses.replace(cfg, n_negative=n)
+        if cfg.negatives == "random":
+            return store.non_activating_examples(hookpoint, latent, n, seed=cfg.seed)
+        if cfg.negatives == "hard":
+            return hard_negatives(store, hookpoint, latent, activating, c, embedder)
+        return neighbour_negatives(store, hookpoint, latent, c)
+
+    negatives = silent(cfg.n_negative)
+    # Silent windows an explainer saw (a contrastive prompt's counter-examples) are not tested on;
+    # only then are more drawn, so test sets of every other explanation stay as they were.
+    if skip and any(_key(e) in set(skip) for e in negatives):
+        negatives = [e for e in silent(cfg.n_negative + len(skip)) if _key(e) not in set(skip)][:cfg.n_negative]
     if len(negatives) < min(cfg.n_negative, cfg.min_examples):
         need = min(cfg.n_negative, cfg.min_examples)
         if cfg.negatives == "neighbours":

@@ -290,7 +290,8 @@ RESULT_SCHEMAS = {
         # parts written before output explanations existed, read as "input"
         ("kind", pa.string()),
         # what computed it: backend, dtype, device ("transformers bfloat16 cpu"); NULL before it was recorded
-        ("engine", pa.string())]),
+        ("engine", pa.string()),
+        ("explainer", pa.string())]),  # default | contrastive (explain.EXPLAINERS); NULL before: default
     "scores": pa.schema([
         ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
         ("explanation", pa.string()), ("model", pa.string()), ("mode", pa.string()), ("error", pa.string()),

@@ -12,6 +12,7 @@ import streamlit as st
 from autointerp import jobs, views
 from autointerp.config import InterpretConfig
 from autointerp.errors import AutointerpError
+from autointerp.explain import EXPLAINERS
 from autointerp.scorers import SCORERS
 from autointerp.store import RunStore, list_runs
 
@@ -148,6 +149,8 @@ def job_form(run: str, hookpoint: str, latents: list[int], key: str) -> jobs.Job
                                      key=f"{key}-pp")
         mode = c6.selectbox("Detection/fuzzing read-out", ("logprob", "generate"), key=f"{key}-mode")
         strategy = c6.selectbox("Explanation examples", ("top", "random", "quantiles", "mix"), key=f"{key}-strat")
+        explainer = c4.selectbox("Explainer", EXPLAINERS, key=f"{key}-explainer",
+                                 help="contrastive: also shows similar windows where the latent is silent")
         submitted = st.form_submit_button(f"Launch on {len(latents)} latent(s)", disabled=not latents)
     if not submitted:
         return None
@@ -157,7 +160,7 @@ def job_form(run: str, hookpoint: str, latents: list[int], key: str) -> jobs.Job
     cfg = InterpretConfig(run=run, hookpoint=hookpoint, latents=[int(x) for x in latents], backend=backend,
                           model=model, base_url=base_url, strategy=strategy, n_explain=int(n_explain),
                           scorers=list(scorers) or defaults.scorers, mode=mode, per_prompt=int(per_prompt),
-                          force=True)
+                          explainer=explainer, force=True)
     args = jobs.interpret_args(cfg)
     steps = ([("explain", args)] if explain else []) + ([("score", args)] if score else [])
     what = " + ".join(s for s, _ in steps)

@@ -253,6 +253,15 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
                       store.latent_results("explanations", hookpoint, latent, explanation_kind="output"))
 
 
+def explanation_caption(row) -> str:
+    """Who wrote an explanation, from which examples, with which engine and explainer ("default"
+    where the record predates the choice)."""
+    engine = getattr(row, "engine", None)
+    explainer = getattr(row, "explainer", None) or "default"
+    return (f"by {row.model}" + (f" ({engine})" if isinstance(engine, str) else "")
+            + f", {row.strategy} examples ({row.n_examples}), {explainer} explainer, {row.created_at}")
+
+
 OLD_LOGPROB_RULE = "P > 0.5 (written before the rank rule: accuracies not comparable)"
 
 

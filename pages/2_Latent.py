@@ -47,7 +47,7 @@ with expl_col:
         if len(good):
             row = good.iloc[0]
             st.text(row.explanation)  # plain text: LLM output is never rendered as markdown or HTML
-            st.caption(f"by {row.model}, {row.strategy} examples ({row.n_examples}), {row.created_at}")
+            st.caption(views.explanation_caption(row))
         if newest.explanation is None:
             st.warning(f"The newest explanation attempt failed: {newest.error}"
                        + (". Shown: the last good explanation and its scores." if len(good) else ""))
@@ -65,7 +65,8 @@ if has_output:
             st.caption(f"by {out.model}, {out.strategy}, {out.created_at}")
 if len(data.explanations) > 1:
     with st.expander(f"Earlier explanations ({len(data.explanations) - 1})"):
-        st.dataframe(data.explanations[["created_at", "explanation", "error", "model", "strategy"]].iloc[1:],
+        st.dataframe(data.explanations.reindex(columns=["created_at", "explanation", "error", "model", "engine",
+                                                         "strategy", "explainer"]).iloc[1:],
                      hide_index=True, width="stretch")
 
 if len(data.scores):
