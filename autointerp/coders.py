@@ -93,6 +93,9 @@ def _check_width(x: torch.Tensor, d_in: int, what: str) -> None:
 # registry is refused at load: the cache, store, sampling and app assume one non-negative value per
 # (token, latent) computed from that token alone, at the hookpoint the decoder writes to.
 SAE_LENS_EXACT = ("standard", "gated", "jumprelu", "topk", "matching_pursuit")
+# Transcoders read one hookpoint and write another (`@IN>OUT`, or the metadata's hook_name_out):
+# latents are encoded at IN by sae-lens's own encode, the decoder (steering, logit lens) acts at OUT.
+SAE_LENS_TRANSCODERS = ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")
 _SAE_LENS_WHY = {
     "abstopk": "its latents are signed (top-k by magnitude) but runs rank examples by non-negative activation",
     "temporal": "it encodes each token from the tokens before it, but coders here see one token at a time",
@@ -101,7 +104,7 @@ _SAE_LENS_WHY = {
 
 def _sae_lens_refusal(architecture: str) -> str | None:
     """Why an SAE of this sae-lens architecture cannot be used here; None when it encodes exactly."""
-    if architecture in SAE_LENS_EXACT:
+    if architecture in SAE_LENS_EXACT or architecture in SAE_LENS_TRANSCODERS:
         return None
     if architecture in _SAE_LENS_WHY:
         return _SAE_LENS_WHY[architecture]
@@ -119,7 +122,7 @@ def _check_sae_lens_architecture(architecture: str, source: str) -> None:
     reason = _sae_lens_refusal(architecture)
     if reason is not None:
         raise AutointerpError(f"SAE {source} has sae-lens architecture {architecture!r}, which is not supported "
-                              f"({reason}): use one of {', '.join(SAE_LENS_EXACT)}")
+                              f"({reason}): use one of {', '.join(SAE_LENS_EXACT + SAE_LENS_TRANSCODERS)}")
 
 
 class SaeLensCoder:
@@ -128,11 +131,13 @@ class SaeLensCoder:
 
     kind = "sae"
 
-    def __init__(self, sae, hookpoint: str, source: str):
+    def __init__(self, sae, hookpoint: str, source: str, output_hookpoint: str | None = None):
         _check_sae_lens_architecture(sae.cfg.architecture(), source)
         self.sae = sae.eval()
         self.hookpoint = hookpoint
         self.source = source
+        self.output_hookpoint = _transcoder_output(sae.cfg.architecture() in SAE_LENS_TRANSCODERS, output_hookpoint,
+                                                   hookpoint, f"sae-lens transcoder {source}")
         # tokens per training context, where the SAE's metadata records it (cache warns when shorter)
         self.context_size = getattr(getattr(sae.cfg, "metadata", None), "context_size", None)
         self.d_in = int(sae.cfg.d_in)
@@ -167,7 +172,20 @@ class SaeLensCoder:
     def describe(self) -> dict:
         return {"kind": self.kind, "hookpoint": self.hookpoint, "source": self.source,
                 "d_in": self.d_in, "n_latents": self.n_latents, "k": self.k,
-                "architecture": self.sae.cfg.architecture()}
+                "architecture": self.sae.cfg.architecture(),
+                **({"output_hookpoint": self.output_hookpoint} if self.output_hookpoint else {})}
+
+
+def _transcoder_output(transcoder: bool, output_hookpoint: str | None, hookpoint: str, what: str) -> str | None:
+    """The hookpoint a transcoder's decoder writes to (None for an SAE); one-line errors when a
+    transcoder names none, or an SAE is given one."""
+    if transcoder and not output_hookpoint:
+        raise AutointerpError(f"{what} reads one hookpoint and writes another, and records no output hookpoint: "
+                              f"give both as @IN>OUT, e.g. @mlp_in.{hookpoint.rpartition('.')[2]}>mlp_out."
+                              f"{hookpoint.rpartition('.')[2]}")
+    if output_hookpoint and not transcoder:
+        raise AutointerpError(f"{what} is not a transcoder (it decodes where it reads): drop >{output_hookpoint}")
+    return output_hookpoint or None
 
 
 def check_context_metadata(source: str, prepend_bos, context_size, ctx_len: int | None = None) -> list[str]:
@@ -186,7 +204,8 @@ def check_context_metadata(source: str, prepend_bos, context_size, ctx_len: int 
     return warnings
 
 
-def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu", dtype: str | None = None) -> SaeLensCoder:
+def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu", dtype: str | None = None,
+             output_hookpoint: str | None = None) -> SaeLensCoder:
     """An SAE from a local sae-lens folder, or `release/id` from the sae-lens registry (online).
     dtype overrides the stored one (bfloat16 encodes ~4x faster on CPUs with AMX)."""
     from sae_lens import SAE
@@ -230,14 +249,17 @@ def load_sae(source: str, hookpoint: str | None = None, device: str = "cpu", dty
                            meta.get("context_size", cfg.get("context_size")))
     if hp is None:
         raise AutointerpError(f"SAE {source} does not record its hook name: pass --hookpoint")
-    return SaeLensCoder(sae, hp, source)
+    out = output_hookpoint or (str(Hookpoint.parse(meta["hook_name_out"])) if meta.get("hook_name_out") else None)
+    if out is None and cfg.get("hook_name_out"):
+        out = str(Hookpoint.parse(cfg["hook_name_out"]))
+    return SaeLensCoder(sae, hp, source, out if sae.cfg.architecture() in SAE_LENS_TRANSCODERS else output_hookpoint)
 
 
 # sparsify cfg.json fields (eai-sparsify 1.3.3 SparseCoderConfig) that leave the latents as
 # SparsifyCoder computes them: multi_topk is a training loss, skip_connection adds x @ W_skip to the
 # reconstruction only, normalize_decoder/expansion_factor act at initialisation.
 _SPARSIFY_HARMLESS = ("d_in", "k", "num_latents", "expansion_factor", "normalize_decoder", "multi_topk",
-                      "skip_connection")
+                      "skip_connection", "transcode")  # transcode: no b_dec subtracted (SparsifyCoder.encode)
 SPARSIFY_ACTIVATIONS = ("topk", "groupmax")
 _SPARSIFY_DEFAULTS = {"activation": "topk", "k": 32}  # sparsify's own, for fields a cfg.json leaves out
 _SPARSIFY_SUPPORTED = (f"use activation {' or '.join(SPARSIFY_ACTIVATIONS)}, optionally with multi_topk "
@@ -249,8 +271,6 @@ def _check_sparsify_cfg(cfg: dict, n_latents: int, source: str) -> None:
     activation, k = cfg["activation"], int(cfg["k"])
     if activation not in SPARSIFY_ACTIVATIONS:
         problem = f"activation {activation!r}"
-    elif cfg.get("transcode"):
-        problem = "transcode=true (a transcoder reads one hookpoint and writes another)"
     elif unknown := sorted(f for f, v in cfg.items() if v and f not in (*_SPARSIFY_HARMLESS, "activation")):
         problem = f"unknown cfg fields {', '.join(unknown)}"
     elif activation == "groupmax" and n_latents % k:
@@ -262,12 +282,13 @@ def _check_sparsify_cfg(cfg: dict, n_latents: int, source: str) -> None:
 
 class SparsifyCoder:
     """An EleutherAI sparsify SAE folder: cfg.json + sae.safetensors (encoder.weight/bias, W_dec, b_dec).
-    Encoding is sparsify's SparseCoder.encode op for op, in the stored dtype: ReLU(encoder(x - b_dec)),
-    then the top k (activation "topk") or the max of each of k equal groups of latents ("groupmax")."""
+    Encoding is sparsify's SparseCoder.encode op for op, in the stored dtype: ReLU(encoder(x - b_dec))
+    (a transcoder: ReLU(encoder(x))), then the top k (activation "topk") or the max of each of k equal
+    groups of latents ("groupmax")."""
 
     kind = "sparsify"
 
-    def __init__(self, folder: str, hookpoint: str):
+    def __init__(self, folder: str, hookpoint: str, output_hookpoint: str | None = None):
         from safetensors.torch import load_file
 
         path = Path(folder)
@@ -291,6 +312,9 @@ class SparsifyCoder:
         self.activation: str = cfg["activation"]
         self.hookpoint = hookpoint
         self.source = str(path)
+        self.transcode = bool(cfg.get("transcode"))
+        self.output_hookpoint = _transcoder_output(self.transcode, output_hookpoint, hookpoint,
+                                                   f"sparsify transcoder {path}")
 
     def to(self, device: str) -> "SparsifyCoder":
         self.W_enc, self.b_enc, self.W_dec, self.b_dec = (t.to(device) for t in (self.W_enc, self.b_enc, self.W_dec,
@@ -300,7 +324,9 @@ class SparsifyCoder:
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> SparseCode:
         _check_width(x, self.d_in, f"sparsify SAE {self.source}")
-        pre = torch.relu(torch.nn.functional.linear(x.to(self.W_enc.dtype) - self.b_dec, self.W_enc, self.b_enc))
+        x = x.to(self.W_enc.dtype)
+        # sparsify subtracts b_dec only for an SAE: a transcoder's b_dec lives at its output hookpoint
+        pre = torch.relu(torch.nn.functional.linear(x if self.transcode else x - self.b_dec, self.W_enc, self.b_enc))
         if self.activation == "topk":
             values, indices = pre.topk(self.k, dim=1, sorted=False)
         else:  # groupmax: the largest latent of each of k consecutive groups
@@ -313,7 +339,8 @@ class SparsifyCoder:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "hookpoint": self.hookpoint, "source": self.source, "d_in": self.d_in,
-                "n_latents": self.n_latents, "k": self.k, "activation": self.activation}
+                "n_latents": self.n_latents, "k": self.k, "activation": self.activation,
+                **({"output_hookpoint": self.output_hookpoint} if self.output_hookpoint else {})}
 
 
 class NeuronCoder:
@@ -388,17 +415,23 @@ class CoderSpec:
     n_latents: int | None = None
     seed: int = 0
     name: str | None = None
+    output_hookpoint: str | None = None  # transcoders (sae, sparsify): where the decoder writes
 
     @classmethod
     def parse(cls, text: str) -> "CoderSpec":
         """`sae:PATH`, `sae:PATH@HOOKPOINT`, `sparsify:PATH@HOOKPOINT`, `neurons@HOOKPOINT`,
-        `neurons:T@HOOKPOINT` (values above T), `topk:K@HOOKPOINT`, `random:N:K@HOOKPOINT`."""
+        `neurons:T@HOOKPOINT` (values above T), `topk:K@HOOKPOINT`, `random:N:K@HOOKPOINT`; a
+        transcoder (sae, sparsify) as `...@IN>OUT` (it reads IN, its decoder writes OUT)."""
         body, _, hookpoint = text.rpartition("@") if "@" in text else (text, "", "")
+        hookpoint, _, output = hookpoint.partition(">")
         kind, _, arg = body.partition(":")
         if kind not in CODER_KINDS:
             raise AutointerpError(f"unknown coder {text!r}: use one of {', '.join(CODER_KINDS)} "
                                   f"(e.g. sae:data/saes/resid_post.15 or topk:32@mlp_neurons.15)")
-        spec = cls(kind=kind, hookpoint=hookpoint or None)
+        if output and kind not in ("sae", "sparsify"):
+            raise AutointerpError(f"coder {text!r}: only sae and sparsify transcoders write to another hookpoint "
+                                  f"(@IN>OUT); drop >{output}")
+        spec = cls(kind=kind, hookpoint=hookpoint or None, output_hookpoint=output or None)
         try:
             if kind in ("sae", "sparsify"):
                 spec.source = arg
@@ -419,6 +452,8 @@ class CoderSpec:
     def default_name(self, hookpoint: str) -> str:
         if self.name:
             return self.name
+        if self.output_hookpoint:
+            return f"{hookpoint}-transcoder"
         if self.kind == "sae":
             return hookpoint
         suffix = {"topk": f"topk{self.k}", "random": "random", "neurons": "neurons", "sparsify": "sparsify"}
@@ -434,9 +469,10 @@ def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None, device:
         # the cache resolves with the subject's width too: the probe's verdict depends on it
         dtype = resolve_dtype(dtype, device, subject.d_model if subject is not None else None)
     if spec.kind == "sae":
-        coder: SparseCoder = load_sae(spec.source, spec.hookpoint, device=device, dtype=dtype)
+        coder: SparseCoder = load_sae(spec.source, spec.hookpoint, device=device, dtype=dtype,
+                                      output_hookpoint=spec.output_hookpoint)
     elif spec.kind == "sparsify":
-        coder = SparsifyCoder(spec.source, spec.hookpoint).to(device)
+        coder = SparsifyCoder(spec.source, spec.hookpoint, spec.output_hookpoint).to(device)
     else:
         if subject is None:
             raise AutointerpError(f"a {spec.kind} coder needs the subject model to know its width")
@@ -455,6 +491,14 @@ def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None, device:
                 f"coder {spec.source or spec.kind} has width {coder.d_in} but {subject.name} hookpoint {hp} "
                 f"has width {d}: use a coder trained on this model and hookpoint"
             )
+        if getattr(coder, "output_hookpoint", None):
+            out = str(subject.hookpoint(coder.output_hookpoint))
+            coder.output_hookpoint = out
+            width = int(coder.decoder_directions().shape[1])
+            if width != subject.hookpoint_dim(out):
+                raise AutointerpError(f"transcoder {spec.source} writes width {width} but {subject.name} hookpoint "
+                                      f"{out} has width {subject.hookpoint_dim(out)}: give the output hookpoint it "
+                                      f"was trained for (@IN>OUT)")
     return coder
 
 
@@ -473,6 +517,7 @@ def coder_from_manifest(run_info: dict, latent_set: str, subject=None) -> Sparse
     if spec.kind in ("sae", "sparsify"):
         coder = build_coder(spec)
         coder.hookpoint = hookpoint
+        coder.output_hookpoint = entry.get("output_hookpoint") or coder.output_hookpoint
         return coder
     d_in = int(entry["d_in"])
     if spec.kind == "random":

@@ -4,8 +4,9 @@ Hookpoints are named `<kind>.<layer>`:
   resid_post.L   residual stream after decoder layer L
   mlp_out.L      output of layer L's MLP
   mlp_neurons.L  MLP hidden activations, the input of layer L's down projection
-sae-lens hook names (`blocks.L.hook_resid_post`, `blocks.L.hook_mlp_out`, `blocks.L.mlp.hook_post`)
-are accepted too, so SAEs trained elsewhere map onto our hookpoints.
+  mlp_in.L       the MLP's input (after the pre-MLP norm where the family has one): what transcoders read
+sae-lens hook names (`blocks.L.hook_resid_post`, `blocks.L.hook_mlp_out`, `blocks.L.mlp.hook_post`,
+`blocks.L.ln2.hook_normalized`) are accepted too, so SAEs trained elsewhere map onto our hookpoints.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from autointerp.paths import data_dir, hub_offline, smollm2_gguf
 
 log = logging.getLogger(__name__)
 
-HOOK_KINDS = ("resid_post", "mlp_out", "mlp_neurons")
+HOOK_KINDS = ("resid_post", "mlp_out", "mlp_neurons", "mlp_in")
 EMBEDDED_MODELS = {"smollm2": "smollm2-135m-instruct", "qwen1.5b": "qwen2.5-coder-1.5b-instruct"}
 _SAE_LENS_HOOKS = {
     r"blocks\.(\d+)\.hook_resid_post": "resid_post",
     r"blocks\.(\d+)\.hook_mlp_out": "mlp_out",
     r"blocks\.(\d+)\.mlp\.hook_post": "mlp_neurons",
+    r"blocks\.(\d+)\.ln2\.hook_normalized": "mlp_in",
 }
 
 
@@ -42,7 +44,7 @@ class Hookpoint:
 
     @classmethod
     def parse(cls, name: str) -> "Hookpoint":
-        m = re.fullmatch(r"(resid_post|mlp_out|mlp_neurons)\.(\d+)", name)
+        m = re.fullmatch(r"(resid_post|mlp_out|mlp_neurons|mlp_in)\.(\d+)", name)
         if m:
             return cls(m.group(1), int(m.group(2)))
         for pattern, kind in _SAE_LENS_HOOKS.items():
@@ -50,7 +52,7 @@ class Hookpoint:
             if m:
                 return cls(kind, int(m.group(1)))
         raise AutointerpError(
-            f"unknown hookpoint {name!r}: use resid_post.L, mlp_out.L or mlp_neurons.L (L = layer index)"
+            f"unknown hookpoint {name!r}: use resid_post.L, mlp_out.L, mlp_neurons.L or mlp_in.L (L = layer index)"
         )
 
     def __str__(self) -> str:
@@ -62,6 +64,7 @@ class Hookpoint:
             "resid_post": f"blocks.{self.layer}.hook_resid_post",
             "mlp_out": f"blocks.{self.layer}.hook_mlp_out",
             "mlp_neurons": f"blocks.{self.layer}.mlp.hook_post",
+            "mlp_in": f"blocks.{self.layer}.ln2.hook_normalized",
         }[self.kind]
 
 
@@ -160,6 +163,8 @@ class Subject:
             return layer, False
         if hp.kind == "mlp_out":
             return _mlp_out_module(layer), False
+        if hp.kind == "mlp_in":  # the MLP block's input; OPT has no block, its first projection reads it
+            return (layer.mlp if hasattr(layer, "mlp") else layer.fc1), True
         return _down_projection(_mlp(layer)), True
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ import torch
 from sae_lens import Transcoder
 from sae_lens.registry import SAE_CLASS_REGISTRY
 
-from autointerp.coders import SAE_LENS_EXACT, CoderSpec, SaeLensCoder, build_coder, load_sae
+from autointerp.coders import SAE_LENS_EXACT, SAE_LENS_TRANSCODERS, CoderSpec, SaeLensCoder, build_coder, load_sae
 from autointerp.errors import AutointerpError
 
 # Every architecture sae-lens can load, plus top-k variants with decoder-norm rescaling (as our
@@ -42,8 +42,11 @@ def _sae_lens_cfg(architecture: str, d_in: int, d_sae: int, hook: str) -> dict:
     if architecture == "temporal":  # its defaults need d_in divisible by n_heads * bottleneck_factor
         cfg.update(n_heads=2, bottleneck_factor=8, kval_topk=8)
     if issubclass(SAE_CLASS_REGISTRY[architecture][0], Transcoder):
+        # a transcoder reads the MLP's input and writes the MLP's output
+        layer = hook.split(".")[1]
         cfg.update(apply_b_dec_to_input=False, d_out=d_in)
-        cfg["metadata"]["hook_name_out"] = hook.replace("resid_post", "resid_mid")
+        cfg["metadata"] = {"hook_name": f"blocks.{layer}.ln2.hook_normalized",
+                           "hook_name_out": f"blocks.{layer}.hook_mlp_out"}
     return cfg
 
 
@@ -56,9 +59,9 @@ def _sae_lens_sae(architecture: str, d_in: int = 64, d_sae: int = 128, hook: str
     return sae
 
 
-def _acts(subject, n_docs: int = 3, seq: int = 12) -> torch.Tensor:
+def _acts(subject, n_docs: int = 3, seq: int = 12, hookpoint: str = "resid_post.2") -> torch.Tensor:
     ids = torch.randint(0, 1000, (n_docs, seq))
-    return subject.activations(ids, ["resid_post.2"])["resid_post.2"].reshape(-1, 64)
+    return subject.activations(ids, [hookpoint])[hookpoint].reshape(-1, 64)
 
 
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,7 +83,7 @@ def test_every_sae_lens_architecture_encodes_exactly_or_is_refused(tmp_path, tin
     sae = _sae_lens_sae(architecture, **extra)
     sae.save_model(tmp_path / "sae")
     spec = CoderSpec.parse(f"sae:{tmp_path / 'sae'}")
-    if architecture not in SAE_LENS_EXACT:
+    if architecture not in SAE_LENS_EXACT + SAE_LENS_TRANSCODERS:
         with pytest.raises(AutointerpError, match=f"architecture '{architecture}'.*use one of standard") as e:
             build_coder(spec, tiny_subject, dtype=dtype)
         assert "\n" not in str(e.value)
@@ -90,8 +93,11 @@ def test_every_sae_lens_architecture_encodes_exactly_or_is_refused(tmp_path, tin
         return
     coder = build_coder(spec, tiny_subject, dtype=dtype)
     reference = SAE.load_from_disk(str(tmp_path / "sae"), dtype=dtype)  # sae-lens's own, loaded separately
-    assert coder.hookpoint == "resid_post.2"
-    x = _acts(tiny_subject) * 4  # larger inputs: more latents fire, and the code is signed if it can be
+    transcoder = architecture in SAE_LENS_TRANSCODERS
+    # a transcoder's latents are read at its input hookpoint; its decoder writes at the output one
+    assert coder.hookpoint == ("mlp_in.2" if transcoder else "resid_post.2")
+    assert coder.output_hookpoint == ("mlp_out.2" if transcoder else None)
+    x = _acts(tiny_subject, hookpoint=coder.hookpoint) * 4  # larger inputs: more latents fire (signed if they can)
     code = coder.encode(x)
     with torch.no_grad():
         expected = reference.encode(x.to(reference.dtype)).float()
@@ -101,6 +107,27 @@ def test_every_sae_lens_architecture_encodes_exactly_or_is_refused(tmp_path, tin
     if architecture == "topk":
         assert code.values.shape == (36, 8)
     torch.testing.assert_close(coder.decoder_directions(), reference.W_dec.float())
+    if transcoder:  # the manifest keeps where it writes
+        assert coder.describe()["output_hookpoint"] == "mlp_out.2"
+
+
+def test_transcoders_name_their_output_or_are_refused_in_one_line(tmp_path, tiny_subject):
+    sae = _sae_lens_sae("transcoder")
+    sae.cfg.metadata.hook_name_out = None  # a transcoder that does not record where it writes
+    sae.save_model(tmp_path / "tc")
+    with pytest.raises(AutointerpError, match=r"records no output hookpoint: give both as @IN>OUT") as e:
+        build_coder(CoderSpec.parse(f"sae:{tmp_path / 'tc'}"), tiny_subject)
+    assert "\n" not in str(e.value)
+    coder = build_coder(CoderSpec.parse(f"sae:{tmp_path / 'tc'}@mlp_in.2>mlp_out.2"), tiny_subject)
+    assert (coder.hookpoint, coder.output_hookpoint) == ("mlp_in.2", "mlp_out.2")
+    assert CoderSpec.parse(f"sae:{tmp_path / 'tc'}@mlp_in.2>mlp_out.2").default_name("mlp_in.2") == \
+        "mlp_in.2-transcoder"
+    with pytest.raises(AutointerpError, match="writes width 64 but .* hookpoint mlp_neurons.2 has width 96"):  # the output is checked too
+        build_coder(CoderSpec.parse(f"sae:{tmp_path / 'tc'}@mlp_in.2>mlp_neurons.2"), tiny_subject)
+    with pytest.raises(AutointerpError, match="is not a transcoder .*drop >mlp_out.2"):
+        SaeLensCoder(_sae_lens_sae("standard"), "resid_post.2", "in-memory", "mlp_out.2")
+    with pytest.raises(AutointerpError, match="only sae and sparsify transcoders"):
+        CoderSpec.parse("topk:8@mlp_neurons.2>mlp_out.2")
 
 
 def test_trained_demo_style_sae_loads_with_sae_lens_and_matches(tiny_sae_dir, tiny_subject):
@@ -139,15 +166,14 @@ def test_every_sparsify_config_encodes_exactly_or_is_refused(tmp_path, tiny_subj
 
     folder = _sparsify_dir(tmp_path, getattr(torch, dtype), **SPARSIFY_VARIANTS[variant])
     spec = CoderSpec.parse(f"sparsify:{folder}@resid_post.2")
-    if variant == "transcode":
-        with pytest.raises(AutointerpError, match="transcode.*use activation topk or groupmax") as e:
+    if variant == "transcode":  # a transcoder must say where it writes; then it reads the MLP's input
+        with pytest.raises(AutointerpError, match="records no output hookpoint: give both as @IN>OUT") as e:
             build_coder(spec, tiny_subject)
         assert "\n" not in str(e.value)
-        _report("eai-sparsify", variant, dtype, f"refused: {e.value}")
-        return
+        spec = CoderSpec.parse(f"sparsify:{folder}@mlp_in.2>mlp_out.2")
     coder = build_coder(spec, tiny_subject)
     reference = SparseCoder.load_from_disk(folder)  # sparsify's own
-    x = _acts(tiny_subject) * 4
+    x = _acts(tiny_subject, hookpoint=coder.hookpoint) * 4
     code = coder.encode(x)
     with torch.no_grad():
         out = reference.encode(x.to(reference.dtype))
@@ -257,3 +283,36 @@ def test_non_topk_saes_encode_a_few_rows_at_a_time_exactly(tmp_path, tiny_subjec
     assert int((expected != 0).sum()) > 0 and code.values.shape[0] == x.shape[0]
     torch.testing.assert_close(code.to_dense(coder.n_latents), expected, rtol=1e-5, atol=1e-6)
     assert ((code.to_dense(coder.n_latents) != 0) == (expected != 0)).float().mean() > 0.999
+
+
+def test_a_transcoder_is_cached_at_its_input_and_steered_at_its_output(tmp_path, tiny_subject):
+    """A sparsify transcoder through the whole cache: its latent set reads mlp_in, the manifest
+    records where it writes, and steering (intervention scoring) uses that hookpoint."""
+    import duckdb
+    import numpy as np
+
+    from autointerp.cache import cache_run
+    from autointerp.config import CacheConfig
+    from autointerp.intervention.scorer import latent_directions
+    from autointerp.store import RunStore
+
+    folder = _sparsify_dir(tmp_path, num_latents=128, k=8, transcode=True)
+    run = cache_run(CacheConfig(run=str(tmp_path / "run"), model=tiny_subject.name, tokens=64 * 4, part_contexts=4,
+                                batch_contexts=4, coder_dtype="float32",
+                                coders=[f"sparsify:{folder}@mlp_in.2>mlp_out.2"]), subject=tiny_subject)
+    store = RunStore(run)
+    assert store.hookpoints() == ["mlp_in.2-transcoder"]
+    entry = store.info["coders"]["mlp_in.2-transcoder"]
+    assert (entry["hookpoint"], entry["output_hookpoint"]) == ("mlp_in.2", "mlp_out.2")
+    hookpoint, directions = latent_directions(store.info, "mlp_in.2-transcoder", tiny_subject)
+    assert hookpoint == "mlp_out.2" and tuple(directions.shape) == (128, 64)
+    # the cached rows are the transcoder's own encoding of mlp_in
+    tokens = duckdb.sql(f"SELECT * FROM read_parquet('{run / 'tokens.parquet'}') ORDER BY doc_id, pos").df()
+    ids = torch.tensor(tokens.token_id.to_numpy().reshape(4, 65)[:1], dtype=torch.long)
+    x = tiny_subject.activations(ids, ["mlp_in.2"])["mlp_in.2"][:, 1:].reshape(-1, 64)
+    dense = build_coder(CoderSpec.parse(f"sparsify:{folder}@mlp_in.2>mlp_out.2"), tiny_subject).encode(x)
+    rows = duckdb.sql(f"SELECT * FROM read_parquet('{run / 'acts' / 'mlp_in.2-transcoder' / 'acts.parquet'}') "
+                      f"WHERE doc_id = 0").df()
+    got = np.zeros((64, 128), dtype=np.float32)
+    got[rows.pos - 1, rows.latent] = rows.value
+    np.testing.assert_allclose(got, dense.to_dense(128).numpy(), rtol=1e-6, atol=1e-6)

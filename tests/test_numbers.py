@@ -324,6 +324,19 @@ def test_mlp_out_is_what_the_layer_adds_to_the_residual_stream(family):
         resid_mid = silent(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
     assert torch.allclose(got[f"resid_post.{layer}"] - got[f"mlp_out.{layer}"], resid_mid, atol=1e-5)
     assert got[f"mlp_neurons.{layer}"].shape[-1] == subject.d_mlp
+    # mlp_in (what transcoders read) is the MLP's input: the MLP, and the norm after it where the
+    # family has one, turns it into mlp_out
+    mlp_in = subject.activations(ids, [f"mlp_in.{layer}"])[f"mlp_in.{layer}"]
+    block = subject.layers[layer]
+    with torch.no_grad():
+        if hasattr(block, "mlp"):
+            out = block.mlp(mlp_in)
+            out = block.post_feedforward_layernorm(out) if hasattr(block, "post_feedforward_layernorm") else out
+        else:  # OPT: fc1, activation, fc2 on the layer itself
+            out = block.fc2(block.activation_fn(block.fc1(mlp_in)))
+    assert torch.allclose(out, got[f"mlp_out.{layer}"], atol=1e-5)
+    # the normalised residual where the family norms before its MLP; OLMo 2 norms only after it
+    assert torch.allclose(mlp_in, resid_mid, atol=1e-5) == (family == "olmo2")
 
 
 def test_mixture_of_experts_caches_resid_post_and_refuses_mlp_hookpoints_in_one_line():

@@ -94,9 +94,11 @@ def coder_directions(coder, width: int) -> torch.Tensor:
 
 
 def latent_directions(run_info: dict, latent_set: str, subject: Subject) -> tuple[str, torch.Tensor]:
-    """(hookpoint, decoder directions) of a run's latent set, rebuilt from the manifest's coder spec."""
+    """(hookpoint, decoder directions) of a run's latent set, rebuilt from the manifest's coder spec:
+    where the decoder writes (a transcoder's output hookpoint, else where the latents are read)."""
     coder = coder_from_manifest(run_info, latent_set, subject)
-    return coder.hookpoint, coder_directions(coder, subject.hookpoint_dim(coder.hookpoint))
+    hookpoint = getattr(coder, "output_hookpoint", None) or coder.hookpoint
+    return hookpoint, coder_directions(coder, subject.hookpoint_dim(hookpoint))
 
 
 def unit(v: torch.Tensor) -> torch.Tensor | None:
