@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from autointerp.analysis import HEADLINE_LABEL, linear_fit, scorer_columns
+from autointerp.analysis.scores import chance
 from autointerp.errors import AutointerpError
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,19 @@ def activation_histogram(hist: pd.DataFrame, title: str = "Activation histogram"
 def score_distributions(table: pd.DataFrame, title: str = "Score distribution per scorer") -> go.Figure:
     """One box (every latent shown as a point) per scorer of a score table."""
     fig = go.Figure()
+    own_chance = []  # scorers whose chance is not AUROC's 0.5 (intruder 0.2, simulation 0): marked on their box
     for scorer in scorer_columns(table):
         values = table[scorer].astype(float).dropna()
-        fig.add_trace(go.Box(y=values, name=f"{scorer} (n={len(values)})", boxpoints="all", jitter=0.4,
+        name = f"{scorer} (n={len(values)})"
+        fig.add_trace(go.Box(y=values, name=name, boxpoints="all", jitter=0.4,
                              pointpos=0, text=table.loc[values.index, "latent"].astype(str),
                              hovertemplate="latent %{text}: %{y:.3f}<extra></extra>"))
+        if chance(scorer) != 0.5:
+            own_chance.append((name, chance(scorer)))
+    for name, level in own_chance:
+        fig.add_trace(go.Scatter(x=[name], y=[level], mode="markers", marker={"symbol": "line-ew-open", "size": 40,
+                                                                              "color": "gray"},
+                                 hovertemplate=f"chance {level:g}<extra></extra>", showlegend=False))
     fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="AUROC chance",
                   annotation_position="bottom right")
     fig.update_layout(showlegend=False)
@@ -152,10 +161,10 @@ def condition_scores(scores: pd.DataFrame, summary: pd.DataFrame, scorer: str, t
     fig.add_trace(go.Scatter(x=[labels[c] for c in summary.condition], y=summary["mean"], mode="markers",
                              marker={"symbol": "diamond", "size": 11, "color": "#e45756"}, name="mean, 95% CI",
                              error_y=_error_bars(summary["mean"], summary.mean_lo, summary.mean_hi)))
-    if scorer != "simulation":
-        fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="chance",
-                      annotation_position="bottom right")
-    return _layout(fig, f"{title}<br><sup>{scorer}: AUROC per latent (simulation: Pearson r); box = latents, "
+    fig.add_hline(y=chance(scorer), line_dash="dot", line_color="gray", annotation_text="chance",
+                  annotation_position="bottom right")
+    what = {"simulation": "Pearson r", "intruder": "share of right intruder calls"}.get(scorer, "AUROC")
+    return _layout(fig, f"{title}<br><sup>{scorer}: {what} per latent; box = latents, "
                         f"diamond = mean with 95% CI</sup>", "", scorer)
 
 

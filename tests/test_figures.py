@@ -165,7 +165,11 @@ def test_figures_export_as_png_svg_pdf(scored):
     figs = {"heatmap": heat, "scores": figures.score_distributions(table),
             "deciles": figures.decile_accuracy(analysis.accuracy_per_decile(store, hp)),
             "histogram": figures.activation_histogram(hist, title=f"{hp} latent {latent}")}
-    assert [t.name.split(" ")[0] for t in figs["scores"].data] == ["detection", "fuzzing", "embedding", "simulation"]
+    boxes = [t for t in figs["scores"].data if t.type == "box"]
+    assert [t.name.split(" ")[0] for t in boxes] == ["detection", "fuzzing", "embedding", "simulation"]
+    # a scorer whose chance is not AUROC's 0.5 has its own chance mark on its box (simulation: r = 0)
+    marks = [t for t in figs["scores"].data if t.type == "scatter"]
+    assert [(t.x[0].split(" ")[0], t.y[0]) for t in marks] == [("simulation", 0.0)]
     for fmt in figures.FORMATS:
         _check_file(figures.figure_bytes(figs["heatmap"], fmt, width=640, height=480), fmt, (640, 480))
     for fig in figs.values():
