@@ -285,9 +285,10 @@ def latent_scores_table(scores: pd.DataFrame, validity: dict[str, bool]) -> pd.D
                           decisions=[decision_rule_label(m, r) for m, r in zip(scores["mode"], rules)],
                           **{"95% CI": ci})
     # long texts (decision rule, error) last: the grid draws the columns in view first
-    return shown[["scorer", "validity", "auroc", "95% CI", "balanced_accuracy", "f1", "correlation", "accuracy", "n",
-                  "n_failed",
-                  "model", "mode", "created_at", "decisions", "error"]].rename(columns={"n_failed": "failures"})
+    # reindex: parts written before a metric existed lack its column (shown empty)
+    return shown.reindex(columns=["scorer", "validity", "auroc", "95% CI", "balanced_accuracy", "f1", "correlation",
+                                  "accuracy", "n", "n_failed", "model", "mode", "created_at", "decisions",
+                                  "error"]).rename(columns={"n_failed": "failures"})
 
 
 def decisions_view(store: RunStore, score_id: str) -> pd.DataFrame:
