@@ -10,8 +10,8 @@ forward per prompt. A small scorer has a strong position bias: Qwen2.5-1.5B put 
 and picked it in every prompt of two demo latents, which is chance whatever the windows. So by
 default (`calibrate`) each prompt's probabilities are divided by the latent's mean probability per
 position over its *other* prompts (the intruder's place is random, so that mean is the position
-prior) and the call is the largest ratio; on those two latents this turned 0.20 and 0.20 into
-0.40 and 0.35. Generate mode parses "(j)" from the answer; an answer without one is a counted
+prior) and the call is the largest ratio; on those two latents (with an all-prompt mean) this
+turned 0.20 and 0.20 into 0.40 and 0.35; on 12-latent samples it stayed at chance (docs/benchmarks.md). Generate mode parses "(j)" from the answer; an answer without one is a counted
 failure, never a guess. The latent's score is the share of right calls, with a Wilson 95 %
 interval; chance is 1/5.
 
