@@ -114,8 +114,9 @@ def scoring_examples(store: RunStore, hookpoint: str, latent: int, cfg: Sampling
     negatives = silent(cfg.n_negative)
     # Silent windows an explainer saw (a contrastive prompt's counter-examples) are not tested on;
     # only then are more drawn, so test sets of every other explanation stay as they were.
-    if skip and any(_key(e) in set(skip) for e in negatives):
-        negatives = [e for e in silent(cfg.n_negative + len(skip)) if _key(e) not in set(skip)][:cfg.n_negative]
+    seen = set(skip)
+    if seen and any(_key(e) in seen for e in negatives):
+        negatives = [e for e in silent(cfg.n_negative + len(seen)) if _key(e) not in seen][:cfg.n_negative]
     if len(negatives) < min(cfg.n_negative, cfg.min_examples):
         need = min(cfg.n_negative, cfg.min_examples)
         if cfg.negatives == "neighbours":

@@ -480,10 +480,13 @@ class ResultsMixin:
         column = _KIND_COLUMN.get(kind)
         if explanation_kind is None or column is None:
             return "TRUE", []
-        names = self._sql(f"DESCRIBE SELECT * FROM read_parquet({src}, union_by_name = true)").column_name
-        if column not in set(names):
+        if column not in self._columns(src):
             return ("TRUE" if explanation_kind == "input" else "FALSE"), []
         return f"coalesce({column}, 'input') = ?", [explanation_kind]
+
+    def _columns(self, src: str) -> set[str]:
+        """The columns of a list of result parts (union by name: any part's column counts)."""
+        return set(self._sql(f"DESCRIBE SELECT * FROM read_parquet({src}, union_by_name = true)").column_name)
 
     def _rows(self, kind: str, where: str, params: list, order: str) -> pd.DataFrame:
         """Every row of results/<kind> matching `where`, in `order` (empty when nothing is stored)."""
@@ -584,8 +587,7 @@ class ResultsMixin:
             src = _results_glob(self.run_dir, kind)
             if src is None:
                 continue
-            names = set(self._sql(f"DESCRIBE SELECT * FROM read_parquet({src}, union_by_name = true)").column_name)
-            engine = "coalesce(engine, 'not recorded')" if "engine" in names else "'not recorded'"
+            engine = "coalesce(engine, 'not recorded')" if "engine" in self._columns(src) else "'not recorded'"
             frames.append(self._sql(
                 f"SELECT ? AS results, model, {engine} AS engine, count(*) AS rows, max(created_at) AS newest "
                 f"FROM read_parquet({src}, union_by_name = true) GROUP BY ALL ORDER BY rows DESC, model", [kind]))

@@ -33,6 +33,7 @@ from autointerp.scorers import EXPLANATION_FREE
 from autointerp.interpret import _chunks, open_for_scoring, score_latent, scoring_models
 from autointerp.jobs import report_progress
 from autointerp.llm.lockstep import run_lockstep
+from autointerp.analysis.scores import DEFAULT_HEADLINE, HEADLINE
 from autointerp.analysis.stats import sign_flip_p, t_ci
 from autointerp.prompts import NEUTRAL_EXPLANATION
 from autointerp.store import append_results
@@ -46,18 +47,14 @@ WHICH = ("true", "random", "neutral")
 
 
 def headline_value(row: dict) -> float:
-    """The number a scorer is judged by: Pearson r for simulation; the share of right calls for
-    intruder; AUROC where the scorer read probabilities; balanced accuracy in generate mode (parsed
-    yes/no answers have no AUROC)."""
-    if row["scorer"] == "simulation":
-        value = row.get("correlation")
-    elif row["scorer"] == "intruder":
-        value = row.get("accuracy")
-    elif str(row.get("mode") or "").startswith("generate"):
-        value = row.get("balanced_accuracy")
-    else:
-        value = row.get("auroc")
-    return float(value) if value is not None and np.isfinite(value) else float("nan")
+    """The number a scorer is judged by: the first of its HEADLINE metrics the row has (AUROC where
+    the scorer read probabilities, balanced accuracy in generate mode, which has none; Pearson r for
+    simulation; the share of right calls for intruder), as every view reads it."""
+    for metric in HEADLINE.get(row["scorer"], DEFAULT_HEADLINE):
+        value = row.get(metric)
+        if value is not None and np.isfinite(value):
+            return float(value)
+    return float("nan")
 
 
 def verdict(diffs: np.ndarray, n_measured: int) -> tuple[str, float]:

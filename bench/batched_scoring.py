@@ -36,7 +36,6 @@ from autointerp.store import RunStore, run_path  # noqa: E402
 
 def main() -> None:
     ap = llm_bench_parser(__doc__, latents=8)
-    ap.add_argument("--backend", default="transformers", help="transformers, vllm or openai (with --base-url)")
     ap.add_argument("--base-url", default=None, help="openai backend: the server, e.g. http://127.0.0.1:8000/v1")
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from llm_args import llm_bench_parser  # noqa: E402
+from llm_args import llm_bench_parser, seeded_subset  # noqa: E402
 
 from autointerp.analysis.stats import sign_flip_p  # noqa: E402
 from autointerp.config import InterpretConfig  # noqa: E402
@@ -41,15 +41,12 @@ from autointerp.validity import headline_value  # noqa: E402
 def main() -> None:
     ap = llm_bench_parser(__doc__, latents=30)
     ap.add_argument("--scorers", nargs="+", default=["detection", "embedding"])
-    ap.add_argument("--backend", default="transformers")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     store = RunStore(run_path(args.run))
     current = store.current_explanations(args.hookpoint)
     current = current[current.explainer.fillna("default") == "default"] if "explainer" in current else current
-    latents = sorted(int(x) for x in current.latent)
-    if len(latents) > args.latents:
-        latents = sorted(np.random.default_rng(0).choice(latents, args.latents, replace=False).tolist())
+    latents = seeded_subset(current.latent, args.latents)
     rows = {int(r.latent): r for r in current.itertuples() if int(r.latent) in set(latents)}
     client = make_client(LLMConfig(backend=args.backend, model=args.model, batch_size=16))
     embedder = load_embedder()

@@ -37,7 +37,6 @@ from autointerp.store import RunStore, run_path  # noqa: E402
 def main() -> None:
     ap = llm_bench_parser(__doc__, latents=20)
     ap.add_argument("--sets", nargs="+", required=True, help="latent sets; the first is the reference")
-    ap.add_argument("--backend", default="transformers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()

@@ -23,8 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-from llm_args import llm_bench_parser  # noqa: E402
+from llm_args import llm_bench_parser, seeded_subset  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
 from autointerp.embedding import load_embedder  # noqa: E402
@@ -39,13 +38,10 @@ def main() -> None:
     ap = llm_bench_parser(__doc__, latents=30)
     ap.add_argument("--scorers", nargs="+", default=["detection", "embedding"])
     ap.add_argument("--negatives", nargs="+", default=["random", "neighbours", "hard"])
-    ap.add_argument("--backend", default="transformers")
     args = ap.parse_args()
     store = RunStore(run_path(args.run))
     expl = explanation_dict(store.current_explanations(args.hookpoint))
-    latents = sorted(expl)
-    if len(latents) > args.latents:
-        latents = sorted(np.random.default_rng(0).choice(latents, args.latents, replace=False).tolist())
+    latents = seeded_subset(expl, args.latents)
     needs_llm = any(s != "embedding" for s in args.scorers)
     client = make_client(LLMConfig(backend=args.backend, model=args.model)) if needs_llm else None
     embedder = load_embedder()

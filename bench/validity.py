@@ -58,7 +58,6 @@ def auroc_se(labels: np.ndarray, values: np.ndarray, n_boot: int = 300, seed: in
 
 def main() -> None:
     ap = llm_bench_parser(__doc__, latents=30)
-    ap.add_argument("--backend", default="transformers", help="the scorer's LLM backend (autointerp.llm.BACKENDS)")
     ap.add_argument("--scorers", nargs="+", default=["detection", "fuzzing", "embedding", "surprisal", "simulation"])
     ap.add_argument("--out", default="", help="write the per-latent values as JSON here")
     ap.add_argument("--explainer", default="", help="model whose explanations are scored (default: --model)")

@@ -29,7 +29,7 @@ import numpy as np
 
 from autointerp.metrics import wilson_ci
 from autointerp.prompts import INTRUDER_SYSTEM, highlight, intruder_messages
-from autointerp.scorers.classify import false_highlight
+from autointerp.scorers.classify import DECISION_RULE_PARSED, false_highlight
 from autointerp.store import Example
 
 INTRUDER_ACTIVATING = 4  # activating windows per prompt, beside the one intruder
@@ -38,7 +38,6 @@ INTRUDER_CHANCE = 1 / INTRUDER_CHOICES
 INTRUDER_PREFIX = "The intruder is ("
 DECISION_RULE_CALIBRATED = "largest P(position) / the latent's mean P(position) over its other prompts"
 DECISION_RULE_RAW = "most probable position"
-DECISION_RULE_PARSED = "parsed answer"
 
 
 @dataclass
