@@ -24,7 +24,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from autointerp.jobs import report_progress
 from autointerp.milestones import record_milestone
 from autointerp.store import (ACT_SCHEMA, TOKENS_NPY, atomic_write_bytes, atomic_write_json, publish_latent_set,
                               remove_stale_temp, run_path, write_parquet_atomic)
-from autointerp.subject import Subject, load_subject
+from autointerp.subject import Subject, load_subject, random_init_copy, variant_seed
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,8 @@ class CacheJob:
     names: list[str]
     contexts: np.ndarray
     manifest: dict
+    # subject variants that some coders read instead of the subject ("random-init:0" -> its copy)
+    variants: dict[str, Subject] = field(default_factory=dict)
 
     @property
     def plan(self) -> Plan:
@@ -234,14 +236,19 @@ class CacheJob:
 
     def compute_part(self, p: int, on_batch=None) -> dict[str, list[pa.Table]]:
         """Part p's activations, as tables per latent set (nothing written)."""
-        cfg, hookpoints = self.cfg, sorted({c.hookpoint for c in self.coders})
+        cfg = self.cfg
+        subjects = {None: self.subject, **self.variants}
+        variant_of = {name: self.manifest["coders"][name].get("subject_variant") for name in self.names}
+        hookpoints = {v: sorted({c.hookpoint for n, c in zip(self.names, self.coders) if variant_of[n] == v})
+                      for v in subjects}
         lo, hi = self.plan.span(p)
         tables: dict[str, list[pa.Table]] = {n: [] for n in self.names}
         for start in range(lo, hi, cfg.batch_contexts):
             stop = min(hi, start + cfg.batch_contexts)
-            acts = self.subject.activations(torch.from_numpy(self.contexts[start:stop]).long(), hookpoints)
+            ids = torch.from_numpy(self.contexts[start:stop]).long()
+            acts = {v: subjects[v].activations(ids, hps) for v, hps in hookpoints.items() if hps}
             for name, coder in zip(self.names, self.coders):
-                x = acts[coder.hookpoint][:, 1:].reshape(-1, coder.d_in)
+                x = acts[variant_of[name]][coder.hookpoint][:, 1:].reshape(-1, coder.d_in)
                 tables[name].append(code_to_table(coder.encode(x), np.arange(start, stop), cfg.ctx_len))
             if on_batch:
                 on_batch((stop - start) * cfg.ctx_len)
@@ -265,7 +272,10 @@ def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool =
     device = resolve_device(cfg.device) if subject is None else str(subject.device)
     subject = subject or load_subject(cfg.model, cfg.dtype, device)
     coder_dtype = resolve_dtype(cfg.coder_dtype, device, subject.d_model)
-    coders: list[SparseCoder] = [build_coder(s, subject, dtype=coder_dtype, device=device) for s in specs]
+    variants = {v: random_init_copy(subject, variant_seed(v))
+                for v in dict.fromkeys(s.subject_variant for s in specs if s.subject_variant)}
+    coders: list[SparseCoder] = [build_coder(s, variants.get(s.subject_variant, subject), dtype=coder_dtype,
+                                             device=device) for s in specs]
     names = [s.default_name(c.hookpoint) for s, c in zip(specs, coders)]
     for spec, coder in zip(cfg.coders, coders):  # SAEs trained on shorter contexts than ours: warn
         if isinstance(coder, SaeLensCoder):
@@ -276,7 +286,7 @@ def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool =
     contexts = tokenize_contexts(load_texts(cfg.corpus), subject.tokenizer, cfg.ctx_len, cfg.tokens, cfg.seed)
     if not prepare:
         manifest = json.loads((run_dir / "run.json").read_text())
-        return CacheJob(cfg, run_dir, subject, coders, names, contexts, manifest)
+        return CacheJob(cfg, run_dir, subject, coders, names, contexts, manifest, variants)
     n_ctx = len(contexts)
     manifest = {
         "name": run_dir.name, "model": cfg.model, "corpus": cfg.corpus, "ctx_len": cfg.ctx_len,
@@ -284,14 +294,15 @@ def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool =
         "part_contexts": cfg.part_contexts,
         # the dtypes this cache computed in (what --dtype / --coder-dtype auto resolved to here)
         "dtype": str(subject.dtype).removeprefix("torch."), "coder_dtype": coder_dtype, "device": device,
-        "coders": {n: {**c.describe(), "spec": s} for n, c, s in zip(names, coders, cfg.coders)},
+        "coders": {n: {**c.describe(), "spec": s, **({"subject_variant": p.subject_variant} if p.subject_variant else {})}
+                   for n, c, s, p in zip(names, coders, cfg.coders, specs)},
         "subject": {"n_layers": subject.n_layers, "d_model": subject.d_model, "d_mlp": subject.d_mlp},
         "config": asdict(cfg),
     }
     for folder in (run_dir, run_dir / "progress", *(run_dir / "acts" / n / "parts" for n in names)):
         remove_stale_temp(folder)
     manifest = _prepare_run(run_dir, manifest, contexts, subject.tokenizer)
-    return CacheJob(cfg, run_dir, subject, coders, names, contexts, manifest)
+    return CacheJob(cfg, run_dir, subject, coders, names, contexts, manifest, variants)
 
 
 def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:

@@ -416,20 +416,35 @@ class CoderSpec:
     seed: int = 0
     name: str | None = None
     output_hookpoint: str | None = None  # transcoders (sae, sparsify): where the decoder writes
+    # reads the hookpoint of a variant of the subject instead (subject.split_variant): "random-init:0"
+    subject_variant: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "CoderSpec":
         """`sae:PATH`, `sae:PATH@HOOKPOINT`, `sparsify:PATH@HOOKPOINT`, `neurons@HOOKPOINT`,
         `neurons:T@HOOKPOINT` (values above T), `topk:K@HOOKPOINT`, `random:N:K@HOOKPOINT`; a
-        transcoder (sae, sparsify) as `...@IN>OUT` (it reads IN, its decoder writes OUT)."""
+        transcoder (sae, sparsify) as `...@IN>OUT` (it reads IN, its decoder writes OUT); any of
+        them followed by `#random-init:SEED` reads a re-initialised copy of the subject."""
+        from autointerp.subject import RANDOM_INIT, variant_seed
+
+        whole = text
+        text, sep, variant = text.rpartition("#") if "#" in text else (text, "", "")
+        if sep:
+            variant = f"{RANDOM_INIT}:{variant_seed(variant)}"
+        spec = cls._parse_body(text, whole)
+        spec.subject_variant = variant or None
+        return spec
+
+    @classmethod
+    def _parse_body(cls, text: str, whole: str) -> "CoderSpec":
         body, _, hookpoint = text.rpartition("@") if "@" in text else (text, "", "")
         hookpoint, _, output = hookpoint.partition(">")
         kind, _, arg = body.partition(":")
         if kind not in CODER_KINDS:
-            raise AutointerpError(f"unknown coder {text!r}: use one of {', '.join(CODER_KINDS)} "
+            raise AutointerpError(f"unknown coder {whole!r}: use one of {', '.join(CODER_KINDS)} "
                                   f"(e.g. sae:data/saes/resid_post.15 or topk:32@mlp_neurons.15)")
         if output and kind not in ("sae", "sparsify"):
-            raise AutointerpError(f"coder {text!r}: only sae and sparsify transcoders write to another hookpoint "
+            raise AutointerpError(f"coder {whole!r}: only sae and sparsify transcoders write to another hookpoint "
                                   f"(@IN>OUT); drop >{output}")
         spec = cls(kind=kind, hookpoint=hookpoint or None, output_hookpoint=output or None)
         try:
@@ -443,21 +458,23 @@ class CoderSpec:
                 n, _, k = arg.partition(":")
                 spec.n_latents, spec.k = int(n), int(k)
         except ValueError as e:
-            raise AutointerpError(f"coder {text!r} has a malformed size: e.g. topk:32@mlp_neurons.15, "
+            raise AutointerpError(f"coder {whole!r} has a malformed size: e.g. topk:32@mlp_neurons.15, "
                                   f"neurons:0.4@mlp_neurons.15 or random:4096:32@resid_post.15") from e
         if kind != "sae" and not spec.hookpoint:
-            raise AutointerpError(f"coder {text!r} needs a hookpoint: append @HOOKPOINT, e.g. @resid_post.15")
+            raise AutointerpError(f"coder {whole!r} needs a hookpoint: append @HOOKPOINT, e.g. @resid_post.15")
         return spec
 
     def default_name(self, hookpoint: str) -> str:
         if self.name:
             return self.name
         if self.output_hookpoint:
-            return f"{hookpoint}-transcoder"
-        if self.kind == "sae":
-            return hookpoint
-        suffix = {"topk": f"topk{self.k}", "random": "random", "neurons": "neurons", "sparsify": "sparsify"}
-        return f"{hookpoint}-{suffix[self.kind]}"
+            name = f"{hookpoint}-transcoder"
+        elif self.kind == "sae":
+            name = hookpoint
+        else:
+            suffix = {"topk": f"topk{self.k}", "random": "random", "neurons": "neurons", "sparsify": "sparsify"}
+            name = f"{hookpoint}-{suffix[self.kind]}"
+        return f"{name}-{self.subject_variant.partition(':')[0]}" if self.subject_variant else name
 
 
 def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None, device: str = "cpu") -> SparseCoder:
@@ -512,6 +529,10 @@ def coder_from_manifest(run_info: dict, latent_set: str, subject=None) -> Sparse
                               f"choose one of {', '.join(run_info.get('coders', {})) or '(none)'}")
     spec = CoderSpec.parse(entry["spec"])
     if subject is not None:
+        if spec.subject_variant and not subject.name.endswith(f"#{spec.subject_variant}"):
+            raise AutointerpError(f"latent set {latent_set!r} reads a re-initialised copy of the subject "
+                                  f"({spec.subject_variant}), not {subject.name}: steering it on the trained model "
+                                  f"means nothing; choose a latent set of the trained model")
         return build_coder(spec, subject)
     hookpoint = entry.get("hookpoint") or spec.hookpoint
     if spec.kind in ("sae", "sparsify"):

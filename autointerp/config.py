@@ -11,6 +11,8 @@ DEMO_HOOKPOINTS = ["resid_post.14", "resid_post.15", "resid_post.16", "mlp_out.1
 # SAEs the demo trains and caches only for the adjacent-layer overlap study (MLP side of it)
 DEMO_OVERLAP_HOOKPOINTS = ["mlp_out.14", "mlp_out.16"]
 STUDIES = ("sampling", "coders", "overlap", "agreement")
+# the model variant of the random-model baseline (`smollm2#random-init:0`) and its latent sets' suffix
+RANDOM_INIT = "random-init"
 
 
 def _help(text: str, **kw):
@@ -112,6 +114,10 @@ class DemoConfig:
                                     default=0.4)
     random_baseline: bool = _help("also cache random directions (n_latents, k) at the neuron baseline's mlp_out "
                                   "hookpoint, the floor of that study", default=True)
+    random_init_baseline: bool = _help("also train the main residual set's SAE (resid_post.15) with the same recipe "
+                                       "on a re-initialised copy of SmolLM2 and cache it as its own latent set "
+                                       "(<set>-random-init), the random-model baseline the coders study shows beside "
+                                       "the trained SAE", default=False)
     study_scorers: list[str] = _help("scorers of the job's sampling and coders studies (the two validated on the "
                                      "demo that cost least; fuzzing would double the studies' time)",
                                      default_factory=lambda: ["detection", "embedding"])

@@ -22,7 +22,7 @@ from pathlib import Path
 import dataclasses
 
 from autointerp import jobs
-from autointerp.config import AnalyzeConfig, CacheConfig, DemoConfig, InterpretConfig, TrainConfig
+from autointerp.config import RANDOM_INIT, AnalyzeConfig, CacheConfig, DemoConfig, InterpretConfig, TrainConfig
 from autointerp.errors import AutointerpError
 from autointerp.paths import data_dir
 from autointerp.store import RunStore, list_runs, run_path
@@ -32,6 +32,31 @@ log = logging.getLogger(__name__)
 
 def demo_sae_dir(cfg: DemoConfig) -> Path:
     return data_dir() / "saes" / f"smollm2-{cfg.n_latents}x{cfg.k}"
+
+
+RANDOM_INIT_SEED = 0
+
+
+def random_init_sae_dir(cfg: DemoConfig) -> Path:
+    return data_dir() / "saes" / f"smollm2-{RANDOM_INIT}-{cfg.n_latents}x{cfg.k}"
+
+
+def random_init_coders(cfg: DemoConfig, subject) -> list[str]:
+    """With --random-init-baseline: the main set's SAE trained with the demo's recipe on a
+    re-initialised copy of the subject (trained once), as a coder reading that copy."""
+    main = main_set(cfg)
+    if not cfg.random_init_baseline or main is None:
+        return []
+    from autointerp.subject import random_init_copy
+    from autointerp.train import train_saes
+
+    out = random_init_sae_dir(cfg)
+    copy = random_init_copy(subject, RANDOM_INIT_SEED)
+    m = train_saes(TrainConfig(model=copy.name, hookpoints=[main], out_dir=str(out), n_latents=cfg.n_latents,
+                               k=cfg.k, tokens=cfg.train_tokens, epochs=cfg.epochs, dtype=cfg.dtype),
+                   subject=copy)[main]
+    log.info("  %s on %s: FVU %.3f  L0 %.1f  dead %.1f%%", main, copy.name, m["fvu"], m["l0"], m["dead_pct"])
+    return [f"sae:{out / main}#{RANDOM_INIT}:{RANDOM_INIT_SEED}"]
 
 
 STAGES = ("all", "first", "grow")
@@ -61,7 +86,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     for hp, m in metrics.items():
         log.info("  %s: FVU %.3f  L0 %.1f  dead %.1f%%", hp, m["fvu"], m["l0"], m["dead_pct"])
     log.info("[3/3] activation cache over %d tokens", cfg.tokens)
-    coders = [f"sae:{sae_dir / hp}" for hp in hookpoints] + baseline_coders(cfg)
+    coders = [f"sae:{sae_dir / hp}" for hp in hookpoints] + random_init_coders(cfg, subject) + baseline_coders(cfg)
     run_dir = cache_run(CacheConfig(run=cfg.run, model="smollm2", coders=coders, tokens=cfg.tokens, dtype=cfg.dtype,
                                     coder_dtype=cfg.dtype, part_contexts=cfg.part_contexts,
                                     publish_after_s=cfg.first_budget_s if cfg.stage != "grow" else -1.0,
@@ -95,12 +120,16 @@ def baseline_coders(cfg: DemoConfig) -> list[str]:
 
 def coder_study_sets(cfg: DemoConfig, store: RunStore) -> list[str]:
     """The SAE-vs-neurons study's sets: the SAE at the baseline layer's mlp_out first, then the
-    neuron and random sets of baseline_coders, those the run has."""
-    if not cfg.neuron_baseline:
-        return []
-    layer = cfg.neuron_baseline.rpartition(".")[2]
-    wanted = [f"mlp_out.{layer}", f"{cfg.neuron_baseline}-neurons", f"{cfg.neuron_baseline}-topk{cfg.k}",
-              f"mlp_out.{layer}-random"]
+    neuron and random sets of baseline_coders, then (--random-init-baseline) the main residual
+    SAE and its random-model twin, those the run has."""
+    wanted: list[str] = []
+    if cfg.neuron_baseline:
+        layer = cfg.neuron_baseline.rpartition(".")[2]
+        wanted = [f"mlp_out.{layer}", f"{cfg.neuron_baseline}-neurons", f"{cfg.neuron_baseline}-topk{cfg.k}",
+                  f"mlp_out.{layer}-random"]
+    main = main_set(cfg)
+    if cfg.random_init_baseline and main is not None:
+        wanted += [main, f"{main}-{RANDOM_INIT}"]
     have = [s for s in wanted if s in store.hookpoints()]
     return have if len(have) >= 2 and have[0] == wanted[0] else []
 

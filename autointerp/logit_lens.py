@@ -44,16 +44,28 @@ def _final_norm_gain(model) -> torch.Tensor | None:
     return None
 
 
-@torch.no_grad()
-def residual_direction(run_info: dict, latent_set: str, latent: int) -> torch.Tensor:
-    """The latent's direction in the residual stream (d_model)."""
+def _coder_entry(run_info: dict, latent_set: str) -> dict:
     coder = run_info.get("coders", {}).get(latent_set)
     if coder is None:
         raise AutointerpError(f"latent set {latent_set!r} is not in run {run_info.get('name')}")
+    return coder
+
+
+def subject_spec(run_info: dict, latent_set: str) -> str:
+    """The model a latent set reads: the run's subject, or its re-initialised copy for a
+    random-model baseline set (whose unembedding is then the copy's)."""
+    variant = _coder_entry(run_info, latent_set).get("subject_variant")
+    return f"{run_info['model']}#{variant}" if variant else run_info["model"]
+
+
+@torch.no_grad()
+def residual_direction(run_info: dict, latent_set: str, latent: int) -> torch.Tensor:
+    """The latent's direction in the residual stream (d_model)."""
+    coder = _coder_entry(run_info, latent_set)
     if coder["kind"] in ("sae", "sparsify"):
         return _decoder(coder["spec"])[int(latent)].float()
     if coder["kind"] in ("neurons", "topk"):
-        model, _ = _model(run_info["model"])
+        model, _ = _model(subject_spec(run_info, latent_set))
         down = _down_projection(_mlp(_decoder_layers(model)[Hookpoint.parse(coder["hookpoint"]).layer]))
         w = down.weight.detach().float()
         return w[:, int(latent)] if isinstance(down, torch.nn.Linear) else w[int(latent)]
@@ -62,7 +74,7 @@ def residual_direction(run_info: dict, latent_set: str, latent: int) -> torch.Te
 
 @torch.no_grad()
 def logit_lens(run_info: dict, latent_set: str, latent: int, k: int = 10) -> LogitLens:
-    model, tok = _model(run_info["model"])
+    model, tok = _model(subject_spec(run_info, latent_set))
     direction = residual_direction(run_info, latent_set, latent)
     gain = _final_norm_gain(model)
     if gain is not None:

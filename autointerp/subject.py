@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from autointerp.config import RANDOM_INIT
 from autointerp.errors import AutointerpError
 from autointerp.paths import data_dir, hub_offline, smollm2_gguf
 
@@ -306,18 +307,68 @@ def model_width(source, gguf_file: str | None) -> int | None:
     return int(width) if width else None
 
 
+# A model spec may name a variant after '#': `smollm2#random-init:0` is SmolLM2's architecture and
+# tokenizer with freshly initialised weights (the library's own init, seeded), the subject of the
+# random-model baseline (Heap et al. 2025: SAEs trained on such a copy often score close to trained ones).
+
+
+def variant_seed(variant: str) -> int:
+    """The seed of a `random-init[:SEED]` variant (0 when omitted)."""
+    name, _, seed = variant.partition(":")
+    if name != RANDOM_INIT:
+        raise AutointerpError(f"unknown model variant {variant!r}: the one variant is {RANDOM_INIT}[:SEED], "
+                              f"e.g. smollm2#{RANDOM_INIT}:0")
+    try:
+        return int(seed or 0)
+    except ValueError as e:
+        raise AutointerpError(f"model variant {variant!r} has a malformed seed: e.g. {RANDOM_INIT}:0") from e
+
+
+def split_variant(spec: str) -> tuple[str, int | None]:
+    """(base model spec, random-init seed or None) of a model spec."""
+    base, sep, variant = spec.rpartition("#")
+    return (base, variant_seed(variant)) if sep else (spec, None)
+
+
+def random_init_spec(spec: str, seed: int = 0) -> str:
+    return f"{split_variant(spec)[0]}#{RANDOM_INIT}:{seed}"
+
+
+def random_init_model(config, torch_dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    """A model of `config`'s architecture with the library's own initialisation under `seed`: the
+    same seed gives the same weights (the cache, the logit lens and a Ray worker rebuild it alike)."""
+    from transformers import AutoModelForCausalLM
+
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    finally:
+        torch.random.set_rng_state(rng_state)
+
+
+def random_init_copy(subject: "Subject", seed: int) -> "Subject":
+    """The subject's architecture and tokenizer with re-initialised weights (random_init_model)."""
+    model = random_init_model(subject.model.config, subject.dtype, seed).to(subject.device)
+    return Subject(model, subject.tokenizer, name=random_init_spec(subject.name, seed))
+
+
 def load_causal_lm(spec: str, dtype: str = "auto", device: str = "cpu"):
-    """(model, tokenizer) for a model spec (see resolve_model_source), in the dtype that
-    autointerp.devices.resolve_dtype gives for `dtype` on `device` (auto: measured on this CPU)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) for a model spec (see resolve_model_source; `#random-init:SEED` for a
+    re-initialised copy), in the dtype that autointerp.devices.resolve_dtype gives for `dtype` on
+    `device` (auto: measured on this CPU)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from autointerp.devices import resolve_dtype
 
+    spec, seed = split_variant(spec)
     source, gguf_file = resolve_model_source(spec)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     torch_dtype = getattr(torch, resolve_dtype(dtype, device, model_width(source, gguf_file)))
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        if seed is not None:
+            return random_init_model(AutoConfig.from_pretrained(source, **kwargs), torch_dtype, seed), tok
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     except OSError as e:
         if isinstance(source, str):
