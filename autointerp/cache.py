@@ -35,13 +35,13 @@ from tqdm.auto import tqdm
 from autointerp.coders import CoderSpec, SaeLensCoder, SparseCoder, build_coder, check_context_metadata
 from autointerp.config import CacheConfig
 from autointerp.corpus import load_texts, tokenize_contexts
-from autointerp.devices import resolve_device, resolve_dtype
-from autointerp.errors import AutointerpError
-from autointerp.faults import fault_point
-from autointerp.jobs import report_progress
-from autointerp.milestones import record_milestone
-from autointerp.store import (ACT_SCHEMA, TOKENS_NPY, atomic_write_bytes, atomic_write_json, publish_latent_set,
-                              remove_stale_temp, run_path, write_parquet_atomic)
+from autointerp.core.devices import resolve_device, resolve_dtype
+from autointerp.core.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temp
+from autointerp.core.errors import AutointerpError
+from autointerp.core.faults import fault_point
+from autointerp.core.progress import report_progress
+from autointerp.core.milestones import record_milestone
+from autointerp.store import ACT_SCHEMA, TOKENS_NPY, publish_latent_set, run_path, write_parquet_atomic
 from autointerp.subject import Subject, load_subject, random_init_copy, variant_seed
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,12 @@ class CacheJob:
         fault_point("cache-part-written")
         return self.part_tokens(p)
 
+    # a Ray worker's work (distributed.UnitWorker): one part per call
+    __call__ = cache_part
+
+    def state(self) -> dict:
+        return {"status": self.manifest.get("status"), "todo": self.todo()}
+
 
 def open_cache(cfg: CacheConfig, subject: Subject | None = None, prepare: bool = True) -> CacheJob:
     """Load the subject and coders, tokenize the corpus, and (prepare) create the run folder or
@@ -311,8 +317,6 @@ def cache_run(cfg: CacheConfig, subject: Subject | None = None) -> Path:
     passed and keeps growing (or, with cfg.stop_when_browsable, returns there). With cfg.ray the
     parts are spread over a Ray cluster (distributed.py)."""
     if cfg.ray:
-        from autointerp.distributed import cache_distributed
-
         return cache_distributed(cfg)
     job = open_cache(cfg, subject)
     if job.manifest.get("status") == "complete":
@@ -407,3 +411,40 @@ def _write_part(run_dir: Path, names: list[str], tables: dict[str, list[pa.Table
         table = pa.concat_tables(tables[name])
         write_parquet_atomic(table, run_dir / "acts" / name / "parts" / f"part-{p:05d}.parquet")
     atomic_write_bytes(run_dir / "progress" / f"part-{p:05d}.done", b"")
+
+
+def _cache_worker(cfg: CacheConfig, prepare: bool) -> CacheJob:
+    """A Ray worker's work: the opened run, caching one part per call."""
+    return open_cache(cfg, prepare=prepare)
+
+
+def cache_distributed(cfg: CacheConfig) -> Path:
+    """Corpus parts spread over Ray workers; what is written is what cache_run writes."""
+    from autointerp.distributed import UnitWorker, connect, run_pool, start_workers, worker_options
+
+    ray = connect(cfg.ray)
+    options = worker_options(ray, cfg.device, cfg.ray_workers)
+    run_dir = run_path(cfg.run)
+    # One worker creates (or checks) the run folder; the others open what it made.
+    actors = start_workers(ray, UnitWorker, options[:1], _cache_worker, cfg, True)
+    try:
+        state = ray.get(actors[0].ready.remote())
+        if state["status"] == "complete":
+            log.info("run %s is already complete", run_dir)
+            return run_dir
+        if len(options) > 1:
+            actors += start_workers(ray, UnitWorker, options[1:], _cache_worker, cfg, False)
+        log.info("caching %d parts of %s on %d Ray workers", len(state["todo"]), run_dir.name, len(actors))
+        t0, n_new = time.perf_counter(), 0
+        with tqdm(total=len(state["todo"]), desc=f"cache {run_dir.name} (ray)", unit="part") as bar:
+            def done(_p, tokens):
+                nonlocal n_new
+                n_new += tokens
+                bar.update(1)
+
+            run_pool(ray, actors, "run", state["todo"], done)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    return finish_cache(run_dir, manifest, n_new, time.perf_counter() - t0, cfg.histogram_bins)

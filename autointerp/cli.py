@@ -9,9 +9,9 @@ import logging
 import sys
 import typing
 
-from autointerp.config import (STUDIES, AnalyzeConfig, CacheConfig, DemoConfig, ExportConfig, InterpretConfig,
+from autointerp.config import (COMMAND_NAMES, STUDIES, AnalyzeConfig, CacheConfig, DemoConfig, ExportConfig, InterpretConfig,
                                TrainConfig)
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 log = logging.getLogger("autointerp")
 
@@ -137,6 +137,7 @@ COMMANDS = {
     "models": (cmd_models, None, "prepare the embedded models (assemble, hash-check, convert once)"),
     "runs": (cmd_runs, None, "list cached runs"),
 }
+assert tuple(COMMANDS) == COMMAND_NAMES, "config.COMMAND_NAMES must list cli.COMMANDS"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import torch
 
-from autointerp.errors import AutointerpError
-from autointerp.paths import hub_offline
+from autointerp.core.errors import AutointerpError
+from autointerp.core.paths import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -479,9 +479,9 @@ class CoderSpec:
 
 def build_coder(spec: CoderSpec, subject=None, dtype: str | None = None, device: str = "cpu") -> SparseCoder:
     """Instantiate a coder on `device`; with a subject, check hookpoint and width against the
-    model. dtype (SAEs only) overrides the stored weights' dtype ("auto": autointerp.devices)."""
+    model. dtype (SAEs only) overrides the stored weights' dtype ("auto": autointerp.core.devices)."""
     if dtype == "auto":
-        from autointerp.devices import resolve_dtype
+        from autointerp.core.devices import resolve_dtype
 
         # the cache resolves with the subject's width too: the probe's verdict depends on it
         dtype = resolve_dtype(dtype, device, subject.d_model if subject is not None else None)

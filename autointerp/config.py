@@ -5,12 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autointerp.paths import data_dir
+from autointerp.core.paths import data_dir
 
 DEMO_HOOKPOINTS = ["resid_post.14", "resid_post.15", "resid_post.16", "mlp_out.15"]
 # SAEs the demo trains and caches only for the adjacent-layer overlap study (MLP side of it)
 DEMO_OVERLAP_HOOKPOINTS = ["mlp_out.14", "mlp_out.16"]
 STUDIES = ("sampling", "coders", "overlap", "agreement")
+# The CLI's command names (cli.COMMANDS maps each to its function and config): jobs launch these
+# by name without importing the stages.
+COMMAND_NAMES = ("train-sae", "cache", "demo", "explain", "score", "validate", "analyze", "export", "models", "runs")
+SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "simulation", "intruder", "intervention")
+# scorers that judge the latent, not an explanation: their scores have no explanation and stay
+# current whichever explanation the latent shows
+EXPLANATION_FREE = ("intruder",)
 # the model variant of the random-model baseline (`smollm2#random-init:0`) and its latent sets' suffix
 RANDOM_INIT = "random-init"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp.errors import AutointerpError
-from autointerp.paths import wiki_summaries_json
+from autointerp.core.errors import AutointerpError
+from autointerp.core.paths import wiki_summaries_json
 
 log = logging.getLogger(__name__)
 

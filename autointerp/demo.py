@@ -23,8 +23,8 @@ import dataclasses
 
 from autointerp import jobs
 from autointerp.config import RANDOM_INIT, AnalyzeConfig, CacheConfig, DemoConfig, InterpretConfig, TrainConfig
-from autointerp.errors import AutointerpError
-from autointerp.paths import data_dir
+from autointerp.core.errors import AutointerpError
+from autointerp.core.paths import data_dir
 from autointerp.store import RunStore, list_runs, run_path
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """`--ray auto|ADDRESS`: cache, explain and score spread over a Ray cluster.
 
-The driver (the process that ran the command) plans the work exactly as a single-process run does,
-and hands out units: corpus parts for the cache, chunks of latents for explain and score. Each
+This module knows no stage: a stage hands it units and a module-level function that builds a
+worker's work (cache.py, interpret.py, studies.py). The driver (the process that ran the command)
+plans the work exactly as a single-process run does, and hands out units: corpus parts for the cache, chunks of latents for explain and score. Each
 worker is a Ray actor that loads its own models once (one per GPU on a GPU cluster, else one per
 node, using that node's CPUs) and takes one unit at a time.
 
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 log = logging.getLogger(__name__)
 
@@ -163,108 +164,48 @@ def start_workers(ray, cls, options: list[dict], *args) -> list:
     return actors
 
 
-# -- cache ------------------------------------------------------------------------------------------
+# -- one unit of work per call ---------------------------------------------------------------------
 
-class CacheWorker:
-    """Holds the subject and coders; caches one corpus part per call."""
+class UnitWorker:
+    """A Ray actor that builds its work once, `make_work(*args)` (a module-level function of the stage
+    that asked, so Ray pickles it by name and this module never imports a stage), and runs one unit
+    per call. The work may offer `state()`, which `ready` returns to the driver."""
 
-    def __init__(self, context: dict, cfg, prepare: bool):
-        from autointerp.cache import open_cache
-
+    def __init__(self, context: dict, make_work: Callable[..., Callable], *args):
         _enter(context)
-        self.job = open_cache(cfg, prepare=prepare)
+        self.work = make_work(*args)
 
-    def ready(self) -> dict:
-        return {"status": self.job.manifest.get("status"), "todo": self.job.todo()}
-
-    def part(self, p: int) -> int:
-        return self.job.cache_part(p)
-
-
-def cache_distributed(cfg) -> Path:
-    import json
-
-    from tqdm.auto import tqdm
-
-    from autointerp.cache import finish_cache
-    from autointerp.store import run_path
-
-    ray = connect(cfg.ray)
-    options = worker_options(ray, cfg.device, cfg.ray_workers)
-    run_dir = run_path(cfg.run)
-    # One worker creates (or checks) the run folder; the others open what it made.
-    actors = start_workers(ray, CacheWorker, options[:1], cfg, True)
-    try:
-        state = ray.get(actors[0].ready.remote())
-        if state["status"] == "complete":
-            log.info("run %s is already complete", run_dir)
-            return run_dir
-        if len(options) > 1:
-            actors += start_workers(ray, CacheWorker, options[1:], cfg, False)
-        log.info("caching %d parts of %s on %d Ray workers", len(state["todo"]), run_dir.name, len(actors))
-        t0, n_new = time.perf_counter(), 0
-        with tqdm(total=len(state["todo"]), desc=f"cache {run_dir.name} (ray)", unit="part") as bar:
-            def done(_p, tokens):
-                nonlocal n_new
-                n_new += tokens
-                bar.update(1)
-
-            run_pool(ray, actors, "part", state["todo"], done)
-    finally:
-        for a in actors:
-            ray.kill(a)
-    manifest = json.loads((run_dir / "run.json").read_text())
-    return finish_cache(run_dir, manifest, n_new, time.perf_counter() - t0, cfg.histogram_bins)
-
-
-# -- explain and score ------------------------------------------------------------------------------
-
-class InterpretWorker:
-    """Holds an LLM engine (and for scoring the embedder and steering); explains, scores or runs a
-    study on one chunk of latents per call and returns the rows for the driver to write."""
-
-    def __init__(self, context: dict, cfg, task: str):
-        _enter(context)
-        from autointerp.interpret import _client, _explainer, chunk_scorer, explanation_dict, scoring_models
-        from autointerp.store import RunStore, run_path
-
-        self.cfg, self.task, store = cfg, task, RunStore(run_path(cfg.run))
-        if task == "score":  # the explanations the driver planned from: nothing writes them while scoring runs
-            self.work = chunk_scorer(cfg, store, explanation_dict(store.current_explanations(cfg.hookpoint, kind=cfg.kind)))
-        elif task == "explain":
-            self.work = _explainer(cfg, _client(cfg), store)
-        else:
-            from autointerp.studies import explain_and_score
-
-            client, embedder = scoring_models(cfg, _client(cfg))
-            self.work = lambda head, hookpoint, chunk, conditions: explain_and_score(
-                store, client, embedder, cfg, head, hookpoint, chunk, conditions)
-
-    def ready(self) -> bool:
-        return True
+    def ready(self):
+        state = getattr(self.work, "state", None)
+        return state() if state is not None else True
 
     def run(self, unit):
-        from autointerp.faults import fault_point
-
-        out = self.work(*unit) if isinstance(unit, tuple) else self.work(unit)
-        fault_point("worker-chunk-done")
-        return out
+        return self.work(*unit) if isinstance(unit, tuple) else self.work(unit)
 
 
-TASKS = ("explain", "score", "study")
-
-
-def interpret_distributed(cfg, units: list, task: str, on_result: Callable[[Any, Any], None]) -> int:
-    """Run a task's units on Ray workers: explain (a chunk of latents), score ((chunk, latent ->
-    scorers to run)) or study ((study head, latent set, chunk, condition -> strategy)).
-    on_result(unit, rows) writes each unit's rows on the driver. Returns the workers lost."""
-    assert task in TASKS, task
+def run_units(cfg, units: list, make_work: Callable[..., Callable], on_result: Callable[[Any, Any], None],
+              *args) -> int:
+    """Run units on Ray workers (cfg.ray, cfg.device, cfg.ray_workers), each built by
+    make_work(cfg, *args); on_result(unit, rows) writes each unit's rows on the driver. Returns the
+    workers lost."""
     ray = connect(cfg.ray)
-    actors = start_workers(ray, InterpretWorker, worker_options(ray, cfg.device, cfg.ray_workers)[:len(units)],
-                           cfg, task)
-    log.info("%s: %d chunks on %d Ray workers", task, len(units), len(actors))
+    actors = start_workers(ray, UnitWorker, worker_options(ray, cfg.device, cfg.ray_workers)[:len(units)],
+                           make_work, cfg, *args)
+    log.info("%s: %d units on %d Ray workers", getattr(make_work, "__qualname__", make_work), len(units), len(actors))
     try:
         return run_pool(ray, actors, "run", units, on_result)
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def faulting_after(work: Callable, point: str) -> Callable:
+    """work, then the named fault point (before its rows go back to the driver)."""
+    from autointerp.core.faults import fault_point
+
+    def run(*unit):
+        out = work(*unit)
+        fault_point(point)
+        return out
+
+    return run

@@ -12,8 +12,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from autointerp.errors import AutointerpError
-from autointerp.paths import data_dir, minilm_dir, package_dir
+from autointerp.core.errors import AutointerpError
+from autointerp.core.paths import data_dir, minilm_dir, package_dir
 
 log = logging.getLogger(__name__)
 

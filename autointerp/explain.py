@@ -9,7 +9,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.llm import engine_of
 from autointerp.prompts import explainer_messages
 from autointerp.sampling import SamplingConfig, TooFewExamples, explanation_examples, hard_negatives

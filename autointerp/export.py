@@ -12,9 +12,10 @@ import plotly.graph_objects as go
 
 from autointerp import analysis, figures
 from autointerp.config import ExportConfig
-from autointerp.errors import AutointerpError
-from autointerp.paths import data_dir
-from autointerp.store import RunStore, atomic_write_bytes, run_path
+from autointerp.core.errors import AutointerpError
+from autointerp.core.paths import data_dir
+from autointerp.core.atomic import atomic_write_bytes
+from autointerp.store import RunStore, run_path
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _export_intervention(w: _Writer, store: RunStore, table: pd.DataFrame, hp: s
 
 def _export_analyses(w: _Writer, store: RunStore) -> None:
     """Every study stored on the run (the Analyses page's figures and tables), under analyses/."""
-    from autointerp.analysis.report import REPORTS
+    from autointerp.report import REPORTS
 
     for study, build in REPORTS.items():
         report = build(store)

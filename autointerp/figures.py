@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 
 from autointerp.analysis import HEADLINE_LABEL, linear_fit, scorer_columns
 from autointerp.analysis.scores import chance
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 log = logging.getLogger(__name__)
 

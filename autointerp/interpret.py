@@ -14,23 +14,22 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from autointerp.config import InterpretConfig
+from autointerp.config import EXPLANATION_FREE, SCORERS, InterpretConfig
 from autointerp.embedding import embedder_engine, embedder_name, load_embedder
-from autointerp.errors import AutointerpError
-from autointerp.faults import fault_point
+from autointerp.core.errors import AutointerpError
+from autointerp.core.faults import fault_point
 from autointerp.intervention.scorer import SCORER as INTERVENTION
 from autointerp.intervention.output import OutputExplainer
 from autointerp.intervention.scorer import InterventionConfig, InterventionScorer
 from autointerp.explain import ExplainConfig, explain_latents
-from autointerp.jobs import report_progress
-from autointerp.milestones import record_milestone
+from autointerp.core.progress import report_progress
+from autointerp.core.milestones import record_milestone
 from autointerp.llm import engine_of, make_client
 from autointerp.llm.base import LLMConfig
 from autointerp.metrics import INTERVAL_KEYS
 from autointerp.llm.lockstep import run_lockstep
 from autointerp.sampling import (SamplingConfig, TooFewExamples, explanation_examples, scoring_examples,
                                  shown_windows)
-from autointerp.scorers import EXPLANATION_FREE, SCORERS
 from autointerp.scorers.intruder import IntruderConfig, score_intruder
 from autointerp.scorers.classify import ClassifyConfig, score_classify
 from autointerp.scorers.embedding import score_embedding
@@ -125,9 +124,9 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
 
         chunks = list(_chunks(latents, cfg.chunk))
         if cfg.ray and chunks:
-            from autointerp.distributed import interpret_distributed
+            from autointerp.distributed import run_units
 
-            interpret_distributed(cfg, chunks, "explain", write)
+            run_units(cfg, chunks, explain_worker, write)
         elif chunks:
             explain = _explainer(cfg, client or _client(cfg), store)
             for chunk in chunks:
@@ -321,9 +320,9 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         # only the models of scorers still due are loaded (a rerun may need no steering, no MiniLM)
         due = dataclasses.replace(cfg, scorers=[s for s in cfg.scorers if any(s in todo[x] for x in latents)])
         if cfg.ray and units:
-            from autointerp.distributed import interpret_distributed
+            from autointerp.distributed import run_units
 
-            interpret_distributed(due, units, "score", write)
+            run_units(due, units, score_worker, write)
         elif units:
             score = chunk_scorer(due, store, expl, client)
             for unit in units:
@@ -331,3 +330,22 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
     log.info("scored %d latents (%d could not be scored)", len(latents) - (n_failed - len(failed)),
              n_failed)
     return rows
+
+
+# -- the work of a Ray worker (distributed.run_units builds one per worker) -------------------------
+
+def explain_worker(cfg: InterpretConfig):
+    """chunk of latents -> explanation records, for the driver to write."""
+    from autointerp.distributed import faulting_after
+
+    return faulting_after(_explainer(cfg, _client(cfg), RunStore(run_path(cfg.run))), "worker-chunk-done")
+
+
+def score_worker(cfg: InterpretConfig):
+    """(chunk, latent -> scorers due) -> score rows, against the explanations the driver planned
+    from (nothing writes them while scoring runs)."""
+    from autointerp.distributed import faulting_after
+
+    store = RunStore(run_path(cfg.run))
+    expl = explanation_dict(store.current_explanations(cfg.hookpoint, kind=cfg.kind))
+    return faulting_after(chunk_scorer(cfg, store, expl), "worker-chunk-done")

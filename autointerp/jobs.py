@@ -5,10 +5,11 @@ A job is a folder `<data>/jobs/<id>/` holding job.json (what was launched, the p
 job ends, status.json (exit code). All state lives in these files, so a job outlives the Streamlit
 script run (and the browser tab) that launched it, and any later `list_jobs()` finds it again.
 
-The child runs `python -m autointerp.jobs <job dir> -- <command> <args> [-- <command> <args> ...]`
-in a session of its own: the wrapper records the exit code even when the command fails, turns
+The child runs `python -m autointerp.jobrunner <job dir> -- <command> <args> [-- <command> <args> ...]`
+in a session of its own: the runner records the exit code even when the command fails, turns
 SIGTERM into KeyboardInterrupt (the pipeline then keeps the parts it completed), and `cancel()` can
-signal the whole process group, worker processes included.
+signal the whole process group, worker processes included. This module knows command names
+(config.COMMAND_NAMES), never the stages.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 import typing
 import uuid
 from dataclasses import dataclass
@@ -29,23 +29,19 @@ from pathlib import Path
 
 import psutil
 
-from autointerp.paths import data_dir as default_data_dir
+from autointerp.config import COMMAND_NAMES
+from autointerp.core.atomic import atomic_write_json
+from autointerp.core.paths import data_dir as default_data_dir
+from autointerp.core.progress import JOB_DIR_ENV
 
 log = logging.getLogger(__name__)
 
-JOB_DIR_ENV = "AUTOINTERP_JOB_DIR"
 STATES = ("running", "done", "failed", "cancelled")
 VANISHED = "the job's process ended without recording an exit status (killed from outside, out of memory, or a reboot)"
 
 # Popen objects of the jobs this process launched: polling them reaps the exited ones, which would
 # otherwise linger as zombies that still look alive to os.kill(pid, 0).
 _CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -114,7 +110,7 @@ class Job:
     @property
     def argv(self) -> list[str]:
         """The child's full command line."""
-        return [sys.executable, "-m", "autointerp.jobs", str(self.dir), *_join_steps(self.steps)]
+        return [sys.executable, "-m", "autointerp.jobrunner", str(self.dir), *join_steps(self.steps)]
 
     @property
     def log_path(self) -> Path:
@@ -215,7 +211,7 @@ class Job:
         after `grace_s`; returns once the group is gone. A job that already ended is left as is."""
         if not self.alive:
             return
-        _atomic_json(self.dir / "cancel.json", {"requested": time.time()})
+        atomic_write_json(self.dir / "cancel.json", {"requested": time.time()}, durable=False)
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.pid, sig)
@@ -235,14 +231,14 @@ class Job:
                 "pid": self.pid, "pid_create_time": self.pid_create_time, "argv": self.argv}
 
 
-def _join_steps(steps: list[list[str]]) -> list[str]:
+def join_steps(steps: list[list[str]]) -> list[str]:
     out: list[str] = []
     for step in steps:
         out += ["--", *step]
     return out
 
 
-def _split_steps(argv: list[str]) -> list[list[str]]:
+def split_steps(argv: list[str]) -> list[list[str]]:
     steps, cur = [], None
     for a in argv:
         if a == "--":
@@ -260,11 +256,9 @@ def launch_steps(steps: list[tuple[str, list[str]]], title: str, data_dir: str |
     """Start one job that runs several CLI commands in order (e.g. explain then score for every
     demo hookpoint), stopping at the first that fails. `env` adds variables (e.g. OPENAI_API_KEY,
     which should not travel on the command line)."""
-    from autointerp.cli import COMMANDS
-
-    unknown = [c for c, _ in steps if c not in COMMANDS]
+    unknown = [c for c, _ in steps if c not in COMMAND_NAMES]
     if unknown or not steps:
-        raise ValueError(f"unknown commands {unknown}: choose from {', '.join(COMMANDS)}")
+        raise ValueError(f"unknown commands {unknown}: choose from {', '.join(COMMAND_NAMES)}")
     root = _jobs_root(data_dir)
     job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{steps[0][0]}-{uuid.uuid4().hex[:6]}"
     job_dir = root / "jobs" / job_id
@@ -274,7 +268,7 @@ def launch_steps(steps: list[tuple[str, list[str]]], title: str, data_dir: str |
                  "PYTHONUNBUFFERED": "1"}
     created = time.time()
     with open(job_dir / "log.txt", "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "autointerp.jobs", str(job_dir), *_join_steps(step_lists)],
+        proc = subprocess.Popen([sys.executable, "-m", "autointerp.jobrunner", str(job_dir), *join_steps(step_lists)],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=child_env,
                                 start_new_session=True)
     _CHILDREN[proc.pid] = proc
@@ -283,7 +277,7 @@ def launch_steps(steps: list[tuple[str, list[str]]], title: str, data_dir: str |
     except psutil.NoSuchProcess:
         ctime = None
     job = Job(job_id, job_dir, step_lists, title, created, proc.pid, ctime)
-    _atomic_json(job_dir / "job.json", job.to_dict())
+    atomic_write_json(job_dir / "job.json", job.to_dict(), durable=False)
     log.info("launched job %s (pid %d): %s", job_id, proc.pid, title)
     return job
 
@@ -342,75 +336,3 @@ def interpret_args(cfg) -> list[str]:
     return config_args(cfg)
 
 
-# --- the child side -------------------------------------------------------------------------------
-
-_progress_started: float | None = None
-_step = (1, 1)
-_failed_by_step: dict[int, int] = {}
-_terminated = False
-
-
-def report_progress(done: int, total: int, unit: str = "latent", failed: int = 0, initial: int = 0) -> None:
-    """Called by the pipeline after each unit of work; a no-op outside a job. `done == initial`
-    marks the start of the timed work (after model loading), which is what the rate and the ETA are
-    measured from; `initial` counts units done before (a resumed or growing cache).
-    `failed` counts this step's units that could not be done (e.g. unparseable explanations); the
-    job's total over all steps is kept in progress.json too."""
-    job_dir = os.environ.get(JOB_DIR_ENV)
-    if not job_dir:
-        return
-    global _progress_started
-    now = time.time()
-    if done == initial or _progress_started is None:
-        _progress_started = now
-    _failed_by_step[_step[0]] = int(failed)
-    try:
-        _atomic_json(Path(job_dir) / "progress.json",
-                     {"done": int(done), "total": int(total), "unit": unit, "updated": now,
-                      "started": _progress_started, "initial": int(initial), "step": _step[0], "n_steps": _step[1],
-                      "failed": int(failed), "failed_total": sum(_failed_by_step.values())})
-    except OSError as e:  # progress is advisory: never let it break the work
-        log.warning("could not write job progress: %s", e)
-
-
-def _on_sigterm(signum, frame) -> None:
-    global _terminated
-    _terminated = True
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interrupt; cancel() follows up with SIGKILL
-    raise KeyboardInterrupt
-
-
-def _run(job_dir: Path, steps: list[list[str]]) -> int:
-    global _step
-    from autointerp.cli import main
-
-    rc, step = 0, 0
-    for step, argv in enumerate(steps, 1):
-        _step = (step, len(steps))
-        print(f"$ autointerp {' '.join(argv)}", flush=True)
-        try:
-            rc = main(argv)
-        except SystemExit as e:  # argparse usage errors
-            rc = e.code if isinstance(e.code, int) else 2
-        except BaseException as e:  # noqa: BLE001  (the status must be recorded whatever happened)
-            # DuckDB turns a KeyboardInterrupt raised mid-query into RuntimeError("Query
-            # interrupted"), so after SIGTERM any exception counts as the interruption
-            if isinstance(e, KeyboardInterrupt) or _terminated:
-                print("interrupted: completed parts are kept", file=sys.stderr)
-                rc = 130
-            else:  # a bug: keep the traceback in the log, still record the status
-                traceback.print_exc()
-                rc = 1
-        if rc != 0:
-            break
-    _atomic_json(job_dir / "status.json", {"rc": rc, "finished": time.time(), "step": step})
-    return rc
-
-
-if __name__ == "__main__":
-    # run through the importable module, not this __main__ copy, so that report_progress (called
-    # from the pipeline via `autointerp.jobs`) sees the current step
-    from autointerp import jobs
-
-    signal.signal(signal.SIGTERM, jobs._on_sigterm)
-    sys.exit(jobs._run(Path(sys.argv[1]), jobs._split_steps(sys.argv[2:])))

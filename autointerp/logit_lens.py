@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from autointerp.coders import CoderSpec, build_coder
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.subject import Hookpoint, _decoder_layers, _down_projection, _mlp, load_causal_lm
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.store import Example, RunStore
 
 log = logging.getLogger(__name__)

@@ -35,13 +35,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import psutil
 import pyarrow.parquet as pq
 
-from autointerp.errors import AutointerpError
-from autointerp.faults import fault_point
-from autointerp.paths import data_dir
-from autointerp.scorers import EXPLANATION_FREE  # a leaf: the scorers' names, no imports
+from autointerp.core.atomic import remove_stale_temp, tmp_prefix
+from autointerp.core.errors import AutointerpError
+from autointerp.core.faults import fault_point
+from autointerp.core.paths import data_dir
+from autointerp.config import EXPLANATION_FREE
 
 log = logging.getLogger(__name__)
 
@@ -56,47 +56,9 @@ LATENT_SORT_COLUMNS = ("latent", "count", "frequency", "max_act", "mean_act")
 # writing
 
 
-def _tmp_prefix() -> str:
-    # The writer's pid in the name lets remove_stale_temp tell a killed writer's leftovers from a
-    # live writer's file in flight.
-    return f".tmp-{os.getpid()}-"
-
-
-def remove_stale_temp(folder: Path) -> int:
-    """Delete temporary files in `folder` left by writers that no longer run (a kill -9 mid-write)."""
-    removed = 0
-    for tmp in folder.glob(".tmp-*") if folder.is_dir() else []:
-        pid = tmp.name.split("-")[1]
-        if tmp.is_file() and pid.isdigit() and not psutil.pid_exists(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    if removed:
-        log.info("removed %d temporary files left by killed writers in %s", removed, folder)
-    return removed
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point("mid-write")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
-
-
 def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int = ROW_GROUP_ROWS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), suffix=".parquet", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(), suffix=".parquet", dir=path.parent)
     os.close(fd)
     try:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
@@ -168,7 +130,7 @@ def publish_latent_set(run_dir: Path, name: str, n_latents: int, n_contexts: int
                if have else "")
         con = _connect(memory_limit, temp_dir=run_dir / ".duckdb-tmp")
         try:
-            tmp = set_dir / f"{_tmp_prefix()}acts.parquet"
+            tmp = set_dir / f"{tmp_prefix()}acts.parquet"
             con.execute(
                 f"COPY ({old}SELECT latent, doc_id, pos, value FROM read_parquet({files}) "
                 f"WHERE doc_id >= {have} AND doc_id < {n_contexts} "

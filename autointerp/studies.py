@@ -29,15 +29,14 @@ from autointerp.analysis import coders as coders_analysis
 from autointerp.analysis import overlap as overlap_analysis
 from autointerp.analysis import sampling as sampling_analysis
 from autointerp.analysis.stats import MIN_N
-from autointerp.config import STUDIES, AnalyzeConfig
-from autointerp.errors import AutointerpError
+from autointerp.config import EXPLANATION_FREE, SCORERS, STUDIES, AnalyzeConfig
+from autointerp.core.errors import AutointerpError
 from autointerp.explain import explain_latents
 from autointerp.llm.lockstep import run_lockstep
-from autointerp.interpret import (_chunks, _client, _sampling, explain_config, score_latent, scoring_models,
-                                  select_latents)
-from autointerp.jobs import report_progress
+from autointerp.interpret import (_chunks, _client, _sampling, explain_config, explain_worker, score_latent,
+                                  scoring_models, select_latents)
+from autointerp.core.progress import report_progress
 from autointerp.sampling import STRATEGIES
-from autointerp.scorers import EXPLANATION_FREE, SCORERS
 from autointerp.store import RunStore, append_results, present, remove_stale_result_temp, run_path
 from autointerp.validity import headline_value
 
@@ -119,9 +118,9 @@ def _run_conditions(store: RunStore, cfg: AnalyzeConfig, study: str,
     units = [(head, hookpoint, chunk, conditions) for hookpoint, latents, conditions in plan
              for chunk in _chunks(latents, cfg.chunk)]
     if cfg.ray:
-        from autointerp.distributed import interpret_distributed
+        from autointerp.distributed import run_units
 
-        interpret_distributed(cfg, units, "study", write)
+        run_units(cfg, units, study_worker, write)
         return study_id
     client = client or _client(cfg)  # explaining always needs the LLM
     client, embedder = scoring_models(cfg, client)
@@ -241,10 +240,10 @@ def _explain_missing(store: RunStore, cfg: AnalyzeConfig, hookpoint: str, latent
         return client
     chunks = list(_chunks(missing, cfg.chunk))
     if cfg.ray:
-        from autointerp.distributed import interpret_distributed
+        from autointerp.distributed import run_units
 
-        interpret_distributed(dataclasses.replace(cfg, hookpoint=hookpoint), chunks, "explain",
-                              lambda _chunk, rows: append_results(store.run_dir, "explanations", rows))
+        run_units(dataclasses.replace(cfg, hookpoint=hookpoint), chunks, explain_worker,
+                  lambda _chunk, rows: append_results(store.run_dir, "explanations", rows))
         return client
     client = client or _client(cfg)
     ecfg = explain_config(cfg)
@@ -295,3 +294,13 @@ def estimate_seconds(study: str, cfg: AnalyzeConfig, n_sets: int = 1) -> float:
 COST_S = {"qwen1.5b": (5.0, 36.0), "smollm2": (1.5, 4.0), "other": (5.0, 36.0)}
 SHARED_PASSES = 0.6  # the sampling study's scoring cost per explanation relative to scoring it alone
 DECODER_MATCH_S = 15.0
+
+
+def study_worker(cfg: AnalyzeConfig):
+    """A Ray worker's work: (study head, latent set, chunk, condition -> strategy) -> rows."""
+    from autointerp.distributed import faulting_after
+
+    store = RunStore(run_path(cfg.run))
+    client, embedder = scoring_models(cfg, _client(cfg))
+    return faulting_after(lambda head, hookpoint, chunk, conditions: explain_and_score(
+        store, client, embedder, cfg, head, hookpoint, chunk, conditions), "worker-chunk-done")

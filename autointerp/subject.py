@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from autointerp.config import RANDOM_INIT
-from autointerp.errors import AutointerpError
-from autointerp.paths import data_dir, hub_offline, smollm2_gguf
+from autointerp.core.errors import AutointerpError
+from autointerp.core.paths import data_dir, hub_offline, smollm2_gguf
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def concat_verified(parts: list[Path], out: Path, sha256: str, size: int) -> Non
 def embedded_model_dir(alias: str = "smollm2") -> Path:
     """The safetensors folder of an embedded model, converted from its shipped GGUF on first use
     (Qwen's GGUF is first assembled from its 22 part packages and hash-checked)."""
-    from autointerp.paths import QWEN_GGUF_SHA256, QWEN_GGUF_SIZE, qwen_gguf_parts
+    from autointerp.core.paths import QWEN_GGUF_SHA256, QWEN_GGUF_SIZE, qwen_gguf_parts
 
     out = data_dir() / "models" / EMBEDDED_MODELS[alias]
     if not (out / "model.safetensors").exists():
@@ -355,11 +355,11 @@ def random_init_copy(subject: "Subject", seed: int) -> "Subject":
 
 def load_causal_lm(spec: str, dtype: str = "auto", device: str = "cpu"):
     """(model, tokenizer) for a model spec (see resolve_model_source; `#random-init:SEED` for a
-    re-initialised copy), in the dtype that autointerp.devices.resolve_dtype gives for `dtype` on
+    re-initialised copy), in the dtype that autointerp.core.devices.resolve_dtype gives for `dtype` on
     `device` (auto: measured on this CPU)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from autointerp.devices import resolve_dtype
+    from autointerp.core.devices import resolve_dtype
 
     spec, seed = split_variant(spec)
     source, gguf_file = resolve_model_source(spec)

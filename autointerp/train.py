@@ -136,7 +136,7 @@ def train_one(acts: torch.Tensor, eval_acts: torch.Tensor, hookpoint: str, cfg: 
 
 def train_autocast(cfg: TrainConfig) -> bool:
     """bfloat16 autocast only where bfloat16 is the dtype --dtype resolves to on this machine."""
-    from autointerp.devices import resolve_dtype
+    from autointerp.core.devices import resolve_dtype
 
     return cfg.autocast and resolve_dtype(cfg.dtype, "cpu") == "bfloat16"
 

@@ -10,13 +10,11 @@ import pandas as pd
 import streamlit as st
 
 from autointerp import jobs, views
-from autointerp.config import InterpretConfig
-from autointerp.errors import AutointerpError
+from autointerp.config import SCORERS, InterpretConfig
+from autointerp.core.errors import AutointerpError
 from autointerp.explain import EXPLAINERS
-from autointerp.scorers import SCORERS
+from autointerp.llm import BACKENDS
 from autointerp.store import RunStore, list_runs
-
-BACKENDS = ("transformers", "vllm", "openai")
 
 
 @st.cache_resource(show_spinner=False)

@@ -27,11 +27,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from autointerp.config import InterpretConfig
-from autointerp.errors import AutointerpError
-from autointerp.scorers import EXPLANATION_FREE
+from autointerp.config import EXPLANATION_FREE, InterpretConfig
+from autointerp.core.errors import AutointerpError
 from autointerp.interpret import _chunks, open_for_scoring, score_latent, scoring_models
-from autointerp.jobs import report_progress
+from autointerp.core.progress import report_progress
 from autointerp.llm.lockstep import run_lockstep
 from autointerp.analysis.scores import DEFAULT_HEADLINE, HEADLINE
 from autointerp.analysis.stats import sign_flip_p, t_ci

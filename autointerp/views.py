@@ -11,7 +11,7 @@ import pandas as pd
 from autointerp.analysis import score_table, scorer_columns
 from autointerp.analysis.scores import chance, headline_interval, includes_chance, interval_table
 from autointerp.analysis.agreement import verdict_of
-from autointerp.scorers import EXPLANATION_FREE, SCORERS
+from autointerp.config import EXPLANATION_FREE, SCORERS
 from autointerp.store import Example, RunStore
 
 # What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.

@@ -130,7 +130,7 @@ def dtype_line(tokens: int) -> None:
     `--dtype auto` picks here."""
     import os
 
-    from autointerp.devices import cpu_bf16_probe, cpu_class, cpu_name, resolve_dtype
+    from autointerp.core.devices import cpu_bf16_probe, cpu_class, cpu_name, resolve_dtype
 
     bf16, fp32 = run_child("cache", tokens, dtype="bfloat16"), run_child("cache", tokens, dtype="float32")
     ratio = bf16["stream_tok_per_s"] / fp32["stream_tok_per_s"]

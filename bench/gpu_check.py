@@ -707,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
 def _cpu_line() -> str:
     try:
         sys.path.insert(0, str(ROOT))
-        from autointerp.devices import cpu_class, cpu_name
+        from autointerp.core.devices import cpu_class, cpu_name
 
         return f"{cpu_name()} ({cpu_class()}, {os.cpu_count()} cores), no GPU"
     except Exception:

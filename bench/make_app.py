@@ -6,7 +6,7 @@ full demo, first scored latent, measured from the moment `make app` starts.
 Everything after `--` goes to make (skip prerequisites already done, choose the venv, PORT=...,
 DEMO_FLAGS=...). The data folder should hold `models/` (what `make models` prepared) and may link
 `saes/` to the repository's. Server-up is polled here (/_stcore/health); the rest is read from the
-run's milestones.jsonl (autointerp/milestones.py). At the end (all milestones or --limit-s) make
+run's milestones.jsonl (autointerp/core/milestones.py). At the end (all milestones or --limit-s) make
 and the demo's jobs are stopped unless --keep; the load average is printed with every line, since
 other work on the machine changes every number.
 """
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autointerp import jobs  # noqa: E402
-from autointerp.milestones import read_milestones  # noqa: E402
+from autointerp.core.milestones import read_milestones  # noqa: E402
 
 
 def healthy(port: int) -> bool:

@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from autointerp.store import (ACT_SCHEMA, ROW_GROUP_ROWS, RunStore, atomic_write_json, run_path,  # noqa: E402
+from autointerp.core.atomic import atomic_write_json  # noqa: E402
+from autointerp.store import (ACT_SCHEMA, ROW_GROUP_ROWS, RunStore, run_path,  # noqa: E402
                               write_latent_stats, write_parquet_atomic)
 
 

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import streamlit as st  # noqa: E402
 
 from autointerp import analysis, ui, views  # noqa: E402
-from autointerp.scorers import SCORERS  # noqa: E402
+from autointerp.config import SCORERS  # noqa: E402
 from autointerp.search import ExplanationIndex  # noqa: E402
 
 st.set_page_config(page_title="Browse · autointerp", layout="wide")

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import streamlit as st  # noqa: E402
 
 from autointerp import figures, ui, views  # noqa: E402
-from autointerp.errors import AutointerpError  # noqa: E402
+from autointerp.core.errors import AutointerpError  # noqa: E402
 from autointerp.logit_lens import logit_lens  # noqa: E402
 from autointerp.render import examples_html  # noqa: E402
 

@@ -17,10 +17,10 @@ from streamlit.testing.v1 import AppTest
 
 from autointerp import cli
 from autointerp.analysis import agreement, overlap
-from autointerp.analysis.report import REPORTS
+from autointerp.report import REPORTS
 from autointerp.analysis.stats import median_ci, t_ci, welch_ci
 from autointerp.config import AnalyzeConfig
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.store import RunStore, append_results
 from autointerp.studies import run_study
 from fixture_rows import explain_as_scored

@@ -10,7 +10,7 @@ import torch
 from autointerp.cache import cache_run
 from autointerp.coders import CoderSpec, build_coder
 from autointerp.config import CacheConfig
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 
 def _rows(run: Path, name: str) -> pd.DataFrame:

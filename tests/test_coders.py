@@ -8,7 +8,7 @@ from sae_lens import Transcoder
 from sae_lens.registry import SAE_CLASS_REGISTRY
 
 from autointerp.coders import SAE_LENS_EXACT, SAE_LENS_TRANSCODERS, CoderSpec, SaeLensCoder, build_coder, load_sae
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 # Every architecture sae-lens can load, plus top-k variants with decoder-norm rescaling (as our
 # trained SAEs): each must encode exactly as sae-lens does or be refused at load.

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.explain import CONTRAST_WINDOWS, ExplainConfig, explain_latents
 from autointerp.llm.base import LLMConfig
 from autointerp.llm.transformers_backend import TransformersClient

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autointerp import devices
+from autointerp.core import devices
 from autointerp.config import CacheConfig
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 
 def test_auto_device_is_the_cpu_without_a_gpu_and_cuda_is_refused_in_one_line():

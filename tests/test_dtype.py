@@ -1,4 +1,4 @@
-"""One dtype rule: every model load resolves --dtype through autointerp.devices.resolve_dtype,
+"""One dtype rule: every model load resolves --dtype through autointerp.core.devices.resolve_dtype,
 whose `auto` on a CPU is a measured verdict (bfloat16 only where it beats float32), cached per
 machine; and every command honours the dtype it is given."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autointerp import devices
-from autointerp.errors import AutointerpError
+from autointerp.core import devices
+from autointerp.core.errors import AutointerpError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -194,7 +194,7 @@ def test_the_intervention_scorer_steers_the_subject_on_the_device_asked(tiny_mod
     """--device places the steered subject too (it stayed on the CPU before). Without a GPU here,
     cuda is checked by its one-line error: the device reached the subject's load."""
     from autointerp.config import InterpretConfig
-    from autointerp.errors import AutointerpError
+    from autointerp.core.errors import AutointerpError
     from autointerp.interpret import _client
     from autointerp.intervention.scorer import InterventionScorer
     from autointerp.store import RunStore

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from autointerp.config import InterpretConfig
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.explain import parse_explanation
 from autointerp.interpret import run_explain, run_score, select_latents
 from autointerp.llm.base import LLMConfig
@@ -277,7 +277,7 @@ def test_embedding_scorer_uses_the_chosen_embedder_and_records_it(store, tiny_ru
     one-line errors naming the fix."""
     from autointerp import embedding
     from autointerp.interpret import score_latent
-    from autointerp.paths import minilm_dir
+    from autointerp.core.paths import minilm_dir
 
     page, _ = store.latent_table(SET, sort="frequency", limit=1)
     latent = int(page.latent.iloc[0])

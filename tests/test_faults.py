@@ -1,5 +1,5 @@
 """Crash safety at named points: a real `autointerp cache|explain|score` process signals itself
-(AUTOINTERP_FAULT=POINT:N:SIGNAL, see autointerp/faults.py) at an exact place, the same command
+(AUTOINTERP_FAULT=POINT:N:SIGNAL, see autointerp/core/faults.py) at an exact place, the same command
 is run again, and the result must equal an uninterrupted run: nothing lost, nothing duplicated, no
 temporary file left. No test here waits on the clock."""
 
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autointerp.errors import AutointerpError
-from autointerp.faults import FAULT_ENV, fault_point
+from autointerp.core.errors import AutointerpError
+from autointerp.core.faults import FAULT_ENV, fault_point
 from autointerp.store import RunStore, append_results
 
 SET = "resid_post.2"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from autointerp import analysis, figures
 from autointerp.cli import main
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.metrics import Decision, summarize
 from autointerp.store import RunStore, append_results
 from fixture_rows import explain_as_scored

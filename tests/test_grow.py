@@ -20,9 +20,9 @@ import pytest
 from autointerp.cache import cache_run
 from autointerp.config import CacheConfig
 from autointerp.corpus import load_texts, tokenize_contexts
-from autointerp.errors import AutointerpError
-from autointerp.faults import FAULT_ENV
-from autointerp.milestones import read_milestones
+from autointerp.core.errors import AutointerpError
+from autointerp.core.faults import FAULT_ENV
+from autointerp.core.milestones import read_milestones
 from autointerp.store import CONTEXTS_KEY, RunStore, covered_contexts
 
 SETS = ("resid_post.2", "mlp_neurons.1-topk4")

@@ -53,7 +53,7 @@ def test_train_cache_and_browse_real_smollm2(tmp_path, smollm2_dir):
 def test_minilm_embeds_offline():
     from sentence_transformers import SentenceTransformer
 
-    from autointerp.paths import minilm_dir
+    from autointerp.core.paths import minilm_dir
 
     model = SentenceTransformer(str(minilm_dir()), device="cpu")
     emb = model.encode(["The river flows into the sea.", "A lake fed by a stream.", "The 1998 tax law."],

@@ -20,8 +20,8 @@ import torch
 
 from autointerp.coders import RandomDirectionCoder
 from autointerp.config import InterpretConfig
-from autointerp.errors import AutointerpError
-from autointerp.faults import FAULT_ENV
+from autointerp.core.errors import AutointerpError
+from autointerp.core.faults import FAULT_ENV
 from autointerp.interpret import run_score
 from autointerp.intervention.scorer import (PROMPT, InterventionConfig, coder_directions, latent_directions,
                                             random_direction, random_explanation, sample_prompts, unit)

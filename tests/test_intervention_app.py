@@ -205,7 +205,7 @@ def test_scores_page_shows_fig4_and_exports_it(run, tmp_path):
 
 
 def test_kind_is_checked_and_validation_refuses_output(run):
-    from autointerp.errors import AutointerpError
+    from autointerp.core.errors import AutointerpError
     from autointerp.interpret import open_for_scoring
 
     cfg = InterpretConfig(run=str(run), hookpoint=SET, latents=[0], kind="outputs")

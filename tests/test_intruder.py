@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autointerp.config import AnalyzeConfig, InterpretConfig
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.interpret import run_score
 from autointerp.llm.base import LLMConfig
 from autointerp.llm.transformers_backend import TransformersClient

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from autointerp.coders import coder_from_manifest
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.sampling import NEIGHBOURS, SamplingConfig, nearest_latents, scoring_examples
 
 SET = "resid_post.2"

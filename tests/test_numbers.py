@@ -342,7 +342,7 @@ def test_mlp_out_is_what_the_layer_adds_to_the_residual_stream(family):
 def test_mixture_of_experts_caches_resid_post_and_refuses_mlp_hookpoints_in_one_line():
     import torch
 
-    from autointerp.errors import AutointerpError
+    from autointerp.core.errors import AutointerpError
     from autointerp.subject import Subject
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from autointerp.analysis.coders import coder_summary, trained_twin
 from autointerp.cache import cache_run
 from autointerp.coders import CoderSpec, build_coder, coder_from_manifest
 from autointerp.config import CacheConfig, DemoConfig, TrainConfig
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.subject import load_subject, random_init_copy, split_variant
 from autointerp.train import train_saes
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from autointerp.config import CacheConfig, InterpretConfig
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.store import RunStore, append_results
 
 SET = "resid_post.2"

@@ -4,7 +4,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.store import RunStore, list_runs
 
 SET = "resid_post.2"

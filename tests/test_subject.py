@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.subject import Hookpoint, load_subject
 
 
@@ -105,7 +105,7 @@ def test_split_model_is_assembled_only_when_its_hash_matches(tmp_path):
 def test_missing_qwen_parts_name_the_install_step(monkeypatch):
     import importlib.util
 
-    from autointerp.paths import qwen_gguf_parts
+    from autointerp.core.paths import qwen_gguf_parts
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

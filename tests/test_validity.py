@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from autointerp.config import InterpretConfig
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.llm.base import LLMConfig
 from autointerp.llm.transformers_backend import TransformersClient
 from autointerp.interpret import _sampling

@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.llm.base import LLMConfig
 from autointerp.prompts import ANSWERS
 

@@ -22,7 +22,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from autointerp.analysis.stats import MIN_N, t_ci, welch_ci
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 BASES = ("decoder", "explanation")
 N_PERMUTATIONS = 1000

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from autointerp.analysis.stats import t_ci
-from autointerp.scorers import SCORERS
+from autointerp.config import SCORERS
 from autointerp.scorers.intruder import INTRUDER_CHANCE
 from autointerp.store import RunStore
 

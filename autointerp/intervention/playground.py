@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.intervention.scorer import decode, unit
 from autointerp.intervention.search import search_alphas
 from autointerp.intervention.steering import greedy_continuations, mean_kl, model_context, next_token_logprobs

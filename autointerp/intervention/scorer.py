@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from autointerp.coders import coder_from_manifest
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.llm import engine_of
 from autointerp.intervention.search import LOG10_ALPHA_RANGE, AlphaResult, search_alphas
 from autointerp.intervention.steering import (check_lengths, greedy_continuations, mean_kl, next_token_logprobs)
@@ -206,7 +206,7 @@ class InterventionScorer:
         """The scorer for `autointerp score`: the subject model named in the run's manifest, steered
         in cfg.subject_dtype on cfg.device (where --device puts the scorer LM too); the scorer LM is
         the client (--model)."""
-        from autointerp.devices import resolve_device
+        from autointerp.core.devices import resolve_device
         from autointerp.subject import load_subject
 
         icfg = InterventionConfig.from_interpret(cfg)

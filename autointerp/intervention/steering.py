@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.subject import Subject
 
 

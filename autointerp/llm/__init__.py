@@ -1,7 +1,7 @@
 """LLM clients behind one protocol (see base.py): transformers (the CPU default), vllm (offline
 engine in a worker process), openai (any OpenAI-compatible server)."""
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.llm.base import LLMConfig
 
 BACKENDS = ("transformers", "vllm", "openai")

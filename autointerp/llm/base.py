@@ -23,7 +23,7 @@ class LLMConfig:
     api_key: str | None = None  # openai backend; default $OPENAI_API_KEY
     timeout_s: float = 60.0
     max_retries: int = 3
-    dtype: str = "auto"  # transformers: auto (autointerp.devices.resolve_dtype), bfloat16, float16, float32
+    dtype: str = "auto"  # transformers: auto (autointerp.core.devices.resolve_dtype), bfloat16, float16, float32
     device: str = "cpu"  # transformers: auto, cpu, cuda or cuda:N
     batch_size: int = 8  # transformers: prompts per forward; openai: requests in flight
     vllm_python: str | None = None  # interpreter with vllm; default $AUTOINTERP_VLLM_PYTHON or .venv-vllm

@@ -15,7 +15,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.llm.base import LLMConfig, Message
 
 log = logging.getLogger(__name__)

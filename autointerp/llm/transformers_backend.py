@@ -66,7 +66,7 @@ class TransformersClient(TokenizerSide):
 
         self.cfg = cfg
         self.name = f"transformers:{cfg.model}"
-        from autointerp.devices import resolve_device
+        from autointerp.core.devices import resolve_device
 
         self.device = resolve_device(cfg.device)
         # Batched scoring (llm/lockstep.py) combines a chunk of latents' calls only on a GPU: on a

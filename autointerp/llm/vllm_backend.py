@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.llm.base import LLMConfig, Message, TokenizerSide
-from autointerp.paths import PROJECT_ROOT, data_dir
+from autointerp.core.paths import PROJECT_ROOT, data_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class VLLMClient(TokenizerSide):
         python = vllm_python(cfg)
         import torch
 
-        from autointerp.devices import resolve_dtype
+        from autointerp.core.devices import resolve_dtype
         from autointerp.subject import model_width
 
         # the engine's dtype follows the same rule as every other model load (auto: measured here)

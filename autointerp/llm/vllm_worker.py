@@ -17,7 +17,7 @@ import sys
 
 def main() -> None:
     model = sys.argv[1]
-    dtype = sys.argv[2] if len(sys.argv) > 2 else "bfloat16"  # resolved by the client (autointerp.devices)
+    dtype = sys.argv[2] if len(sys.argv) > 2 else "bfloat16"  # resolved by the client (autointerp.core.devices)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     # The protocol gets a private copy of stdout; fd 1 itself now points at stderr, so nothing that
     # vllm or its C++ kernels print can corrupt the stream.

@@ -10,9 +10,6 @@ intruder   no explanation: which of 4 activating windows and 1 silent one does n
            right calls (chance 1/5); how coherent the latent's windows are (scorers/intruder.py)
 intervention steer the latent's decoder direction to a target KL and read log P(explanation) on steered
            vs clean continuations (autointerp/intervention/, run by `autointerp score` only)
-"""
 
-SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "simulation", "intruder", "intervention")
-# scorers that judge the latent, not an explanation: their scores have no explanation and stay
-# current whichever explanation the latent shows
-EXPLANATION_FREE = ("intruder",)
+Their names (SCORERS, EXPLANATION_FREE) are in autointerp/config.py, which the store reads too.
+"""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 from autointerp.prompts import simulation_line, simulation_messages
 from autointerp.store import Example
 

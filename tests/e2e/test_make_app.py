@@ -3,8 +3,8 @@ exists, the run becomes browsable at a first size, then grows in place to the fu
 running server shows each state without a restart.
 
 The order is checked without waiting on the clock: the demo's build job is paused at named points
-(AUTOINTERP_FAULT=...:STOP, autointerp/faults.py) and only let go (SIGCONT) once the test has seen
-what must come before, and the run's milestones (autointerp/milestones.py) are read for the rest.
+(AUTOINTERP_FAULT=...:STOP, autointerp/core/faults.py) and only let go (SIGCONT) once the test has seen
+what must come before, and the run's milestones (autointerp/core/milestones.py) are read for the rest.
 A `make app` that served only after caching would never be healthy while the job is paused there.
 The Makefile's own `app` recipe runs (its install/models/browser prerequisites are taken as done:
 the venv running this test is the installed one, and its models are linked into the data folder);
@@ -26,7 +26,7 @@ from playwright.sync_api import expect
 
 from autointerp import jobs
 from autointerp.demo import DEMO_BUILD_TITLE
-from autointerp.milestones import read_milestones
+from autointerp.core.milestones import read_milestones
 from autointerp.store import RunStore
 
 from tests.e2e.conftest import ROOT, AppPage, _free_port

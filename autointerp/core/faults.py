@@ -22,7 +22,7 @@ import os
 import signal
 from collections import Counter
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 FAULT_ENV = "AUTOINTERP_FAULT"
 POINTS = ("cache-part-written", "cache-published", "explain-chunk-written", "score-between-writes", "score-chunk-written",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def cpu_flag_verdict(flags: frozenset[str] | set[str], isa_env: dict[str, str]) 
 
 
 def probe_path() -> Path:
-    from autointerp.paths import data_dir
+    from autointerp.core.paths import data_dir
 
     return data_dir() / "machine" / "dtype-probe.json"
 
@@ -161,7 +161,7 @@ def cpu_bf16_probe(width: int = PROBE_WIDTH) -> dict:
         return known[key]
     result = _cached_measure(key, width)
     known[key] = result
-    from autointerp.store import atomic_write_json
+    from autointerp.core.atomic import atomic_write_json
 
     try:  # a read-only data folder only costs a re-measure next time
         atomic_write_json(path, known)

@@ -6,7 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from autointerp.errors import AutointerpError
+from autointerp.core.errors import AutointerpError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
