@@ -279,6 +279,23 @@ def test_analyses_page_renders_every_study_with_links_and_launches_a_job(run, tm
     job.cancel()
 
 
+def test_analyses_page_shows_a_random_model_baseline_against_its_trained_twin(run):
+    """A coders study with a `-random-init` set: its row is compared with the same SAE on the
+    trained subject (vs, diff), the others with the reference, in the report and on the page."""
+    twin = f"{SAE}-random-init"
+    _fake_study(run, "coders", {TOPK: [0.6, 0.55, 0.65, 0.6], SAE: [0.8, 0.9, 0.85, 0.82],
+                                twin: [0.5, 0.55, 0.52, 0.5]})
+    summary = REPORTS["coders"](RunStore(run)).sections[0].table.set_index("condition")
+    assert summary.loc[twin, "vs"] == SAE and summary.loc[SAE, "vs"] == TOPK
+    assert summary.loc[twin, "diff"] == pytest.approx(np.mean([0.5, 0.55, 0.52, 0.5]) - np.mean([0.8, 0.9, 0.85, 0.82]))
+    at = AppTest.from_file(str(ROOT / "pages/5_Analyses.py"), default_timeout=120)
+    at.query_params["run"] = "analysis"
+    at.run()
+    assert not at.exception, at.exception
+    shown = next(df.value for df in at.dataframe if "vs" in df.value.columns).set_index("condition")
+    assert shown.loc[twin, "vs"] == SAE
+
+
 def test_analyses_page_on_an_empty_run_says_what_to_run(run):
     at = AppTest.from_file(str(ROOT / "pages/5_Analyses.py"), default_timeout=120)
     at.query_params["run"] = "analysis"
