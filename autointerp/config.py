@@ -3,7 +3,7 @@ field's comment in `metadata["help"]` is also its --help text."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 
 from autointerp.core.paths import data_dir
 
@@ -14,16 +14,63 @@ STUDIES = ("sampling", "coders", "overlap", "agreement")
 # The CLI's command names (cli.COMMANDS maps each to its function and config): jobs launch these
 # by name without importing the stages.
 COMMAND_NAMES = ("train-sae", "cache", "demo", "explain", "score", "validate", "analyze", "export", "models", "runs")
-SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "simulation", "intruder", "intervention")
-# scorers that judge the latent, not an explanation: their scores have no explanation and stay
-# current whichever explanation the latent shows
-EXPLANATION_FREE = ("intruder",)
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """One scorer's registration: how it runs and how its number reads. Adding a scorer is a module
+    with a `run(ScoreContext) -> ScoreResult` function (autointerp/scorers/) and one entry below."""
+
+    name: str
+    runner: str  # "module:function" that interpret.score_latent calls; "" for one with its own runner
+    headline: tuple[str, ...] = ("auroc", "balanced_accuracy")  # the number it is judged by: the first present
+    chance: float = 0.5  # what a score means nothing at
+    score_range: tuple[float, float] = (0.0, 1.0)  # for filters and axes
+    needs_llm: bool = True
+    # judges the latent, not an explanation: its scores have no explanation and stay current
+    # whichever explanation the latent shows
+    explanation_free: bool = False
+
+
+INTRUDER_CHOICES = 5  # windows per intruder prompt: 4 activating, 1 intruder
+SCORER_SPECS = {s.name: s for s in (
+    ScorerSpec("detection", "autointerp.scorers.classify:run_detection"),
+    ScorerSpec("fuzzing", "autointerp.scorers.classify:run_fuzzing"),
+    ScorerSpec("embedding", "autointerp.scorers.embedding:run", needs_llm=False),
+    ScorerSpec("surprisal", "autointerp.scorers.surprisal:run"),
+    ScorerSpec("simulation", "autointerp.scorers.simulation:run", headline=("correlation",), chance=0.0,
+               score_range=(-1.0, 1.0)),
+    ScorerSpec("intruder", "autointerp.scorers.intruder:run", headline=("accuracy",), chance=1 / INTRUDER_CHOICES,
+               explanation_free=True),
+    # steering the subject: run by interpret.chunk_scorer through intervention/ (nats at KL 1)
+    ScorerSpec("intervention", "", headline=("intervention_score",), chance=0.0, score_range=(-10.0, 10.0)),
+)}
+SCORERS = tuple(SCORER_SPECS)
+EXPLANATION_FREE = tuple(s.name for s in SCORER_SPECS.values() if s.explanation_free)
 # the model variant of the random-model baseline (`smollm2#random-init:0`) and its latent sets' suffix
 RANDOM_INIT = "random-init"
 
 
 def _help(text: str, **kw):
     return field(metadata={"help": text}, **kw)
+
+
+def default_of(cls, name: str):
+    """A config field's default: other configs (sampling, LLM client) take theirs from here, so
+    each setting has one default."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+# settings shared by several configs: one definition each (a Field object cannot be shared)
+def _ray():
+    return _help("spread the work over a Ray cluster: 'auto' (the cluster this machine belongs to) or the head's "
+                 "HOST:PORT; needs the ray extra (pip install -e '.[ray]')", default="")
+
+
+def _ray_workers():
+    return _help("with --ray: at most this many workers, each loading its own models (0: one per GPU on a GPU "
+                 "cluster, else one per node)", default=0)
 
 
 @dataclass
@@ -76,10 +123,8 @@ class CacheConfig:
                        "faster than float32, e.g. CPUs with AMX; float32 on others, where bfloat16 is up to 30x "
                        "slower), bfloat16, float16, float32", default="auto")
     coder_dtype: str = _help("dtype SAEs encode in: auto as for --dtype", default="auto")
-    ray: str = _help("spread the work over a Ray cluster: 'auto' (the cluster this machine belongs to) or the "
-                     "head's HOST:PORT; needs the ray extra (pip install -e '.[ray]')", default="")
-    ray_workers: int = _help("with --ray: at most this many workers, each loading its own models (0: one per GPU "
-                             "on a GPU cluster, else one per node)", default=0)
+    ray: str = _ray()
+    ray_workers: int = _ray_workers()
 
 
 @dataclass
@@ -201,10 +246,8 @@ class InterpretConfig:
                       "score: scores the output explanations, stored apart from input ones)", default="input")
     force: bool = _help("redo latents that already have results", default=False)
     seed: int = _help("random seed", default=0)
-    ray: str = _help("spread the work over a Ray cluster: 'auto' (the cluster this machine belongs to) or the "
-                     "head's HOST:PORT; needs the ray extra (pip install -e '.[ray]')", default="")
-    ray_workers: int = _help("with --ray: at most this many workers, each loading its own models (0: one per GPU "
-                             "on a GPU cluster, else one per node)", default=0)
+    ray: str = _ray()
+    ray_workers: int = _ray_workers()
 
 
 @dataclass

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from autointerp.config import EXPLANATION_FREE, SCORERS, InterpretConfig
-from autointerp.embedding import embedder_engine, embedder_name, load_embedder
+from autointerp.config import EXPLANATION_FREE, SCORER_SPECS, SCORERS, InterpretConfig
+from autointerp.embedding import load_embedder
 from autointerp.core.errors import AutointerpError
 from autointerp.core.faults import fault_point
 from autointerp.intervention.scorer import SCORER as INTERVENTION
@@ -30,11 +30,7 @@ from autointerp.metrics import INTERVAL_KEYS
 from autointerp.llm.lockstep import run_lockstep
 from autointerp.sampling import (SamplingConfig, TooFewExamples, explanation_examples, scoring_examples,
                                  shown_windows)
-from autointerp.scorers.intruder import IntruderConfig, score_intruder
-from autointerp.scorers.classify import ClassifyConfig, score_classify
-from autointerp.scorers.embedding import score_embedding
-from autointerp.scorers.simulation import score_simulation
-from autointerp.scorers.surprisal import score_surprisal
+from autointerp.scorers import ScoreContext, runner
 from autointerp.store import (EXPLANATION_KINDS, RunStore, append_results, latent_seed, present,
                               remove_stale_result_temp, run_path)
 
@@ -158,31 +154,13 @@ def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanati
         return [{**base, "score_id": uuid.uuid4().hex, "scorer": s, "error": str(e), "n": 0, "n_failed": 0,
                  **({"explanation": None} if s in EXPLANATION_FREE else {})} for s in cfg.scorers], []
     scores, decisions = [], []
+    seed = latent_seed(cfg.seed, hookpoint, latent)
     for scorer in cfg.scorers:
-        model, mode, engine = client.name if client else None, None, engine_of(client)
-        if scorer == "embedding":
-            summary, records = score_embedding(explanation, activating, negatives, embedder)
-            model, mode, engine = embedder_name(cfg.embedder), "similarity", embedder_engine(embedder)
-        elif scorer == "surprisal":
-            summary, records = score_surprisal(client, explanation, activating, negatives, cache)
-            mode = "loss"
-        elif scorer == "simulation":
-            summary, records = score_simulation(client, explanation, activating, negatives)
-            mode = "all-at-once"
-        elif scorer == "intruder":
-            summary, records = score_intruder(client, activating, negatives,
-                                              IntruderConfig(mode=cfg.mode, threshold=cfg.threshold,
-                                                             seed=latent_seed(cfg.seed, hookpoint, latent),
-                                                             calibrate=cfg.calibrate))
-            mode = cfg.mode + ("-calibrated" if cfg.calibrate and cfg.mode == "logprob" else "")
-        else:
-            calibrate = cfg.calibrate and cfg.mode == "logprob"
-            summary, records = score_classify(scorer, client, explanation, activating, negatives,
-                                              ClassifyConfig(per_prompt=cfg.per_prompt, mode=cfg.mode,
-                                                             threshold=cfg.threshold,
-                                                             seed=latent_seed(cfg.seed, hookpoint, latent),
-                                                             calibrate=calibrate), cache, also)
-            mode = cfg.mode + ("-calibrated" if calibrate else "")
+        result = runner(scorer)(ScoreContext(client, embedder, cfg, hookpoint, int(latent), seed, explanation,
+                                             activating, negatives, cache, also))
+        summary, records = result.summary, result.records
+        model = result.model if result.model is not None else (client.name if client else None)
+        mode, engine = result.mode, result.engine if result.engine is not None else engine_of(client)
         sid = uuid.uuid4().hex
         scores.append({**base, **{k: summary.get(k) for k in ("n", "n_failed", "balanced_accuracy", "precision",
                                                                 "recall", "f1", "auroc", "accuracy", "correlation",
@@ -235,7 +213,7 @@ def open_for_scoring(cfg: InterpretConfig, steering: bool = False
 
 def scoring_models(cfg: InterpretConfig, client=None) -> tuple:
     """(LLM client or None when only embedding scores, cfg.embedder or None), loaded once."""
-    needs_llm = any(s != "embedding" for s in cfg.scorers)
+    needs_llm = any(SCORER_SPECS[s].needs_llm for s in cfg.scorers if s in SCORER_SPECS)
     client = client or (_client(cfg) if needs_llm else None)
     embedder = None
     if "embedding" in cfg.scorers or cfg.negatives == "hard":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autointerp.config import InterpretConfig, default_of
 from autointerp.core.errors import AutointerpError
 from autointerp.store import Example, RunStore
 
@@ -31,14 +32,15 @@ NEGATIVES = ("random", "hard", "neighbours")
 
 @dataclass
 class SamplingConfig:
-    strategy: str = "top"
-    n_explain: int = 20
+    # the defaults are InterpretConfig's (the CLI's): one default per setting
+    strategy: str = default_of(InterpretConfig, "strategy")
+    n_explain: int = default_of(InterpretConfig, "n_explain")
     n_quantiles: int = 10
-    test_per_quantile: int = 3
-    n_negative: int = 30
-    negatives: str = "random"  # random | hard | neighbours (NEGATIVES)
-    seed: int = 0
-    min_examples: int = 5
+    test_per_quantile: int = default_of(InterpretConfig, "test_per_quantile")
+    n_negative: int = default_of(InterpretConfig, "n_negative")
+    negatives: str = default_of(InterpretConfig, "negatives")  # random | hard | neighbours (NEGATIVES)
+    seed: int = default_of(InterpretConfig, "seed")
+    min_examples: int = default_of(InterpretConfig, "min_examples")
 
 
 def _key(e: Example | tuple[int, int]) -> tuple[int, int]:

@@ -27,15 +27,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from autointerp.config import EXPLANATION_FREE, InterpretConfig
-from autointerp.core.errors import AutointerpError
-from autointerp.interpret import _chunks, open_for_scoring, score_latent, scoring_models
-from autointerp.core.progress import report_progress
-from autointerp.llm.lockstep import run_lockstep
 from autointerp.analysis.scores import DEFAULT_HEADLINE, HEADLINE
 from autointerp.analysis.stats import sign_flip_p, t_ci
+from autointerp.config import EXPLANATION_FREE, InterpretConfig
+from autointerp.core.errors import AutointerpError
+from autointerp.core.progress import report_progress
+from autointerp.interpret import _chunks, _client, open_for_scoring, score_latent, scoring_models
+from autointerp.llm.lockstep import run_lockstep
 from autointerp.prompts import NEUTRAL_EXPLANATION
-from autointerp.store import append_results
+from autointerp.store import RunStore, append_results, run_path
 
 log = logging.getLogger(__name__)
 
@@ -110,34 +110,27 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
                               f"{len(expl)} of the {len(latents)} chosen have an explanation: run "
                               f"`autointerp explain` on more latents first")
     others = random_explanations(expl, cfg.seed)
-    client, embedder = scoring_models(cfg, client)
     validation_id = uuid.uuid4().hex
     rows: list[dict] = []
     with tqdm(total=len(expl), desc=f"validate {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(expl))
 
-        def job(client, latent: int) -> list[dict]:
-            # The three explanations are read in the same detection/fuzzing passes (one examples
-            # prefix per prompt); the cache hands the readings from the first call to the others.
-            cache: dict = {}
-            texts = (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION))
-            out = []
-            for which, text in texts:
-                # the neutral explanation is read uncalibrated: calibrated against itself it is 0.5
-                one = cfg if which != "neutral" else dataclasses.replace(cfg, calibrate=False)
-                scores, _ = score_latent(client, store, cfg.hookpoint, latent, text, one, embedder, cache=cache,
-                                         also=tuple(t for _, t in texts))
-                out += [{"validation_id": validation_id, "hookpoint": cfg.hookpoint, "latent": int(latent),
-                         "scorer": s["scorer"], "which": which, "explanation": text, "value": headline_value(s),
-                         "n": s.get("n"), "n_failed": s.get("n_failed"), "error": s.get("error"),
-                         "model": s.get("model"), "mode": s.get("mode")} for s in scores]
-            return out
-
-        for chunk in _chunks(sorted(expl), cfg.chunk):  # a chunk's latents share backend calls
-            for got in run_lockstep(client, [functools.partial(job, latent=x) for x in chunk]):
-                rows += got
+        def write(chunk: list[int], got: list[dict]) -> None:
+            rows.extend(got)
             bar.update(len(chunk))
             report_progress(bar.n, len(expl))
+
+        chunks = list(_chunks(sorted(expl), cfg.chunk))  # a chunk's latents share backend calls
+        if cfg.ray:
+            from autointerp.distributed import run_units
+
+            run_units(cfg, chunks, validate_worker, write, expl, others, validation_id)
+        else:
+            client, embedder = scoring_models(cfg, client)
+            work = _validate_chunk(cfg, store, client, embedder, expl, others, validation_id)
+            for chunk in chunks:
+                write(chunk, work(chunk))
+    rows.sort(key=lambda r: r["latent"])  # Ray workers finish chunks in any order
     per_latent = pd.DataFrame(rows)
     summary = summarize_validity(per_latent)
     models = per_latent.groupby("scorer").model.first().to_dict()
@@ -151,3 +144,38 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
         log.info("%s: true %.3f, random %.3f, diff %.3f [%.3f, %.3f] over %d latents, p %.4f: %s", r.scorer,
                  r.true_mean, r.random_mean, r.diff, r.ci_lo, r.ci_hi, r.n_latents, r.p_value, r.verdict)
     return summary
+
+
+def _validate_chunk(cfg: InterpretConfig, store, client, embedder, expl: dict[int, str], others: dict[int, str],
+                    validation_id: str):
+    """chunk of latents -> validity rows: each latent's true, random and neutral explanations scored."""
+    def job(client, latent: int) -> list[dict]:
+        # The three explanations are read in the same detection/fuzzing passes (one examples
+        # prefix per prompt); the cache hands the readings from the first call to the others.
+        cache: dict = {}
+        texts = (("true", expl[latent]), ("random", others[latent]), ("neutral", NEUTRAL_EXPLANATION))
+        out = []
+        for which, text in texts:
+            # the neutral explanation is read uncalibrated: calibrated against itself it is 0.5
+            one = cfg if which != "neutral" else dataclasses.replace(cfg, calibrate=False)
+            scores, _ = score_latent(client, store, cfg.hookpoint, latent, text, one, embedder, cache=cache,
+                                     also=tuple(t for _, t in texts))
+            out += [{"validation_id": validation_id, "hookpoint": cfg.hookpoint, "latent": int(latent),
+                     "scorer": s["scorer"], "which": which, "explanation": text, "value": headline_value(s),
+                     "n": s.get("n"), "n_failed": s.get("n_failed"), "error": s.get("error"),
+                     "model": s.get("model"), "mode": s.get("mode")} for s in scores]
+        return out
+
+    def run(chunk: list[int]) -> list[dict]:
+        return [r for got in run_lockstep(client, [functools.partial(job, latent=x) for x in chunk]) for r in got]
+
+    return run
+
+
+def validate_worker(cfg: InterpretConfig, expl: dict[int, str], others: dict[int, str], validation_id: str):
+    """A Ray worker's work (distributed.run_units): the scoring models loaded once, a chunk per call."""
+    from autointerp.distributed import faulting_after
+
+    client, embedder = scoring_models(cfg, _client(cfg))
+    return faulting_after(_validate_chunk(cfg, RunStore(run_path(cfg.run)), client, embedder, expl, others,
+                                          validation_id), "worker-chunk-done")

@@ -85,3 +85,13 @@ def test_the_job_launcher_knows_the_cli_s_command_names():
     from autointerp.config import COMMAND_NAMES
 
     assert tuple(COMMANDS) == COMMAND_NAMES
+
+
+def test_paths_still_point_at_the_repository_after_the_moves():
+    """core/paths.py moved one folder down: the data folder (the shipped SAEs, models, runs) must
+    still be the repository's, not one inside the package."""
+    from autointerp.core.paths import PROJECT_ROOT, data_dir
+
+    assert (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "autointerp" / "core").is_dir()
+    assert (PROJECT_ROOT / "data" / "saes" / "smollm2-4096x32" / "resid_post.15" / "cfg.json").is_file()
+    assert data_dir() in (PROJECT_ROOT / "data", ) or "AUTOINTERP_DATA" in __import__("os").environ

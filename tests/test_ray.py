@@ -213,3 +213,34 @@ def test_distributed_study_equals_single_process(ray_cluster, tiny_run, tiny_mod
     a, b = (results[k].sort_values(["latent", "condition"]).reset_index(drop=True) for k in ("single", "spread"))
     assert len(a) == len(b) == 6  # 3 latents x 2 strategies, none lost or duplicated
     assert a[["latent", "condition", "raw", "shown"]].equals(b[["latent", "condition", "raw", "shown"]])
+
+
+def test_distributed_validate_equals_single_process(ray_cluster, tiny_run, tiny_model_dir, fresh_copy, caplog):
+    """`validate --ray`: each chunk's true, random and neutral explanations are scored on a worker
+    (the faulty node's worker is killed after its first chunk and its chunk redone); the driver
+    writes one validation, equal to a single-process one."""
+    from autointerp.interpret import select_latents
+    from autointerp.validity import run_validate
+
+    got = {}
+    for name in ("single", "spread"):
+        run = fresh_copy(tiny_run, f"validate-{name}")
+        cfg = InterpretConfig(run=str(run), hookpoint=SET, model=str(tiny_model_dir), dtype="float32", device="cpu",
+                              top_frequent=6, test_per_quantile=1, n_negative=6, chunk=2, batch_size=4,
+                              scorers=["detection", "embedding"], ray=ray_cluster if name == "spread" else "")
+        latents = select_latents(RunStore(run), cfg)
+        append_results(run, "explanations", [{"hookpoint": SET, "latent": x, "explanation": f"numbers {x}",
+                                              "model": "human"} for x in latents])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="autointerp.distributed"):
+            summary = run_validate(cfg)
+        assert _worker_died(caplog) == (name == "spread")
+        rows = pd.read_parquet(run / "results" / "validity")
+        got[name] = (summary, rows.sort_values(["latent", "scorer", "which"]).reset_index(drop=True))
+    (sa, ra), (sb, rb) = got["single"], got["spread"]
+    assert len(ra) == len(rb) == 6 * 2 * 3  # latents x scorers x (true, random, neutral): none lost or doubled
+    assert ra[["latent", "scorer", "which", "explanation", "n"]].equals(rb[["latent", "scorer", "which", "explanation",
+                                                                          "n"]])
+    np.testing.assert_allclose(ra.value.astype(float), rb.value.astype(float), atol=1e-4)
+    assert sa.scorer.tolist() == sb.scorer.tolist()
+    np.testing.assert_allclose(sa["diff"].astype(float), sb["diff"].astype(float), atol=1e-4)

@@ -15,19 +15,16 @@ import pandas as pd
 from scipy import stats
 
 from autointerp.analysis.stats import t_ci
-from autointerp.config import SCORERS
-from autointerp.scorers.intruder import INTRUDER_CHANCE
+from autointerp.config import SCORER_SPECS, SCORERS
 from autointerp.store import RunStore
 
 KEYS = ["hookpoint", "latent"]
-# the number each scorer is judged by; classifiers without probabilities have no AUROC
-HEADLINE = {"detection": ("auroc", "balanced_accuracy"), "fuzzing": ("auroc", "balanced_accuracy"),
-            "surprisal": ("auroc", "balanced_accuracy"), "embedding": ("auroc", "balanced_accuracy"),
-            "simulation": ("correlation",), "intruder": ("accuracy",),  # share of right calls, chance 1/5
-            "intervention": ("intervention_score",)}  # nats, at the target KL nearest 1 (scores.target_kl)
+# the number each scorer is judged by (registered in config.SCORER_SPECS); classifiers without
+# probabilities have no AUROC; intervention's is in nats, at the target KL nearest 1 (target_kl)
+HEADLINE = {s.name: s.headline for s in SCORER_SPECS.values()}
 DEFAULT_HEADLINE = ("auroc", "balanced_accuracy", "correlation")
 # the range each scorer's headline can take (for filters and axes); AUROC-like ones live in [0, 1]
-SCORE_RANGE = {"simulation": (-1.0, 1.0), "intervention": (-10.0, 10.0)}
+SCORE_RANGE = {s.name: s.score_range for s in SCORER_SPECS.values()}
 
 
 def score_range(scorer: str) -> tuple[float, float]:
@@ -37,8 +34,8 @@ HEADLINE_LABEL = ("AUROC (balanced accuracy where a scorer gave no probabilities
                   "intervention: log P(explanation) gain on steered text, nats, at KL 1")
 
 
-# what a score means nothing at: AUROC and balanced accuracy 0.5, correlations and gains 0
-CHANCE = {"simulation": 0.0, "intervention": 0.0, "intruder": INTRUDER_CHANCE}
+# what a score means nothing at: AUROC and balanced accuracy 0.5, correlations and gains 0, intruder 1/5
+CHANCE = {s.name: s.chance for s in SCORER_SPECS.values()}
 
 
 def chance(scorer: str) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from autointerp.core.errors import AutointerpError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent  # core/ -> autointerp/ -> the repository
 
 
 def data_dir() -> Path:

@@ -12,20 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from autointerp.config import InterpretConfig, default_of
+
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
 
 @dataclass
 class LLMConfig:
-    backend: str = "transformers"  # transformers | vllm | openai
-    model: str = "smollm2"  # embedded alias, local folder, .gguf file, or the server's model name
+    # the defaults are InterpretConfig's (the CLI's): one default per setting
+    backend: str = default_of(InterpretConfig, "backend")  # transformers | vllm | openai
+    model: str = default_of(InterpretConfig, "model")  # embedded alias, local folder, .gguf, or the server's name
     base_url: str | None = None  # openai backend
     api_key: str | None = None  # openai backend; default $OPENAI_API_KEY
-    timeout_s: float = 60.0
-    max_retries: int = 3
-    dtype: str = "auto"  # transformers: auto (autointerp.core.devices.resolve_dtype), bfloat16, float16, float32
-    device: str = "cpu"  # transformers: auto, cpu, cuda or cuda:N
-    batch_size: int = 8  # transformers: prompts per forward; openai: requests in flight
+    timeout_s: float = default_of(InterpretConfig, "timeout_s")
+    max_retries: int = default_of(InterpretConfig, "max_retries")
+    dtype: str = default_of(InterpretConfig, "dtype")  # auto (autointerp.core.devices.resolve_dtype), bfloat16, ...
+    device: str = default_of(InterpretConfig, "device")  # transformers: auto, cpu, cuda or cuda:N
+    batch_size: int = default_of(InterpretConfig, "batch_size")  # prompts per forward; openai: requests in flight
     vllm_python: str | None = None  # interpreter with vllm; default $AUTOINTERP_VLLM_PYTHON or .venv-vllm
 
 

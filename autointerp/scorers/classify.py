@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from autointerp.metrics import Decision, summarize
 from autointerp.prompts import (ANSWERS, DETECTION_SYSTEM, FUZZING_SYSTEM, NEUTRAL_EXPLANATION, highlight, plain,
                                 scorer_messages)
+from autointerp.scorers import ScoreContext, ScoreResult
 from autointerp.store import Example
 
 
@@ -203,3 +204,20 @@ def score_classify(scorer: str, client, explanation: str, activating: list[Examp
     summary = summarize(decisions)
     summary["decision_rule"] = DECISION_RULE_RANK if cfg.mode == "logprob" else DECISION_RULE_PARSED
     return summary, records
+
+
+def _run(scorer: str, ctx: ScoreContext) -> ScoreResult:
+    cfg = ctx.cfg
+    calibrate = cfg.calibrate and cfg.mode == "logprob"
+    summary, records = score_classify(scorer, ctx.client, ctx.explanation, ctx.activating, ctx.negatives,
+                                      ClassifyConfig(per_prompt=cfg.per_prompt, mode=cfg.mode, threshold=cfg.threshold,
+                                                     seed=ctx.seed, calibrate=calibrate), ctx.cache, ctx.also)
+    return ScoreResult(summary, records, mode=cfg.mode + ("-calibrated" if calibrate else ""))
+
+
+def run_detection(ctx: ScoreContext) -> ScoreResult:
+    return _run("detection", ctx)
+
+
+def run_fuzzing(ctx: ScoreContext) -> ScoreResult:
+    return _run("fuzzing", ctx)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from autointerp.embedding import load_embedder
+from autointerp.embedding import embedder_engine, embedder_name, load_embedder
 from autointerp.metrics import Decision, summarize
 from autointerp.prompts import plain
+from autointerp.scorers import ScoreContext, ScoreResult
 from autointerp.store import Example
 
 
@@ -25,3 +26,10 @@ def score_embedding(explanation: str, activating: list[Example], negatives: list
                 "prediction": d.prediction, "probability": d.probability, "failed": False, "raw": "", "shown": ""}
                for (e, act), d in zip(items, decisions)]
     return summarize(decisions), records
+
+
+def run(ctx: ScoreContext) -> ScoreResult:
+    from autointerp.embedding import embedder_engine, embedder_name
+    summary, records = score_embedding(ctx.explanation, ctx.activating, ctx.negatives, ctx.embedder)
+    return ScoreResult(summary, records, mode="similarity", model=embedder_name(ctx.cfg.embedder),
+                       engine=embedder_engine(ctx.embedder))

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autointerp.config import INTRUDER_CHOICES
 from autointerp.metrics import wilson_ci
 from autointerp.prompts import INTRUDER_SYSTEM, highlight, intruder_messages
 from autointerp.scorers.classify import DECISION_RULE_PARSED, false_highlight
+from autointerp.scorers import ScoreContext, ScoreResult
 from autointerp.store import Example
 
-INTRUDER_ACTIVATING = 4  # activating windows per prompt, beside the one intruder
-INTRUDER_CHOICES = INTRUDER_ACTIVATING + 1
-INTRUDER_CHANCE = 1 / INTRUDER_CHOICES
+INTRUDER_ACTIVATING = INTRUDER_CHOICES - 1  # activating windows per prompt, beside the one intruder
 INTRUDER_PREFIX = "The intruder is ("
 DECISION_RULE_CALIBRATED = "largest P(position) / the latent's mean P(position) over its other prompts"
 DECISION_RULE_RAW = "most probable position"
@@ -144,3 +144,12 @@ def position_calibration(read: list[np.ndarray | None]) -> list[np.ndarray]:
         prior = (total - p) / (len(ok) - 1) if p is not None else total / len(ok)
         out.append(1.0 / np.maximum(prior, 1e-9))
     return out
+
+
+def run(ctx: ScoreContext) -> ScoreResult:
+    cfg = ctx.cfg
+    summary, records = score_intruder(ctx.client, ctx.activating, ctx.negatives,
+                                      IntruderConfig(mode=cfg.mode, threshold=cfg.threshold, seed=ctx.seed,
+                                                     calibrate=cfg.calibrate))
+    return ScoreResult(summary, records, mode=cfg.mode + ("-calibrated" if cfg.calibrate and cfg.mode == "logprob"
+                                                          else ""))

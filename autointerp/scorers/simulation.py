@@ -12,6 +12,7 @@ import numpy as np
 
 from autointerp.core.errors import AutointerpError
 from autointerp.prompts import simulation_line, simulation_messages
+from autointerp.scorers import ScoreContext, ScoreResult
 from autointerp.store import Example
 
 SYSTEM = """We're studying neurons in a neural network. Each neuron looks for some particular thing
@@ -83,3 +84,8 @@ def score_simulation(client, explanation: str, activating: list[Example], negati
     summary = {"n": len(items), "n_failed": 0, "correlation": all_corr, "correlation_per_quantile": per_q,
                "correlation_lo": lo, "correlation_hi": hi}
     return summary, records
+
+
+def run(ctx: ScoreContext) -> ScoreResult:
+    return ScoreResult(*score_simulation(ctx.client, ctx.explanation, ctx.activating, ctx.negatives),
+                       mode="all-at-once")

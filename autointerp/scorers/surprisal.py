@@ -9,6 +9,7 @@ import numpy as np
 
 from autointerp.metrics import Decision, summarize
 from autointerp.prompts import plain
+from autointerp.scorers import ScoreContext, ScoreResult
 from autointerp.store import Example
 
 GENERIC_EXPLANATION = "various unrelated text"
@@ -36,3 +37,8 @@ def score_surprisal(client, explanation: str, activating: list[Example], negativ
                 "prediction": d.prediction, "probability": d.probability, "failed": False, "raw": "", "shown": ""}
                for (e, act), d in zip(items, decisions)]
     return summarize(decisions), records
+
+
+def run(ctx: ScoreContext) -> ScoreResult:
+    return ScoreResult(*score_surprisal(ctx.client, ctx.explanation, ctx.activating, ctx.negatives, ctx.cache),
+                       mode="loss")
