@@ -126,7 +126,8 @@ def main() -> None:
         if line is None:
             print(f"{label}: FAILED\n{proc.stderr[-1500:]}", flush=True)
             continue
-        r = {"engine": label, "wall_s": time.perf_counter() - t0, **json.loads(line[7:])}
+        got = json.loads(line[7:])
+        r = {**got, "engine": label, "recorded_engine": got.get("engine"), "wall_s": time.perf_counter() - t0}
         results.append(r)
         print(json.dumps(r), flush=True)
     print(f"\n| engine | torch ISA | forward tok/s {FORWARD_SHAPE[0]}x{FORWARD_SHAPE[1]} | explain s/latent | "
