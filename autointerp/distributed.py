@@ -199,6 +199,22 @@ def run_units(cfg, units: list, make_work: Callable[..., Callable], on_result: C
             ray.kill(a)
 
 
+def execute(cfg, units: list, make_work: Callable[..., Callable], on_result: Callable[[Any, Any], None], *args,
+            local: Callable[[], Callable]) -> None:
+    """The one loop every stage's units go through: with cfg.ray, on Ray workers that each build
+    make_work(cfg, *args); else here, in order, with the work `local()` builds (around the models
+    the caller already holds). on_result(unit, rows) always runs in this process. No unit, no
+    models loaded."""
+    if not units:
+        return
+    if getattr(cfg, "ray", ""):
+        run_units(cfg, units, make_work, on_result, *args)
+        return
+    work = local()
+    for unit in units:
+        on_result(unit, work(*unit) if isinstance(unit, tuple) else work(unit))
+
+
 def faulting_after(work: Callable, point: str) -> Callable:
     """work, then the named fault point (before its rows go back to the driver)."""
     from autointerp.core.faults import fault_point

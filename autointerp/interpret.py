@@ -23,6 +23,7 @@ from autointerp.intervention.output import OutputExplainer
 from autointerp.intervention.scorer import InterventionConfig, InterventionScorer
 from autointerp.explain import ExplainConfig, explain_latents
 from autointerp.core.progress import report_progress
+from autointerp.distributed import execute
 from autointerp.core.milestones import record_milestone
 from autointerp.llm import engine_of, make_client
 from autointerp.llm.base import LLMConfig
@@ -118,15 +119,8 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
             bar.update(len(chunk))
             report_progress(bar.n, len(latents), failed=sum(r["explanation"] is None for r in rows))
 
-        chunks = list(_chunks(latents, cfg.chunk))
-        if cfg.ray and chunks:
-            from autointerp.distributed import run_units
-
-            run_units(cfg, chunks, explain_worker, write)
-        elif chunks:
-            explain = _explainer(cfg, client or _client(cfg), store)
-            for chunk in chunks:
-                write(chunk, explain(chunk))
+        execute(cfg, list(_chunks(latents, cfg.chunk)), explain_worker, write,
+                local=lambda: _explainer(cfg, client or _client(cfg), store))
     failed = sum(r["explanation"] is None for r in rows)
     log.info("explained %d latents (%d failures)", len(rows), failed)
     return rows
@@ -297,14 +291,7 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         units = [(chunk, {x: todo[x] for x in chunk}) for chunk in _chunks(latents, cfg.chunk)]
         # only the models of scorers still due are loaded (a rerun may need no steering, no MiniLM)
         due = dataclasses.replace(cfg, scorers=[s for s in cfg.scorers if any(s in todo[x] for x in latents)])
-        if cfg.ray and units:
-            from autointerp.distributed import run_units
-
-            run_units(due, units, score_worker, write)
-        elif units:
-            score = chunk_scorer(due, store, expl, client)
-            for unit in units:
-                write(unit, score(*unit))
+        execute(due, units, score_worker, write, local=lambda: chunk_scorer(due, store, expl, client))
     log.info("scored %d latents (%d could not be scored)", len(latents) - (n_failed - len(failed)),
              n_failed)
     return rows

@@ -36,6 +36,7 @@ from autointerp.llm.lockstep import run_lockstep
 from autointerp.interpret import (_chunks, _client, _sampling, explain_config, explain_worker, score_latent,
                                   scoring_models, select_latents)
 from autointerp.core.progress import report_progress
+from autointerp.distributed import execute
 from autointerp.sampling import STRATEGIES
 from autointerp.store import RunStore, append_results, present, remove_stale_result_temp, run_path
 from autointerp.validity import headline_value
@@ -117,15 +118,11 @@ def _run_conditions(store: RunStore, cfg: AnalyzeConfig, study: str,
 
     units = [(head, hookpoint, chunk, conditions) for hookpoint, latents, conditions in plan
              for chunk in _chunks(latents, cfg.chunk)]
-    if cfg.ray:
-        from autointerp.distributed import run_units
+    def local():
+        llm, embedder = scoring_models(cfg, client or _client(cfg))  # explaining always needs the LLM
+        return lambda *unit: explain_and_score(store, llm, embedder, cfg, *unit)
 
-        run_units(cfg, units, study_worker, write)
-        return study_id
-    client = client or _client(cfg)  # explaining always needs the LLM
-    client, embedder = scoring_models(cfg, client)
-    for unit in units:
-        write(unit, explain_and_score(store, client, embedder, cfg, *unit))
+    execute(cfg, units, study_worker, write, local=local)
     return study_id
 
 
@@ -238,19 +235,16 @@ def _explain_missing(store: RunStore, cfg: AnalyzeConfig, hookpoint: str, latent
     missing = [x for x in latents if x not in have]
     if not missing:
         return client
-    chunks = list(_chunks(missing, cfg.chunk))
-    if cfg.ray:
-        from autointerp.distributed import run_units
+    loaded = {"client": client}  # the local path's client, handed back for the caller's next use
 
-        run_units(dataclasses.replace(cfg, hookpoint=hookpoint), chunks, explain_worker,
-                  lambda _chunk, rows: append_results(store.run_dir, "explanations", rows))
-        return client
-    client = client or _client(cfg)
-    ecfg = explain_config(cfg)
-    for chunk in chunks:
-        append_results(store.run_dir, "explanations",
-                       explain_latents(client, store, hookpoint, chunk, _sampling(cfg), ecfg))
-    return client
+    def local():
+        loaded["client"] = loaded["client"] or _client(cfg)
+        return lambda chunk: explain_latents(loaded["client"], store, hookpoint, chunk, _sampling(cfg),
+                                             explain_config(cfg))
+
+    execute(dataclasses.replace(cfg, hookpoint=hookpoint), list(_chunks(missing, cfg.chunk)), explain_worker,
+            lambda _chunk, rows: append_results(store.run_dir, "explanations", rows), local=local)
+    return loaded["client"]
 
 
 def run_agreement(cfg: AnalyzeConfig, client=None) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from autointerp.analysis.stats import sign_flip_p, t_ci
 from autointerp.config import EXPLANATION_FREE, InterpretConfig
 from autointerp.core.errors import AutointerpError
 from autointerp.core.progress import report_progress
+from autointerp.distributed import execute
 from autointerp.interpret import _chunks, _client, open_for_scoring, score_latent, scoring_models
 from autointerp.llm.lockstep import run_lockstep
 from autointerp.prompts import NEUTRAL_EXPLANATION
@@ -120,16 +121,9 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
             bar.update(len(chunk))
             report_progress(bar.n, len(expl))
 
-        chunks = list(_chunks(sorted(expl), cfg.chunk))  # a chunk's latents share backend calls
-        if cfg.ray:
-            from autointerp.distributed import run_units
-
-            run_units(cfg, chunks, validate_worker, write, expl, others, validation_id)
-        else:
-            client, embedder = scoring_models(cfg, client)
-            work = _validate_chunk(cfg, store, client, embedder, expl, others, validation_id)
-            for chunk in chunks:
-                write(chunk, work(chunk))
+        # a chunk's latents share backend calls
+        execute(cfg, list(_chunks(sorted(expl), cfg.chunk)), validate_worker, write, expl, others, validation_id,
+                local=lambda: _validate_chunk(cfg, store, *scoring_models(cfg, client), expl, others, validation_id))
     rows.sort(key=lambda r: r["latent"])  # Ray workers finish chunks in any order
     per_latent = pd.DataFrame(rows)
     summary = summarize_validity(per_latent)
