@@ -425,7 +425,8 @@ class CoderSpec:
         `neurons:T@HOOKPOINT` (values above T), `topk:K@HOOKPOINT`, `random:N:K@HOOKPOINT`; a
         transcoder (sae, sparsify) as `...@IN>OUT` (it reads IN, its decoder writes OUT); any of
         them followed by `#random-init:SEED` reads a re-initialised copy of the subject."""
-        from autointerp.subject import RANDOM_INIT, variant_seed
+        from autointerp.config import RANDOM_INIT
+        from autointerp.subject import variant_seed
 
         whole = text
         text, sep, variant = text.rpartition("#") if "#" in text else (text, "", "")

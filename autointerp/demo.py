@@ -47,15 +47,15 @@ def random_init_coders(cfg: DemoConfig, subject) -> list[str]:
     main = main_set(cfg)
     if not cfg.random_init_baseline or main is None:
         return []
-    from autointerp.subject import random_init_copy
+    from autointerp.subject import random_init_spec
     from autointerp.train import train_saes
 
     out = random_init_sae_dir(cfg)
-    copy = random_init_copy(subject, RANDOM_INIT_SEED)
-    m = train_saes(TrainConfig(model=copy.name, hookpoints=[main], out_dir=str(out), n_latents=cfg.n_latents,
-                               k=cfg.k, tokens=cfg.train_tokens, epochs=cfg.epochs, dtype=cfg.dtype),
-                   subject=copy)[main]
-    log.info("  %s on %s: FVU %.3f  L0 %.1f  dead %.1f%%", main, copy.name, m["fvu"], m["l0"], m["dead_pct"])
+    # the copy is made (spec `smollm2#random-init:0`, through the dtype rule) only when the SAE is missing
+    model = random_init_spec(subject.name, RANDOM_INIT_SEED)
+    m = train_saes(TrainConfig(model=model, hookpoints=[main], out_dir=str(out), n_latents=cfg.n_latents, k=cfg.k,
+                               tokens=cfg.train_tokens, epochs=cfg.epochs, dtype=cfg.dtype))[main]
+    log.info("  %s on %s: FVU %.3f  L0 %.1f  dead %.1f%%", main, model, m["fvu"], m["l0"], m["dead_pct"])
     return [f"sae:{out / main}#{RANDOM_INIT}:{RANDOM_INIT_SEED}"]
 
 

@@ -1,8 +1,9 @@
 """`--ray auto|ADDRESS`: cache, explain and score spread over a Ray cluster.
 
-This module knows no stage: a stage hands it units and a module-level function that builds a
-worker's work (cache.py, interpret.py, studies.py). The driver (the process that ran the command)
-plans the work exactly as a single-process run does, and hands out units: corpus parts for the cache, chunks of latents for explain and score. Each
+This module knows no stage: a stage hands it units and a module-level function that builds the
+work (cache.py, interpret.py, studies.py, validity.py); `execute` runs them here or on Ray. The
+driver (the process that ran the command) plans the work exactly as a single-process run does, and
+hands out units: corpus parts for the cache, chunks of latents for explain, score and validate. Each
 worker is a Ray actor that loads its own models once (one per GPU on a GPU cluster, else one per
 node, using that node's CPUs) and takes one unit at a time.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autointerp.core.errors import AutointerpError
+from autointerp.core.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,9 @@ class UnitWorker:
         return state() if state is not None else True
 
     def run(self, unit):
-        return self.work(*unit) if isinstance(unit, tuple) else self.work(unit)
+        out = self.work(*unit) if isinstance(unit, tuple) else self.work(unit)
+        fault_point("worker-chunk-done")
+        return out
 
 
 def run_units(cfg, units: list, make_work: Callable[..., Callable], on_result: Callable[[Any, Any], None],
@@ -200,28 +204,16 @@ def run_units(cfg, units: list, make_work: Callable[..., Callable], on_result: C
 
 
 def execute(cfg, units: list, make_work: Callable[..., Callable], on_result: Callable[[Any, Any], None], *args,
-            local: Callable[[], Callable]) -> None:
-    """The one loop every stage's units go through: with cfg.ray, on Ray workers that each build
-    make_work(cfg, *args); else here, in order, with the work `local()` builds (around the models
-    the caller already holds). on_result(unit, rows) always runs in this process. No unit, no
-    models loaded."""
+            local: dict | None = None) -> None:
+    """The one loop every stage's units go through. The work is make_work(cfg, *args), built once:
+    with cfg.ray on each Ray worker, else here with `local` added (the models and store the caller
+    already holds, e.g. {"client": ..., "store": ...}), running the units in order.
+    on_result(unit, rows) always runs in this process. No unit, no models loaded."""
     if not units:
         return
     if getattr(cfg, "ray", ""):
         run_units(cfg, units, make_work, on_result, *args)
         return
-    work = local()
+    work = make_work(cfg, *args, **(local or {}))
     for unit in units:
         on_result(unit, work(*unit) if isinstance(unit, tuple) else work(unit))
-
-
-def faulting_after(work: Callable, point: str) -> Callable:
-    """work, then the named fault point (before its rows go back to the driver)."""
-    from autointerp.core.faults import fault_point
-
-    def run(*unit):
-        out = work(*unit)
-        fault_point(point)
-        return out
-
-    return run

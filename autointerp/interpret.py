@@ -119,8 +119,7 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
             bar.update(len(chunk))
             report_progress(bar.n, len(latents), failed=sum(r["explanation"] is None for r in rows))
 
-        execute(cfg, list(_chunks(latents, cfg.chunk)), explain_worker, write,
-                local=lambda: _explainer(cfg, client or _client(cfg), store))
+        execute(cfg, list(_chunks(latents, cfg.chunk)), explain_work, write, local={"client": client, "store": store})
     failed = sum(r["explanation"] is None for r in rows)
     log.info("explained %d latents (%d failures)", len(rows), failed)
     return rows
@@ -291,26 +290,19 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         units = [(chunk, {x: todo[x] for x in chunk}) for chunk in _chunks(latents, cfg.chunk)]
         # only the models of scorers still due are loaded (a rerun may need no steering, no MiniLM)
         due = dataclasses.replace(cfg, scorers=[s for s in cfg.scorers if any(s in todo[x] for x in latents)])
-        execute(due, units, score_worker, write, local=lambda: chunk_scorer(due, store, expl, client))
+        execute(due, units, score_work, write, expl, local={"client": client, "store": store})
     log.info("scored %d latents (%d could not be scored)", len(latents) - (n_failed - len(failed)),
              n_failed)
     return rows
 
 
-# -- the work of a Ray worker (distributed.run_units builds one per worker) -------------------------
+# -- the work distributed.execute builds, here or once per Ray worker ---------------------------------
 
-def explain_worker(cfg: InterpretConfig):
+def explain_work(cfg: InterpretConfig, client=None, store: RunStore | None = None):
     """chunk of latents -> explanation records, for the driver to write."""
-    from autointerp.distributed import faulting_after
-
-    return faulting_after(_explainer(cfg, _client(cfg), RunStore(run_path(cfg.run))), "worker-chunk-done")
+    return _explainer(cfg, client or _client(cfg), store or RunStore(run_path(cfg.run)))
 
 
-def score_worker(cfg: InterpretConfig):
-    """(chunk, latent -> scorers due) -> score rows, against the explanations the driver planned
-    from (nothing writes them while scoring runs)."""
-    from autointerp.distributed import faulting_after
-
-    store = RunStore(run_path(cfg.run))
-    expl = explanation_dict(store.current_explanations(cfg.hookpoint, kind=cfg.kind))
-    return faulting_after(chunk_scorer(cfg, store, expl), "worker-chunk-done")
+def score_work(cfg: InterpretConfig, expl: dict[int, str], client=None, store: RunStore | None = None):
+    """(chunk, latent -> scorers due) -> score rows, against the explanations the driver planned from."""
+    return chunk_scorer(cfg, store or RunStore(run_path(cfg.run)), expl, client)

@@ -33,7 +33,7 @@ from autointerp.config import EXPLANATION_FREE, SCORERS, STUDIES, AnalyzeConfig
 from autointerp.core.errors import AutointerpError
 from autointerp.explain import explain_latents
 from autointerp.llm.lockstep import run_lockstep
-from autointerp.interpret import (_chunks, _client, _sampling, explain_config, explain_worker, score_latent,
+from autointerp.interpret import (_chunks, _client, _sampling, explain_config, explain_work, score_latent,
                                   scoring_models, select_latents)
 from autointerp.core.progress import report_progress
 from autointerp.distributed import execute
@@ -118,11 +118,7 @@ def _run_conditions(store: RunStore, cfg: AnalyzeConfig, study: str,
 
     units = [(head, hookpoint, chunk, conditions) for hookpoint, latents, conditions in plan
              for chunk in _chunks(latents, cfg.chunk)]
-    def local():
-        llm, embedder = scoring_models(cfg, client or _client(cfg))  # explaining always needs the LLM
-        return lambda *unit: explain_and_score(store, llm, embedder, cfg, *unit)
-
-    execute(cfg, units, study_worker, write, local=local)
+    execute(cfg, units, study_work, write, local={"client": client, "store": store})
     return study_id
 
 
@@ -235,16 +231,12 @@ def _explain_missing(store: RunStore, cfg: AnalyzeConfig, hookpoint: str, latent
     missing = [x for x in latents if x not in have]
     if not missing:
         return client
-    loaded = {"client": client}  # the local path's client, handed back for the caller's next use
-
-    def local():
-        loaded["client"] = loaded["client"] or _client(cfg)
-        return lambda chunk: explain_latents(loaded["client"], store, hookpoint, chunk, _sampling(cfg),
-                                             explain_config(cfg))
-
-    execute(dataclasses.replace(cfg, hookpoint=hookpoint), list(_chunks(missing, cfg.chunk)), explain_worker,
-            lambda _chunk, rows: append_results(store.run_dir, "explanations", rows), local=local)
-    return loaded["client"]
+    if not cfg.ray:  # loaded here once, handed back for the caller's next latent set
+        client = client or _client(cfg)
+    execute(dataclasses.replace(cfg, hookpoint=hookpoint), list(_chunks(missing, cfg.chunk)), explain_work,
+            lambda _chunk, rows: append_results(store.run_dir, "explanations", rows),
+            local={"client": client, "store": store})
+    return client
 
 
 def run_agreement(cfg: AnalyzeConfig, client=None) -> pd.DataFrame:
@@ -290,11 +282,9 @@ SHARED_PASSES = 0.6  # the sampling study's scoring cost per explanation relativ
 DECODER_MATCH_S = 15.0
 
 
-def study_worker(cfg: AnalyzeConfig):
-    """A Ray worker's work: (study head, latent set, chunk, condition -> strategy) -> rows."""
-    from autointerp.distributed import faulting_after
-
-    store = RunStore(run_path(cfg.run))
-    client, embedder = scoring_models(cfg, _client(cfg))
-    return faulting_after(lambda head, hookpoint, chunk, conditions: explain_and_score(
-        store, client, embedder, cfg, head, hookpoint, chunk, conditions), "worker-chunk-done")
+def study_work(cfg: AnalyzeConfig, client=None, store: RunStore | None = None):
+    """(study head, latent set, chunk, condition -> strategy) -> rows (distributed.execute builds it)."""
+    store = store or RunStore(run_path(cfg.run))
+    llm, embedder = scoring_models(cfg, client or _client(cfg))  # explaining always needs the LLM
+    return lambda head, hookpoint, chunk, conditions: explain_and_score(store, llm, embedder, cfg, head, hookpoint,
+                                                                        chunk, conditions)

@@ -33,7 +33,7 @@ from autointerp.config import EXPLANATION_FREE, InterpretConfig
 from autointerp.core.errors import AutointerpError
 from autointerp.core.progress import report_progress
 from autointerp.distributed import execute
-from autointerp.interpret import _chunks, _client, open_for_scoring, score_latent, scoring_models
+from autointerp.interpret import _chunks, open_for_scoring, score_latent, scoring_models
 from autointerp.llm.lockstep import run_lockstep
 from autointerp.prompts import NEUTRAL_EXPLANATION
 from autointerp.store import RunStore, append_results, run_path
@@ -122,8 +122,8 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
             report_progress(bar.n, len(expl))
 
         # a chunk's latents share backend calls
-        execute(cfg, list(_chunks(sorted(expl), cfg.chunk)), validate_worker, write, expl, others, validation_id,
-                local=lambda: _validate_chunk(cfg, store, *scoring_models(cfg, client), expl, others, validation_id))
+        execute(cfg, list(_chunks(sorted(expl), cfg.chunk)), validate_work, write, expl, others, validation_id,
+                local={"client": client, "store": store})
     rows.sort(key=lambda r: r["latent"])  # Ray workers finish chunks in any order
     per_latent = pd.DataFrame(rows)
     summary = summarize_validity(per_latent)
@@ -140,9 +140,13 @@ def run_validate(cfg: InterpretConfig, client=None) -> pd.DataFrame:
     return summary
 
 
-def _validate_chunk(cfg: InterpretConfig, store, client, embedder, expl: dict[int, str], others: dict[int, str],
-                    validation_id: str):
-    """chunk of latents -> validity rows: each latent's true, random and neutral explanations scored."""
+def validate_work(cfg: InterpretConfig, expl: dict[int, str], others: dict[int, str], validation_id: str,
+                  client=None, store: RunStore | None = None):
+    """chunk of latents -> validity rows: each latent's true, random and neutral explanations scored
+    (distributed.execute builds it, here or once per Ray worker)."""
+    store = store or RunStore(run_path(cfg.run))
+    client, embedder = scoring_models(cfg, client)
+
     def job(client, latent: int) -> list[dict]:
         # The three explanations are read in the same detection/fuzzing passes (one examples
         # prefix per prompt); the cache hands the readings from the first call to the others.
@@ -164,12 +168,3 @@ def _validate_chunk(cfg: InterpretConfig, store, client, embedder, expl: dict[in
         return [r for got in run_lockstep(client, [functools.partial(job, latent=x) for x in chunk]) for r in got]
 
     return run
-
-
-def validate_worker(cfg: InterpretConfig, expl: dict[int, str], others: dict[int, str], validation_id: str):
-    """A Ray worker's work (distributed.run_units): the scoring models loaded once, a chunk per call."""
-    from autointerp.distributed import faulting_after
-
-    client, embedder = scoring_models(cfg, _client(cfg))
-    return faulting_after(_validate_chunk(cfg, RunStore(run_path(cfg.run)), client, embedder, expl, others,
-                                          validation_id), "worker-chunk-done")

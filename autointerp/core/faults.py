@@ -13,7 +13,8 @@ Points:
   score-between-writes    after a score chunk's decisions (and intervention) parts, before its scores part
   score-chunk-written     after a score chunk's scores part
   mid-write               inside an atomic file write: data written to the temporary file, not renamed
-  worker-chunk-done       in a Ray worker: a chunk explained or scored, before its rows go to the driver
+  worker-chunk-done       in a Ray worker: a unit done (a chunk explained, scored or validated, a cache part
+                          written), before its result goes to the driver
 """
 
 from __future__ import annotations
