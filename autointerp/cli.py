@@ -38,7 +38,7 @@ def config_from_args(cls, args: argparse.Namespace):
 
 
 def cmd_train_sae(args) -> None:
-    from autointerp.train import train_saes
+    from autointerp.models.train import train_saes
 
     results = train_saes(config_from_args(TrainConfig, args))
     for hp, m in results.items():
@@ -47,7 +47,7 @@ def cmd_train_sae(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from autointerp.cache import cache_run
+    from autointerp.runs.cache import cache_run
 
     print(cache_run(config_from_args(CacheConfig, args)))
 
@@ -59,14 +59,14 @@ def cmd_demo(args) -> None:
 
 
 def cmd_explain(args) -> None:
-    from autointerp.interpret import run_explain
+    from autointerp.runs.interpret import run_explain
 
     for r in run_explain(config_from_args(InterpretConfig, args)):
         print(f"{r['hookpoint']} {r['latent']}: " + (r["explanation"] or f"FAILED ({r['error']})"))
 
 
 def cmd_score(args) -> None:
-    from autointerp.interpret import run_score
+    from autointerp.runs.interpret import run_score
 
     for r in run_score(config_from_args(InterpretConfig, args)):
         if r.get("error"):
@@ -80,7 +80,7 @@ def cmd_score(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from autointerp.validity import run_validate
+    from autointerp.runs.validity import run_validate
 
     summary = run_validate(config_from_args(InterpretConfig, args))
     print(f"{'scorer':12s} {'n':>3s} {'true':>6s} {'random':>7s} {'neutral':>7s} {'diff':>6s}  95% CI          verdict")
@@ -92,7 +92,7 @@ def cmd_validate(args) -> None:
 def cmd_analyze(args) -> None:
     import pandas as pd
 
-    from autointerp.studies import run_study
+    from autointerp.runs.studies import run_study
 
     table = run_study(args.study, config_from_args(AnalyzeConfig, args))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
@@ -100,7 +100,7 @@ def cmd_analyze(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from autointerp.export import export_run
+    from autointerp.app.export import export_run
 
     written = export_run(config_from_args(ExportConfig, args))
     for path in written:
@@ -109,7 +109,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from autointerp.subject import EMBEDDED_MODELS, embedded_model_dir
+    from autointerp.models.subject import EMBEDDED_MODELS, embedded_model_dir
 
     for alias in args.aliases or list(EMBEDDED_MODELS):
         print(f"{alias}: {embedded_model_dir(alias)}")

@@ -22,7 +22,7 @@ class ScorerSpec:
     with a `run(ScoreContext) -> ScoreResult` function (autointerp/scorers/) and one entry below."""
 
     name: str
-    runner: str  # "module:function" that interpret.score_latent calls; "" for one with its own runner
+    runner: str  # "module:function" that runs.interpret.score_latent calls; "" for one with its own runner
     headline: tuple[str, ...] = ("auroc", "balanced_accuracy")  # the number it is judged by: the first present
     chance: float = 0.5  # what a score means nothing at
     score_range: tuple[float, float] = (0.0, 1.0)  # for filters and axes
@@ -34,15 +34,15 @@ class ScorerSpec:
 
 INTRUDER_CHOICES = 5  # windows per intruder prompt: 4 activating, 1 intruder
 SCORER_SPECS = {s.name: s for s in (
-    ScorerSpec("detection", "autointerp.scorers.classify:run_detection"),
-    ScorerSpec("fuzzing", "autointerp.scorers.classify:run_fuzzing"),
-    ScorerSpec("embedding", "autointerp.scorers.embedding:run", needs_llm=False),
-    ScorerSpec("surprisal", "autointerp.scorers.surprisal:run"),
-    ScorerSpec("simulation", "autointerp.scorers.simulation:run", headline=("correlation",), chance=0.0,
+    ScorerSpec("detection", "autointerp.score.classify:run_detection"),
+    ScorerSpec("fuzzing", "autointerp.score.classify:run_fuzzing"),
+    ScorerSpec("embedding", "autointerp.score.embedding:run", needs_llm=False),
+    ScorerSpec("surprisal", "autointerp.score.surprisal:run"),
+    ScorerSpec("simulation", "autointerp.score.simulation:run", headline=("correlation",), chance=0.0,
                score_range=(-1.0, 1.0)),
-    ScorerSpec("intruder", "autointerp.scorers.intruder:run", headline=("accuracy",), chance=1 / INTRUDER_CHOICES,
+    ScorerSpec("intruder", "autointerp.score.intruder:run", headline=("accuracy",), chance=1 / INTRUDER_CHOICES,
                explanation_free=True),
-    # steering the subject: run by interpret.chunk_scorer through intervention/ (nats at KL 1)
+    # steering the subject: run by runs.interpret.chunk_scorer through intervention/ (nats at KL 1)
     ScorerSpec("intervention", "", headline=("intervention_score",), chance=0.0, score_range=(-10.0, 10.0)),
 )}
 SCORERS = tuple(SCORER_SPECS)

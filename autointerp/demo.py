@@ -47,8 +47,8 @@ def random_init_coders(cfg: DemoConfig, subject) -> list[str]:
     main = main_set(cfg)
     if not cfg.random_init_baseline or main is None:
         return []
-    from autointerp.subject import random_init_spec
-    from autointerp.train import train_saes
+    from autointerp.models.subject import random_init_spec
+    from autointerp.models.train import train_saes
 
     out = random_init_sae_dir(cfg)
     # the copy is made (spec `smollm2#random-init:0`, through the dtype rule) only when the SAE is missing
@@ -69,9 +69,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     if cfg.background:
         launch_demo_build(cfg)
         return run_path(cfg.run)
-    from autointerp.cache import cache_run
-    from autointerp.subject import load_subject
-    from autointerp.train import train_saes
+    from autointerp.runs.cache import cache_run
+    from autointerp.models.subject import load_subject
+    from autointerp.models.train import train_saes
 
     t0 = time.time()
     log.info("[1/3] subject model SmolLM2-135M-Instruct")

@@ -1,5 +1,5 @@
 """The child side of a background job: `python -m autointerp.jobrunner <job dir> -- <command>
-<args> [-- ...]` runs the CLI steps in order (autointerp/jobs.py launches it). It records the exit
+<args> [-- ...]` runs the CLI steps in order (autointerp/jobs/ launches it). It records the exit
 code in status.json even when a step fails, and turns SIGTERM into KeyboardInterrupt, so the
 pipeline keeps the parts it completed. An entry point, like the CLI it calls."""
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from store import make_synthetic, run_bench_parser  # noqa: E402
 
-from autointerp import views  # noqa: E402
+from autointerp.app import views  # noqa: E402
 from autointerp.store import RunStore, append_results, run_path  # noqa: E402
 
 

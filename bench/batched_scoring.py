@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_args import llm_bench_parser  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.interpret import explanation_dict, score_latent  # noqa: E402
+from autointerp.runs.interpret import explanation_dict, score_latent  # noqa: E402
 from autointerp.llm import make_client  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.lockstep import run_lockstep  # noqa: E402

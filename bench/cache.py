@@ -41,9 +41,9 @@ def demo_coders() -> list[str]:
 def child_bare(tokens: int, one: bool = False, dtype: str = "auto") -> dict:
     import torch
 
-    from autointerp.coders import CoderSpec, build_coder
-    from autointerp.corpus import load_texts, tokenize_contexts
-    from autointerp.subject import load_subject
+    from autointerp.models.coders import CoderSpec, build_coder
+    from autointerp.models.corpus import load_texts, tokenize_contexts
+    from autointerp.models.subject import load_subject
 
     subject = load_subject("smollm2", dtype=dtype)
     coders = demo_coders()[1:2] if one else demo_coders()
@@ -60,9 +60,9 @@ def child_bare(tokens: int, one: bool = False, dtype: str = "auto") -> dict:
 def child_cache(tokens: int, one: bool = False, dtype: str = "auto") -> dict:
     import torch
 
-    from autointerp.cache import cache_run
+    from autointerp.runs.cache import cache_run
     from autointerp.config import CacheConfig
-    from autointerp.subject import load_subject
+    from autointerp.models.subject import load_subject
 
     subject = load_subject("smollm2", dtype=dtype)
     subject.activations(torch.zeros(8, 65, dtype=torch.long), ["resid_post.16"])  # same warm-up as bare

@@ -28,14 +28,14 @@ from llm_args import llm_bench_parser, seeded_subset  # noqa: E402
 
 from autointerp.analysis.stats import sign_flip_p  # noqa: E402
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.embedding import load_embedder  # noqa: E402
-from autointerp.explain import ExplainConfig, explain_latents  # noqa: E402
-from autointerp.interpret import _sampling, score_latent  # noqa: E402
+from autointerp.models.embedder import load_embedder  # noqa: E402
+from autointerp.explain.explainers import ExplainConfig, explain_latents  # noqa: E402
+from autointerp.runs.interpret import sampling_config, score_latent  # noqa: E402
 from autointerp.llm import make_client  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
-from autointerp.metrics import t_ci  # noqa: E402
+from autointerp.score.metrics import t_ci  # noqa: E402
 from autointerp.store import RunStore, present, run_path  # noqa: E402
-from autointerp.validity import headline_value  # noqa: E402
+from autointerp.runs.validity import headline_value  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
     cfg = InterpretConfig(run=args.run, hookpoint=args.hookpoint, scorers=args.scorers, model=args.model,
                           per_prompt=args.per_prompt)
     t0 = time.perf_counter()
-    written = explain_latents(client, store, args.hookpoint, latents, _sampling(cfg),
+    written = explain_latents(client, store, args.hookpoint, latents, sampling_config(cfg),
                               ExplainConfig(explainer="contrastive"))
     explain_s = (time.perf_counter() - t0) / len(latents)
     values: dict[tuple[str, str], dict[int, float]] = {}

@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 
 from autointerp.analysis.stats import sign_flip_p, t_ci  # noqa: E402
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.embedding import embedder_name, load_embedder  # noqa: E402
-from autointerp.interpret import explanation_dict, score_latent  # noqa: E402
+from autointerp.models.embedder import embedder_name, load_embedder  # noqa: E402
+from autointerp.runs.interpret import explanation_dict, score_latent  # noqa: E402
 from autointerp.store import RunStore, run_path  # noqa: E402
-from autointerp.validity import random_explanations, verdict  # noqa: E402
+from autointerp.runs.validity import random_explanations, verdict  # noqa: E402
 
 
 def main() -> None:

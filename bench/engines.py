@@ -57,15 +57,15 @@ def child(args) -> dict:
     import torch
 
     from autointerp.config import InterpretConfig
-    from autointerp.explain import explain_latents
-    from autointerp.interpret import _sampling, explain_config, score_latent, scoring_models, select_latents
+    from autointerp.explain.explainers import explain_latents
+    from autointerp.runs.interpret import sampling_config, explain_config, score_latent, scoring_models, select_latents
     from autointerp.llm.base import LLMConfig
     from autointerp.llm.transformers_backend import TransformersClient
     from autointerp.store import RunStore, run_path
 
     out: dict = {"isa": torch.backends.cpu.get_cpu_capability()}
     if args.dtype == "int8":
-        from autointerp.subject import load_causal_lm
+        from autointerp.models.subject import load_causal_lm
 
         torch.backends.quantized.engine = "onednn"
         model, _ = load_causal_lm(args.model, "float32", "cpu")
@@ -82,7 +82,7 @@ def child(args) -> dict:
     latents = select_latents(store, cfg)[:args.latents]
     _, embedder = scoring_models(cfg, client)
     t0 = time.perf_counter()
-    rows = explain_latents(client, store, args.hookpoint, latents, _sampling(cfg), explain_config(cfg))
+    rows = explain_latents(client, store, args.hookpoint, latents, sampling_config(cfg), explain_config(cfg))
     explain_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     n_scores = 0

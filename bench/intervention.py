@@ -31,17 +31,17 @@ from llm_args import llm_bench_parser  # noqa: E402
 import numpy as np  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.explain import ExplainConfig, explain_latents, parse_explanation  # noqa: E402
-from autointerp.interpret import _sampling, select_latents  # noqa: E402
+from autointerp.explain.explainers import ExplainConfig, explain_latents, parse_explanation  # noqa: E402
+from autointerp.runs.interpret import sampling_config, select_latents  # noqa: E402
 from autointerp.intervention.output import nearest_target  # noqa: E402
 from autointerp.intervention.scorer import (InterventionConfig, InterventionScorer, mean_gain,  # noqa: E402
                                             random_explanation)
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
 from autointerp.analysis.stats import t_ci  # noqa: E402
-from autointerp.prompts import output_explainer_messages  # noqa: E402
+from autointerp.explain.prompts import output_explainer_messages  # noqa: E402
 from autointerp.store import RunStore, latent_seed, run_path  # noqa: E402
-from autointerp.subject import load_subject  # noqa: E402
+from autointerp.models.subject import load_subject  # noqa: E402
 
 
 class TimedScorer(InterventionScorer):
@@ -103,7 +103,7 @@ def main() -> None:
     client = TransformersClient(LLMConfig(model=args.model, batch_size=16))
 
     t0 = time.time()
-    rows = explain_latents(client, store, args.hookpoint, latents, _sampling(cfg), ExplainConfig())
+    rows = explain_latents(client, store, args.hookpoint, latents, sampling_config(cfg), ExplainConfig())
     explain_s = (time.time() - t0) / len(latents)
     expl = {r["latent"]: r["explanation"] for r in rows if r["explanation"]}
     print(f"explained {len(expl)}/{len(latents)} latents ({explain_s:.1f} s/latent)", flush=True)

@@ -26,12 +26,14 @@ from llm_args import llm_bench_parser  # noqa: E402
 
 from autointerp.analysis.stats import welch_ci  # noqa: E402
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.interpret import run_score, select_latents  # noqa: E402
+from autointerp.runs.interpret import run_score, select_latents  # noqa: E402
 from autointerp.llm import make_client  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
-from autointerp.metrics import t_ci  # noqa: E402
-from autointerp.scorers.intruder import INTRUDER_CHANCE  # noqa: E402
+from autointerp.score.metrics import t_ci  # noqa: E402
+from autointerp.config import SCORER_SPECS  # noqa: E402
 from autointerp.store import RunStore, run_path  # noqa: E402
+
+INTRUDER_CHANCE = SCORER_SPECS["intruder"].chance
 
 
 def main() -> None:

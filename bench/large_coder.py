@@ -34,8 +34,8 @@ def make_sae(folder: Path) -> None:
     import torch
     from sae_lens import SAE
 
-    from autointerp.corpus import load_texts, tokenize_contexts
-    from autointerp.subject import load_subject
+    from autointerp.models.corpus import load_texts, tokenize_contexts
+    from autointerp.models.subject import load_subject
 
     subject = load_subject("smollm2", dtype="float32")
     ids = torch.from_numpy(tokenize_contexts(load_texts("wiki"), subject.tokenizer, 64, 2048)).long()
@@ -57,8 +57,8 @@ def make_sae(folder: Path) -> None:
 def child(folder: str, tokens: int, dense: bool) -> dict:
     import pyarrow.parquet as pq
 
-    from autointerp import coders
-    from autointerp.cache import cache_run
+    from autointerp.models import coders
+    from autointerp.runs.cache import cache_run
     from autointerp.config import CacheConfig
 
     if dense:

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_args import llm_bench_parser, seeded_subset  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.embedding import load_embedder  # noqa: E402
-from autointerp.interpret import explanation_dict, score_latent  # noqa: E402
+from autointerp.models.embedder import load_embedder  # noqa: E402
+from autointerp.runs.interpret import explanation_dict, score_latent  # noqa: E402
 from autointerp.llm import make_client  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
-from autointerp.metrics import t_ci  # noqa: E402
+from autointerp.score.metrics import t_ci  # noqa: E402
 from autointerp.store import RunStore, run_path  # noqa: E402
 
 

@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autointerp.cache import cache_run  # noqa: E402
+from autointerp.runs.cache import cache_run  # noqa: E402
 from autointerp.config import CacheConfig, InterpretConfig  # noqa: E402
-from autointerp.interpret import explanation_dict, run_score  # noqa: E402
+from autointerp.runs.interpret import explanation_dict, run_score  # noqa: E402
 from autointerp.store import RunStore, append_results, run_path  # noqa: E402
 
 RAY = str(Path(sys.executable).parent / "ray")

@@ -23,16 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from llm_args import llm_bench_parser  # noqa: E402
 
-from autointerp.explain import ExplainConfig, explain_latents  # noqa: E402
+from autointerp.explain.explainers import ExplainConfig, explain_latents  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
-from autointerp.prompts import DETECTION_SYSTEM, plain, scorer_messages  # noqa: E402
-from autointerp.sampling import SamplingConfig, explanation_examples, scoring_examples  # noqa: E402
-from autointerp.embedding import load_embedder  # noqa: E402
-from autointerp.scorers.classify import ClassifyConfig, score_classify  # noqa: E402
-from autointerp.scorers.embedding import score_embedding  # noqa: E402
-from autointerp.scorers.simulation import score_simulation  # noqa: E402
-from autointerp.scorers.surprisal import score_surprisal  # noqa: E402
+from autointerp.explain.prompts import DETECTION_SYSTEM, plain, scorer_messages  # noqa: E402
+from autointerp.explain.sampling import SamplingConfig, explanation_examples, scoring_examples  # noqa: E402
+from autointerp.models.embedder import load_embedder  # noqa: E402
+from autointerp.score.classify import ClassifyConfig, score_classify  # noqa: E402
+from autointerp.score.embedding import score_embedding  # noqa: E402
+from autointerp.score.simulation import score_simulation  # noqa: E402
+from autointerp.score.surprisal import score_surprisal  # noqa: E402
 from autointerp.store import RunStore, run_path  # noqa: E402
 
 

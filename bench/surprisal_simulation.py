@@ -23,13 +23,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.interpret import _sampling, select_latents  # noqa: E402
+from autointerp.runs.interpret import sampling_config, select_latents  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm.transformers_backend import TransformersClient  # noqa: E402
-from autointerp.prompts import plain  # noqa: E402
-from autointerp.sampling import scoring_examples  # noqa: E402
-from autointerp.scorers.simulation import DIGITS, _layout  # noqa: E402
-from autointerp.scorers.surprisal import PROMPT  # noqa: E402
+from autointerp.explain.prompts import plain  # noqa: E402
+from autointerp.explain.sampling import scoring_examples  # noqa: E402
+from autointerp.score.simulation import DIGITS, _layout  # noqa: E402
+from autointerp.score.surprisal import PROMPT  # noqa: E402
 from autointerp.store import RunStore, run_path  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     cfg = InterpretConfig(run=args.run, hookpoint=args.hookpoint, random=1)
     store = RunStore(run_path(args.run))
     latent = args.latent if args.latent is not None else select_latents(store, cfg)[0]
-    act, neg = scoring_examples(store, args.hookpoint, latent, _sampling(cfg))
+    act, neg = scoring_examples(store, args.hookpoint, latent, sampling_config(cfg))
     texts = [plain(e) for e in act + neg]
     client = TransformersClient(LLMConfig(model=args.model, batch_size=16))
     prompt = PROMPT.format("words about rivers and the places they flow through")

@@ -31,17 +31,17 @@ from llm_args import llm_bench_parser  # noqa: E402
 import numpy as np  # noqa: E402
 
 from autointerp.config import InterpretConfig  # noqa: E402
-from autointerp.embedding import load_embedder  # noqa: E402
-from autointerp.explain import ExplainConfig, explain_latents  # noqa: E402
-from autointerp.interpret import _sampling, run_explain, score_latent, select_latents  # noqa: E402
+from autointerp.models.embedder import load_embedder  # noqa: E402
+from autointerp.explain.explainers import ExplainConfig, explain_latents  # noqa: E402
+from autointerp.runs.interpret import sampling_config, run_explain, score_latent, select_latents  # noqa: E402
 from autointerp.llm.base import LLMConfig  # noqa: E402
 from autointerp.llm import make_client  # noqa: E402
 from autointerp.analysis.stats import t_ci  # noqa: E402
-from autointerp.metrics import auroc  # noqa: E402
-from autointerp.validity import verdict  # noqa: E402
-from autointerp.prompts import NEUTRAL_EXPLANATION  # noqa: E402
+from autointerp.score.metrics import auroc  # noqa: E402
+from autointerp.runs.validity import verdict  # noqa: E402
+from autointerp.explain.prompts import NEUTRAL_EXPLANATION  # noqa: E402
 from autointerp.store import RunStore, present, run_path  # noqa: E402
-from autointerp.validity import headline_value, random_explanations  # noqa: E402
+from autointerp.runs.validity import headline_value, random_explanations  # noqa: E402
 
 
 def auroc_se(labels: np.ndarray, values: np.ndarray, n_boot: int = 300, seed: int = 0) -> float:
@@ -125,7 +125,7 @@ def main() -> None:
     # explaining, on the first few latents (explanations here are not stored).
     cost_latents = sorted(expl)[: args.cost_latents]
     t = time.time()
-    explain_latents(client, store, args.hookpoint, cost_latents, _sampling(cfg), ExplainConfig())
+    explain_latents(client, store, args.hookpoint, cost_latents, sampling_config(cfg), ExplainConfig())
     explain_s = (time.time() - t) / max(1, len(cost_latents))
     for scorer in args.scorers:
         for calibrate in (False, True):

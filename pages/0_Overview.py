@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from autointerp import ui, views  # noqa: E402
+from autointerp.app import ui, views  # noqa: E402
 
 
 st.set_page_config(page_title="autointerp", layout="wide")

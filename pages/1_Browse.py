@@ -9,9 +9,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from autointerp import analysis, ui, views  # noqa: E402
+from autointerp import analysis
+
+from autointerp.app import ui, views  # noqa: E402
 from autointerp.config import SCORERS  # noqa: E402
-from autointerp.search import ExplanationIndex  # noqa: E402
+from autointerp.app.semantic_search import ExplanationIndex  # noqa: E402
 
 st.set_page_config(page_title="Browse · autointerp", layout="wide")
 run, store = ui.pick_run()

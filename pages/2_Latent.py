@@ -10,10 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from autointerp import figures, ui, views  # noqa: E402
+from autointerp.app import figures, ui, views  # noqa: E402
 from autointerp.core.errors import AutointerpError  # noqa: E402
-from autointerp.logit_lens import logit_lens  # noqa: E402
-from autointerp.render import examples_html  # noqa: E402
+from autointerp.models.logit_lens import logit_lens  # noqa: E402
+from autointerp.app.render import examples_html  # noqa: E402
 
 st.set_page_config(page_title="Latent · autointerp", layout="wide")
 run, store = ui.pick_run()

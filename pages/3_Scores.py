@@ -9,7 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from autointerp import analysis, figures, ui, views  # noqa: E402
+from autointerp import analysis
+
+from autointerp.app import figures, ui, views  # noqa: E402
 
 st.set_page_config(page_title="Scores · autointerp", layout="wide")
 run, store = ui.pick_run()

@@ -9,7 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from autointerp import jobs, ui  # noqa: E402
+from autointerp import jobs
+
+from autointerp.app import ui  # noqa: E402
 
 st.set_page_config(page_title="Jobs · autointerp", layout="wide")
 st.title("Jobs")

@@ -10,8 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from autointerp import ui  # noqa: E402
-from autointerp.report import REPORTS  # noqa: E402
+from autointerp.app import ui  # noqa: E402
+from autointerp.app.report import REPORTS  # noqa: E402
 
 st.set_page_config(page_title="Analyses · autointerp", layout="wide")
 run, store = ui.pick_run()

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted once from the shipped GGUF into data/models."""
-    from autointerp.subject import embedded_model_dir
+    from autointerp.models.subject import embedded_model_dir
 
     return embedded_model_dir("smollm2")
 
@@ -42,14 +42,14 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_subject(tiny_model_dir):
-    from autointerp.subject import load_subject
+    from autointerp.models.subject import load_subject
 
     return load_subject(str(tiny_model_dir), dtype="float32")
 
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_dir):
-    from autointerp.subject import load_subject
+    from autointerp.models.subject import load_subject
 
     return load_subject("smollm2", dtype="float32")  # tests compare numbers: float32 on every CPU
 
@@ -58,7 +58,7 @@ def smollm2(smollm2_dir):
 def tiny_sae_dir(tmp_path_factory, tiny_subject) -> Path:
     """A briefly trained top-k SAE (sae-lens format) on the tiny model's resid_post.2."""
     from autointerp.config import TrainConfig
-    from autointerp.train import train_saes
+    from autointerp.models.train import train_saes
 
     out = tmp_path_factory.mktemp("tiny-saes")
     cfg = TrainConfig(model=str(tiny_subject.name), hookpoints=["resid_post.2"], out_dir=str(out), n_latents=256,
@@ -70,7 +70,7 @@ def tiny_sae_dir(tmp_path_factory, tiny_subject) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_subject, tiny_sae_dir) -> Path:
     """A small complete run over the real Wikipedia corpus with the tiny model: an SAE and top-k neurons."""
-    from autointerp.cache import cache_run
+    from autointerp.runs.cache import cache_run
     from autointerp.config import CacheConfig
 
     run = tmp_path_factory.mktemp("data") / "runs" / "tiny"  # AUTOINTERP_DATA=<that data folder> finds it

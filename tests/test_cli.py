@@ -51,7 +51,7 @@ def test_bad_hookpoints_via_cli(tmp_path, tiny_model_dir, coder, message):
 
 def test_width_mismatch_and_missing_sae_via_cli(tmp_path, tiny_model_dir, smollm2_dir):
     from autointerp.config import DemoConfig
-    from tests.test_coders import _sae_lens_sae
+    from tests.models.test_coders import _sae_lens_sae
 
     _sae_lens_sae("topk", d_in=576, hook="blocks.1.hook_resid_post").save_model(tmp_path / "wide")
     proc = _run("cache", "--run", str(tmp_path / "r"), "--model", str(tiny_model_dir),

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from autointerp.corpus import load_texts
+from autointerp.models.corpus import load_texts
 from autointerp.store import RunStore
 
 pytestmark = pytest.mark.slow

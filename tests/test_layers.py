@@ -1,6 +1,8 @@
 """The layering rule (pyproject.toml [tool.importlinter], docs/architecture.md) holds, fails on a
-deliberately wrong import, and no import circle is left in the package (lazy imports included)."""
+deliberately wrong import, no import circle is left in the package (lazy imports included), no
+private name crosses a module, and the tests mirror the package's folders."""
 
+import ast
 import os
 import shutil
 import subprocess
@@ -22,18 +24,67 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 def test_the_layers_contract_is_kept():
     proc = _lint(ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "1 kept, 0 broken" in proc.stdout
+    assert "2 kept, 0 broken" in proc.stdout
+
+
+def _lint_with(tmp_path: Path, module: str, wrong_import: str) -> subprocess.CompletedProcess:
+    """lint-imports on a copy of the package where `module` (a path under autointerp/) gains one import."""
+    shutil.copytree(ROOT / "autointerp", tmp_path / "autointerp", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    path = tmp_path / "autointerp" / module
+    path.write_text(path.read_text() + f"\n\ndef _wrong():\n    {wrong_import}  # noqa: F401\n")
+    return _lint(tmp_path)
 
 
 def test_a_wrong_import_breaks_the_contract(tmp_path):
     """A copy of the package where the bottom layer imports the CLI: lint-imports must say so."""
-    shutil.copytree(ROOT / "autointerp", tmp_path / "autointerp", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    errors = tmp_path / "autointerp" / "core" / "errors.py"
-    errors.write_text(errors.read_text() + "\n\ndef _wrong():\n    from autointerp import cli  # noqa: F401\n")
-    proc = _lint(tmp_path)
+    proc = _lint_with(tmp_path, "core/errors.py", "from autointerp import cli")
     assert proc.returncode != 0
     assert "autointerp.core is not allowed to import autointerp.cli" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_a_stage_importing_a_runner_or_the_job_launcher_breaks_the_contracts(tmp_path):
+    """A scorer reaching up into the runners breaks the layers; one launching jobs (a lower layer,
+    so the layers alone allow it) breaks the forbidden contract."""
+    proc = _lint_with(tmp_path, "score/classify.py", "from autointerp.runs import executor")
+    assert proc.returncode != 0
+    assert "autointerp.score is not allowed to import autointerp.runs" in proc.stdout, proc.stdout[-3000:]
+    shutil.rmtree(tmp_path / "autointerp")
+    proc = _lint_with(tmp_path, "score/classify.py", "from autointerp import jobs")
+    assert proc.returncode != 0
+    assert "stages do not import jobs BROKEN" in proc.stdout, proc.stdout[-3000:]
+    assert "autointerp.score.classify -> autointerp.jobs" in proc.stdout, proc.stdout[-3000:]
+
+
+def private_imports(package: Path) -> list[str]:
+    """`from autointerp.x import _name` anywhere in the package: a private name crossing modules."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autointerp"):
+                out += [f"{path.relative_to(package.parent)}:{node.lineno} {node.module}.{a.name}"
+                        for a in node.names if a.name.startswith("_")]
+    return out
+
+
+def test_no_private_name_is_imported_across_modules(tmp_path):
+    assert private_imports(ROOT / "autointerp") == []
+    # and the check sees one when there is one
+    (tmp_path / "autointerp").mkdir()
+    (tmp_path / "autointerp" / "m.py").write_text("from autointerp.runs.executor import _cause\n")
+    assert private_imports(tmp_path / "autointerp") == ["autointerp/m.py:1 autointerp.runs.executor._cause"]
+
+
+def test_the_tests_mirror_the_package_s_folders():
+    """Every folder of the package has a folder of tests of the same name (e2e and the top-level
+    tests cover the CLI, the demo, the README and this rule), and no test folder names a folder
+    the package does not have."""
+    package = {p.name for p in (ROOT / "autointerp").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    tests = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert package - tests == set(), f"package folders without tests: {sorted(package - tests)}"
+    assert tests - package == {"e2e"}, f"test folders naming no package folder: {sorted(tests - package - {'e2e'})}"
+    for folder in tests - {"e2e"}:
+        assert list((ROOT / "tests" / folder).glob("test_*.py")), f"tests/{folder} has no test file"
 
 
 def _circles(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -97,3 +148,32 @@ def test_paths_still_point_at_the_repository_after_the_moves():
     assert (PROJECT_ROOT / "data" / "saes" / "smollm2-4096x32" / "resid_post.15" / "cfg.json").is_file()
     if "AUTOINTERP_DATA" not in os.environ:
         assert data_dir() == PROJECT_ROOT / "data"
+
+
+def missing_names(files: list[Path]) -> list[str]:
+    """Names that `from autointerp.x import name` asks for and the module does not have."""
+    import importlib
+
+    out = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autointerp"):
+                module = importlib.import_module(node.module)
+                for a in node.names:
+                    if not hasattr(module, a.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{a.name}")
+                        except ImportError:
+                            out.append(f"{path.name}:{node.lineno} {node.module}.{a.name}")
+    return out
+
+
+def test_bench_scripts_and_pages_import_what_the_package_has(tmp_path):
+    """bench/ and the pages are not run by every test: a moved or renamed name must not leave them
+    importing something that no longer exists."""
+    files = sorted((ROOT / "bench").glob("*.py")) + sorted((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"]
+    assert missing_names(files) == []
+    # and the check sees a missing name (bench/intruder.py imported one the registry step removed)
+    wrong = tmp_path / "old_bench.py"
+    wrong.write_text("from autointerp.score.intruder import INTRUDER_CHANCE\n")
+    assert missing_names([wrong]) == ["old_bench.py:1 autointerp.score.intruder.INTRUDER_CHANCE"]

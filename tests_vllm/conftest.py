@@ -17,7 +17,7 @@ from autointerp.llm.base import LLMConfig  # noqa: E402
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    from autointerp.subject import embedded_model_dir
+    from autointerp.models.subject import embedded_model_dir
 
     return embedded_model_dir("smollm2")
 

@@ -5,7 +5,7 @@ import pytest
 
 from autointerp.core.errors import AutointerpError
 from autointerp.llm.base import LLMConfig
-from autointerp.prompts import ANSWERS
+from autointerp.explain.prompts import ANSWERS
 
 SYSTEM = {"role": "system", "content": "You judge whether a text is about the given topic."}
 TEXTS = ["The Rhine flows into the North Sea.", "In 1998 the treaty was signed.", "The orchestra played Mozart.",

@@ -8,8 +8,8 @@
   stats      the confidence intervals all of them use
 
 Each study module holds pure functions from stored results to tables; the figures are in
-autointerp/figures.py and the work that produces a study's results (explaining, scoring,
-matching) in autointerp/studies.py.
+autointerp/app/figures.py and the work that produces a study's results (explaining, scoring,
+matching) in autointerp/runs/studies.py.
 """
 
 from autointerp.analysis.scores import (HEADLINE, HEADLINE_LABEL, INTERVENTION_CONDITIONS, KEYS, SCORE_RANGE,  # noqa: F401

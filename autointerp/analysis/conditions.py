@@ -21,7 +21,7 @@ def of_scorer(scores: pd.DataFrame, scorer: str) -> pd.DataFrame:
 def conditions_in_order(scores: pd.DataFrame) -> list[str]:
     """Sampling strategies in their canonical order; other conditions (latent sets) in the order
     the study ran them (a chunk's rows share one timestamp, so ties go by name)."""
-    from autointerp.sampling import STRATEGIES
+    from autointerp.explain.sampling import STRATEGIES
 
     if scores.empty:
         return []

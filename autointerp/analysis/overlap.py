@@ -92,7 +92,7 @@ def parse_pairs(store, pairs: list[str]) -> list[tuple[str, str]]:
 def decoders(store, a: str, b: str, loaded: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The two sets' decoder directions [n_latents, d], checked to live in one space; `loaded`
     keeps directions already read (set -> array) across the pairs of one study."""
-    from autointerp.coders import coder_from_manifest
+    from autointerp.models.coders import coder_from_manifest
 
     loaded = {} if loaded is None else loaded
     for name in (a, b):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from autointerp.metrics import MIN_N, t_ci  # noqa: F401  (the studies' t interval is the scorers' one)
+from autointerp.score.metrics import MIN_N, t_ci  # noqa: F401  (the studies' t interval is the scorers' one)
 
 N_BOOT = 2000  # resamples of the bootstraps that remain (rank correlations between scorers)
 EXACT_FLIPS_UP_TO = 12  # 2^12 sign patterns; more latents: a seeded random sample of patterns

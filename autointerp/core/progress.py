@@ -1,6 +1,6 @@
 """Progress of the running background job, reported by the pipeline after each unit of work.
 
-A job (autointerp/jobs.py launches it, autointerp/jobrunner.py runs its steps) names its folder in
+A job (autointerp/jobs/ launches it, autointerp/jobrunner.py runs its steps) names its folder in
 AUTOINTERP_JOB_DIR; report_progress writes `progress.json` there and is a no-op outside a job, so
 the stages call it unconditionally without knowing about jobs."""
 

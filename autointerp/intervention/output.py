@@ -15,10 +15,10 @@ import logging
 import math
 
 from autointerp.config import InterpretConfig
-from autointerp.explain import parse_explanation
+from autointerp.explain.explainers import parse_explanation
 from autointerp.intervention.scorer import HEADLINE_KL, InterventionConfig, InterventionScorer, unit
 from autointerp.llm import engine_of
-from autointerp.prompts import output_explainer_messages
+from autointerp.explain.prompts import output_explainer_messages
 from autointerp.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class OutputExplainer:
             raise NoSteeredText(f"steering latent {latent} reached none of the target KLs "
                                 f"{', '.join(f'{t:g}' for t in s.cfg.target_kls)}")
         target = nearest_target(list(found))
-        steered = s._continue(found[target].alpha * direction)
+        steered = s.continuations(found[target].alpha * direction)
         return target, list(zip(s.prompt_texts, s.clean_texts, steered))
 
     def samples(self, latent: int) -> tuple[float, Samples, str]:

@@ -12,9 +12,9 @@ import torch
 
 from autointerp.core.errors import AutointerpError
 from autointerp.intervention.scorer import decode, unit
-from autointerp.intervention.search import search_alphas
+from autointerp.intervention.alpha_search import search_alphas
 from autointerp.intervention.steering import greedy_continuations, mean_kl, model_context, next_token_logprobs
-from autointerp.subject import Subject
+from autointerp.models.subject import Subject
 
 
 @dataclass

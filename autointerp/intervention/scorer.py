@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from autointerp.coders import coder_from_manifest
+from autointerp.models.coders import coder_from_manifest
 from autointerp.core.errors import AutointerpError
 from autointerp.llm import engine_of
-from autointerp.intervention.search import LOG10_ALPHA_RANGE, AlphaResult, search_alphas
+from autointerp.intervention.alpha_search import LOG10_ALPHA_RANGE, AlphaResult, search_alphas
 from autointerp.intervention.steering import (check_lengths, greedy_continuations, mean_kl, next_token_logprobs)
-from autointerp.metrics import t_ci
-from autointerp.prompts import defuse
+from autointerp.score.metrics import t_ci
+from autointerp.explain.prompts import defuse
 from autointerp.store import SPECIAL_TOKEN_MARK, RunStore, latent_seed
-from autointerp.subject import Subject
+from autointerp.models.subject import Subject
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class InterventionScorer:
         self.clean_logp = next_token_logprobs(subject, self.prompts, batch_size=cfg.batch_size)
         tok = subject.tokenizer
         self.prompt_texts = [decode(tok, p[1:] if p[0] == tok.bos_token_id else p) for p in self.prompts]
-        self.clean_texts = self._continue(None)
+        self.clean_texts = self.continuations(None)
 
     def kl(self, vector: torch.Tensor | None) -> float:
         """Mean KL(clean || steered) of the next token after each prompt (the last position)."""
@@ -190,7 +190,7 @@ class InterventionScorer:
     def search(self, direction: torch.Tensor) -> dict[float, AlphaResult]:
         return search_alphas(lambda alpha: self.kl(alpha * direction), self.cfg.target_kls, self.cfg.rtol)
 
-    def _continue(self, vector: torch.Tensor | None) -> list[str]:
+    def continuations(self, vector: torch.Tensor | None) -> list[str]:
         conts = greedy_continuations(self.subject, self.prompts, self.cfg.new_tokens, self.hookpoint, vector,
                                      self.cfg.batch_size)
         return [decode(self.subject.tokenizer, c) for c in conts]
@@ -207,7 +207,7 @@ class InterventionScorer:
         in cfg.subject_dtype on cfg.device (where --device puts the scorer LM too); the scorer LM is
         the client (--model)."""
         from autointerp.core.devices import resolve_device
-        from autointerp.subject import load_subject
+        from autointerp.models.subject import load_subject
 
         icfg = InterventionConfig.from_interpret(cfg)
         subject = load_subject(store.info["model"], dtype=cfg.subject_dtype, device=resolve_device(cfg.device))
@@ -233,7 +233,7 @@ class InterventionScorer:
             return {**score, "error": error}, [], []
         rand_dir = random_direction(direction.shape[0], seed)
         found = {"latent": self.search(direction), "random": self.search(rand_dir)}
-        steered = {(t, which): self._continue(r.alpha * vec)
+        steered = {(t, which): self.continuations(r.alpha * vec)
                    for which, vec in (("latent", direction), ("random", rand_dir))
                    for t, r in found[which].items() if r.reached}
         other = other.strip() if other else None

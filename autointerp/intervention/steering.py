@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from autointerp.core.errors import AutointerpError
-from autointerp.subject import Subject
+from autointerp.models.subject import Subject
 
 
 def model_context(subject: Subject) -> int | None:

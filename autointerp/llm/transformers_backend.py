@@ -62,7 +62,7 @@ def _runs_sharing_prefix(seqs: list[list[int]], min_len: int) -> list[list[int]]
 
 class TransformersClient(TokenizerSide):
     def __init__(self, cfg: LLMConfig):
-        from autointerp.subject import load_causal_lm
+        from autointerp.models.subject import load_causal_lm
 
         self.cfg = cfg
         self.name = f"transformers:{cfg.model}"

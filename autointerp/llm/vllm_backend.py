@@ -33,7 +33,7 @@ class VLLMClient(TokenizerSide):
     def __init__(self, cfg: LLMConfig):
         from transformers import AutoTokenizer
 
-        from autointerp.subject import resolve_model_source
+        from autointerp.models.subject import resolve_model_source
 
         source, gguf = resolve_model_source(cfg.model)
         if gguf:
@@ -45,7 +45,7 @@ class VLLMClient(TokenizerSide):
         import torch
 
         from autointerp.core.devices import resolve_dtype
-        from autointerp.subject import model_width
+        from autointerp.models.subject import model_width
 
         # the engine's dtype follows the same rule as every other model load (auto: measured here)
         self.dtype = resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu",

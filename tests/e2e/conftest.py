@@ -187,9 +187,9 @@ def _hostile_latents(run_dir: Path, hookpoint: str, n_shown: int = 10) -> dict[s
 
 def build_e2e_data(data: Path, subject) -> E2EData:
     """Cache the e2e run into the folder `data` (AUTOINTERP_DATA) and write its results."""
-    from autointerp.cache import cache_run
+    from autointerp.runs.cache import cache_run
     from autointerp.config import CacheConfig
-    from autointerp.corpus import load_texts
+    from autointerp.models.corpus import load_texts
 
     if not (SAE_DIR / "sae_weights.safetensors").exists():
         pytest.fail(f"demo SAE missing at {SAE_DIR}: it is committed in data/saes (or run `autointerp demo`)")

@@ -1,0 +1,409 @@
+"""Results: explanations, scores and per-example decisions in append-only parts; the latest row wins."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from autointerp.config import EXPLANATION_FREE
+from autointerp.core.atomic import remove_stale_temp
+from autointerp.store.files import write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+RESULT_SCHEMAS = {
+    "explanations": pa.schema([
+        ("hookpoint", pa.string()), ("latent", pa.int32()), ("explanation", pa.string()), ("raw", pa.string()),
+        ("error", pa.string()), ("model", pa.string()), ("strategy", pa.string()), ("n_examples", pa.int32()),
+        ("created_at", pa.timestamp("us")),
+        ("shown", pa.string()),  # JSON [[doc_id, start], ...]: the windows the explainer saw
+        # "input" (from activating examples) or "output" (from clean vs steered continuations); NULL in
+        # parts written before output explanations existed, read as "input"
+        ("kind", pa.string()),
+        # what computed it: backend, dtype, device ("transformers bfloat16 cpu"); NULL before it was recorded
+        ("engine", pa.string()),
+        ("explainer", pa.string())]),  # default | contrastive (explain.EXPLAINERS); NULL before: default
+    "scores": pa.schema([
+        ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
+        ("explanation", pa.string()), ("model", pa.string()), ("mode", pa.string()), ("error", pa.string()),
+        ("n", pa.int32()), ("n_failed", pa.int32()), ("balanced_accuracy", pa.float64()),
+        ("precision", pa.float64()), ("recall", pa.float64()), ("f1", pa.float64()), ("auroc", pa.float64()),
+        ("accuracy", pa.float64()), ("accuracy_per_decile", pa.string()), ("correlation", pa.float64()),
+        ("correlation_per_quantile", pa.string()), ("created_at", pa.timestamp("us")),
+        # intervention: mean log P(expl | steered) - log P(expl | clean) at target_kl (KL of the next token)
+        ("target_kl", pa.float64()), ("intervention_score", pa.float64()),
+        ("explanation_kind", pa.string()),  # the kind of explanation scored; NULL (older parts) = "input"
+        # detection/fuzzing: how yes/no decisions (accuracies, F1) were made from the read-outs;
+        # NULL in parts written before the rank rule: logprob decisions were P > 0.5 then
+        ("decision_rule", pa.string()),
+        # 95 % intervals (metrics.auroc_ci: DeLong; balanced_accuracy_ci; simulation: windows
+        # bootstrapped); NULL in parts written before them (shown as "-")
+        ("auroc_lo", pa.float64()), ("auroc_hi", pa.float64()), ("balanced_accuracy_lo", pa.float64()),
+        ("balanced_accuracy_hi", pa.float64()), ("correlation_lo", pa.float64()), ("correlation_hi", pa.float64()),
+        # intervention: t interval over the prompts' gains (NULL before it existed)
+        ("intervention_score_lo", pa.float64()), ("intervention_score_hi", pa.float64()),
+        # intruder: Wilson interval of the share of right calls (NULL before intruder scoring existed)
+        ("accuracy_lo", pa.float64()), ("accuracy_hi", pa.float64()),
+        ("engine", pa.string())]),  # as for explanations; the embedding scorer: its embedder's
+    "decisions": pa.schema([
+        ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
+        ("doc_id", pa.int32()), ("start", pa.int32()), ("activating", pa.bool_()), ("quantile", pa.int32()),
+        ("prediction", pa.bool_()), ("probability", pa.float64()), ("failed", pa.bool_()), ("raw", pa.string()),
+        ("shown", pa.string()),
+        ("prompt", pa.int32()), ("slot", pa.int32()),  # detection/fuzzing: which prompt, which place in it
+        ("p_explanation", pa.float64()), ("p_neutral", pa.float64())]),  # calibration's two read-outs of P(Yes)
+    # intervention scoring (autointerp/intervention): one row per (score, target KL) with the alpha
+    # found for the latent's unit direction and for a random one, and the three scores (nats)
+    "interventions": pa.schema([
+        ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("target_kl", pa.float64()),
+        ("alpha", pa.float64()), ("kl", pa.float64()), ("reached", pa.bool_()), ("iterations", pa.int32()),
+        ("random_alpha", pa.float64()), ("random_kl", pa.float64()), ("random_reached", pa.bool_()),
+        ("score", pa.float64()), ("random_explanation_score", pa.float64()), ("random_direction_score", pa.float64()),
+        ("explanation", pa.string()), ("random_explanation", pa.string()), ("n", pa.int32()),
+        ("created_at", pa.timestamp("us"))]),
+    # one row per (score, target KL, direction latent|random, prompt): the texts and log P(explanation | text)
+    "intervention_examples": pa.schema([
+        ("score_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("target_kl", pa.float64()),
+        ("direction", pa.string()), ("prompt", pa.int32()), ("doc_id", pa.int32()), ("prompt_text", pa.string()),
+        ("clean_text", pa.string()), ("steered_text", pa.string()), ("logp_clean", pa.float64()),
+        ("logp_steered", pa.float64()), ("random_logp_clean", pa.float64()), ("random_logp_steered", pa.float64()),
+        ("created_at", pa.timestamp("us"))]),
+    "validity": pa.schema([
+        ("validation_id", pa.string()), ("hookpoint", pa.string()), ("latent", pa.int32()), ("scorer", pa.string()),
+        ("which", pa.string()), ("explanation", pa.string()), ("value", pa.float64()), ("n", pa.int32()),
+        ("n_failed", pa.int32()), ("error", pa.string()), ("model", pa.string()), ("mode", pa.string()),
+        ("created_at", pa.timestamp("us"))]),
+    "validity_summary": pa.schema([
+        ("validation_id", pa.string()), ("hookpoint", pa.string()), ("scorer", pa.string()), ("model", pa.string()),
+        ("mode", pa.string()), ("calibrated", pa.bool_()), ("n_latents", pa.int32()), ("true_mean", pa.float64()),
+        ("random_mean", pa.float64()), ("neutral_mean", pa.float64()), ("diff", pa.float64()),
+        ("ci_lo", pa.float64()), ("ci_hi", pa.float64()), ("validated", pa.bool_()),
+        ("created_at", pa.timestamp("us")),
+        # validity.verdict's word and the sign-flip p-value; NULL in parts written before them, when
+        # `validated` came from a percentile bootstrap from 3 latents on (over-confident: shown as such)
+        ("verdict", pa.string()), ("p_value", pa.float64())]),
+    # the paper's analyses (autointerp/runs/studies.py): one study_id per launch of a study, all its rows
+    # carry it; "condition" is what the study compares (a sampling strategy, a latent set)
+    "study_explanations": pa.schema([
+        ("study_id", pa.string()), ("study", pa.string()), ("condition", pa.string()), ("hookpoint", pa.string()),
+        ("latent", pa.int32()), ("explanation", pa.string()), ("raw", pa.string()), ("error", pa.string()),
+        ("model", pa.string()), ("strategy", pa.string()), ("n_examples", pa.int32()), ("shown", pa.string()),
+        ("created_at", pa.timestamp("us"))]),
+    "study_scores": pa.schema([
+        ("study_id", pa.string()), ("study", pa.string()), ("condition", pa.string()), ("hookpoint", pa.string()),
+        ("latent", pa.int32()), ("scorer", pa.string()), ("explanation", pa.string()), ("value", pa.float64()),
+        ("n", pa.int32()), ("n_failed", pa.int32()), ("error", pa.string()), ("model", pa.string()),
+        ("mode", pa.string()), ("accuracy_per_decile", pa.string()), ("created_at", pa.timestamp("us"))]),
+    # adjacent-layer overlap: one row per matched pair (basis "decoder" or "explanation")
+    "overlap_pairs": pa.schema([
+        ("study_id", pa.string()), ("basis", pa.string()), ("family", pa.string()), ("set_a", pa.string()),
+        ("set_b", pa.string()), ("latent_a", pa.int32()), ("latent_b", pa.int32()), ("similarity", pa.float64()),
+        ("decoder_partner", pa.bool_()), ("explanation_a", pa.string()), ("explanation_b", pa.string()),
+        ("created_at", pa.timestamp("us"))]),
+    "overlap_summary": pa.schema([
+        ("study_id", pa.string()), ("basis", pa.string()), ("family", pa.string()), ("set_a", pa.string()),
+        ("set_b", pa.string()), ("n", pa.int32()), ("matched_mean", pa.float64()), ("matched_lo", pa.float64()),
+        ("matched_hi", pa.float64()), ("baseline", pa.string()), ("baseline_mean", pa.float64()),
+        ("baseline_lo", pa.float64()), ("baseline_hi", pa.float64()), ("random_pair_mean", pa.float64()),
+        ("recovered", pa.float64()), ("model", pa.string()), ("created_at", pa.timestamp("us")),
+        # decoder basis: matched - baseline with a Welch t interval; NULL in parts written when the
+        # baseline was coordinate shuffling (their `baseline` column says so)
+        ("excess_mean", pa.float64()), ("excess_lo", pa.float64()), ("excess_hi", pa.float64())]),
+}
+STUDY_KINDS = ("study_explanations", "study_scores", "overlap_pairs", "overlap_summary")
+
+
+def append_results(run_dir: Path, kind: str, rows: list[dict]) -> Path | None:
+    """Write rows as a new part of results/<kind>/ (atomic); never rewrites earlier parts."""
+    if not rows:
+        return None
+    schema = RESULT_SCHEMAS[kind]
+    # UTC (stored without a zone): a clock change or writers in two time zones never make an older
+    # result look newer. Parts written before this stored local time; on machines kept in UTC
+    # (these) the two agree.
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    cols = {f.name: [r.get(f.name, now if f.name == "created_at" else None) for r in rows] for f in schema}
+    path = run_dir / "results" / kind / f"part-{time.time_ns()}-{os.getpid()}.parquet"
+    write_parquet_atomic(pa.table(cols, schema=schema), path)
+    return path
+
+
+def remove_stale_result_temp(run_dir: Path) -> None:
+    """Clear killed writers' temporary files from every results folder (called when a job starts)."""
+    for kind in RESULT_SCHEMAS:
+        remove_stale_temp(run_dir / "results" / kind)
+
+
+# (path, size, mtime_ns) -> whether its Parquet footer reads; a part is checked once per version.
+_PART_READABLE: dict[tuple[str, int, int], bool] = {}
+
+
+def _part_readable(path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:  # compacted away between the glob and now
+        return False
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _PART_READABLE:
+        try:
+            pq.read_metadata(path)
+            _PART_READABLE[key] = True
+        except (OSError, pa.ArrowException):
+            log.warning("skipping unreadable result part %s: move it aside (e.g. rename it to end in .corrupt); "
+                        "the rest of the run's results are read without it", path)
+            _PART_READABLE[key] = False
+    return _PART_READABLE[key]
+
+
+def corrupt_result_parts(run_dir: Path) -> list[Path]:
+    """Result parts whose Parquet footer does not read; every query skips them."""
+    return [p for kind in RESULT_SCHEMAS for p in sorted((run_dir / "results" / kind).glob("part-*.parquet"))
+            if not _part_readable(p)]
+
+
+# "Latest wins" with a deterministic tie-break: rows with the same created_at are ordered by their
+# part's name (part-<time_ns>-<pid>: later parts sort later) and then by their row in the part.
+NEWEST_FIRST_READ = "union_by_name = true, filename = true, file_row_number = true"
+NEWEST_FIRST = "created_at DESC, filename DESC, file_row_number DESC"
+
+
+def _results_glob(run_dir: Path, kind: str) -> str | None:
+    """A DuckDB list of the readable parts of results/<kind>/, or None when there are none. Parts
+    are append-only logs: one corrupt part is skipped with a warning, never the whole run."""
+    d = run_dir / "results" / kind
+    parts = [p for p in sorted(d.glob("part-*.parquet")) if _part_readable(p)] if d.is_dir() else []
+    if not parts:
+        return None
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts) + "]"
+
+
+def _empty(kind: str) -> pd.DataFrame:
+    return RESULT_SCHEMAS[kind].empty_table().to_pandas()
+
+
+def _nulls_to_none(df: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Missing strings as None, never NaN: NaN is truthy, so `if row.explanation` once took a failed
+    explanation for a real one and crashed scoring."""
+    for f in RESULT_SCHEMAS[kind]:
+        if pa.types.is_string(f.type) and f.name in df.columns:
+            col = df[f.name].astype(object)
+            df[f.name] = col.where(col.notna(), None)
+    return df
+
+
+def present(value) -> bool:
+    """A stored string that is there and not empty (None, NaN and pd.NA are all absent)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+EXPLANATION_KINDS = ("input", "output")
+# the column that says which kind of explanation a row belongs to, per result kind
+_KIND_COLUMN = {"explanations": "kind", "scores": "explanation_kind"}
+
+
+class ResultsMixin:
+    """Result queries of RunStore (kept apart so the activation API reads on its own)."""
+
+    def _kind_filter(self, kind: str, src: str, explanation_kind: str | None) -> tuple[str, list]:
+        """(SQL condition, params) keeping rows of one explanation kind. Parts written before the
+        column existed read as "input": NULL under union_by_name, or no such column at all when
+        every part predates it (then the condition is a constant)."""
+        column = _KIND_COLUMN.get(kind)
+        if explanation_kind is None or column is None:
+            return "TRUE", []
+        if column not in self._columns(src):
+            return ("TRUE" if explanation_kind == "input" else "FALSE"), []
+        return f"coalesce({column}, 'input') = ?", [explanation_kind]
+
+    def _columns(self, src: str) -> set[str]:
+        """The columns of a list of result parts (union by name: any part's column counts)."""
+        return set(self._sql(f"DESCRIBE SELECT * FROM read_parquet({src}, union_by_name = true)").column_name)
+
+    def _rows(self, kind: str, where: str, params: list, order: str) -> pd.DataFrame:
+        """Every row of results/<kind> matching `where`, in `order` (empty when nothing is stored)."""
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return _empty(kind)
+        return _nulls_to_none(self._sql(f"SELECT * FROM read_parquet({src}, union_by_name = true) "
+                                        f"WHERE {where} ORDER BY {order}", params), kind)
+
+    def _latest(self, kind: str, keys: str, hookpoint: str | None,
+                explanation_kind: str | None = None, model: str | None = None) -> pd.DataFrame:
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return _empty(kind)
+        cond, params = self._kind_filter(kind, src, explanation_kind)
+        where = f"WHERE {cond}" + (" AND hookpoint = ?" if hookpoint else "") + (" AND model = ?" if model else "")
+        params += ([hookpoint] if hookpoint else []) + ([model] if model else [])
+        return _nulls_to_none(self._sql(f"""SELECT * EXCLUDE (filename, file_row_number)
+                             FROM read_parquet({src}, {NEWEST_FIRST_READ}) {where}
+                             QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {NEWEST_FIRST}) = 1
+                             ORDER BY {keys}""", params), kind)
+
+    def explanations(self, hookpoint: str | None = None, kind: str = "input", model: str | None = None
+                     ) -> pd.DataFrame:
+        """Latest explanation record of one kind per (hookpoint, latent), failures included
+        (explanation NULL). Input explanations by default: a latent can have an input and an
+        output explanation, and everything but `--kind output` works on the input one. `model`:
+        the latest among that explainer's records only (e.g. "transformers:qwen1.5b")."""
+        return self._latest("explanations", "hookpoint, latent", hookpoint, kind, model)
+
+    def scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Latest score per (hookpoint, latent, scorer) of one kind of explanation (input by
+        default), so scoring a latent's output explanation never replaces its input one's score.
+        Whatever explanation it scored: what the app shows beside an explanation is current_scores."""
+        return self._latest("scores", "hookpoint, latent, scorer", hookpoint, kind)
+
+    def current_explanations(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Per (hookpoint, latent) its current explanation: the latest one that did not fail. A
+        latent whose newest attempt failed keeps its last good explanation; `newest_failed` and
+        `newest_error` say so. Latents that never got a good explanation have no row."""
+        cte = self._current_explanations_sql(hookpoint, kind)
+        if cte is None:
+            return _empty("explanations").assign(newest_failed=pd.Series(dtype=bool), newest_error=None)
+        sql, params = cte
+        rows = self._sql(f"""WITH {sql}
+            SELECT good.* EXCLUDE (filename, file_row_number), newest.newest_failed,
+                   CASE WHEN newest.newest_failed THEN newest.newest_error END AS newest_error
+            FROM good JOIN newest USING (hookpoint, latent) ORDER BY hookpoint, latent""", params)
+        return _nulls_to_none(rows, "explanations")
+
+    def _current_explanations_sql(self, hookpoint: str | None, kind: str) -> tuple[str, list] | None:
+        """CTEs `good` (latest non-failed explanation per latent) and `newest` (latest attempt, and
+        whether it failed), with their parameters; None when nothing was explained."""
+        src = _results_glob(self.run_dir, "explanations")
+        if src is None:
+            return None
+        cond, params = self._kind_filter("explanations", src, kind)
+        hp = " AND hookpoint = ?" if hookpoint else ""
+        return (f"""e AS (SELECT * FROM read_parquet({src}, {NEWEST_FIRST_READ}) WHERE {cond}{hp}),
+            good AS (SELECT * FROM e WHERE explanation IS NOT NULL
+                     QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1),
+            newest AS (SELECT hookpoint, latent, explanation IS NULL AS newest_failed, error AS newest_error FROM e
+                       QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1)""",
+                params + ([hookpoint] if hookpoint else []))
+
+    def current_scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Latest score per (hookpoint, latent, scorer) of the latent's current explanation only
+        (one query): a score of an earlier explanation is never shown beside a newer one (it stays
+        in the latent's history). Every view, export and analysis reads these."""
+        src = _results_glob(self.run_dir, "scores")
+        if src is None:
+            return _empty("scores")
+        # scores of explanation-free scorers (intruder) judge the latent: current whatever it shows
+        cte = self._current_explanations_sql(hookpoint, kind) or (
+            "good AS (SELECT NULL::VARCHAR AS hookpoint, NULL::INTEGER AS latent, NULL::VARCHAR AS explanation "
+            "WHERE FALSE)", [])
+        sql, params = cte
+        cond, kind_params = self._kind_filter("scores", src, kind)
+        hp = " AND s.hookpoint = ?" if hookpoint else ""
+        free = ", ".join("?" for _ in EXPLANATION_FREE)
+        rows = self._sql(f"""WITH {sql}
+            SELECT s.* EXCLUDE (filename, file_row_number)
+            FROM read_parquet({src}, {NEWEST_FIRST_READ}) s
+            LEFT JOIN good ON s.hookpoint = good.hookpoint AND s.latent = good.latent
+            WHERE (s.explanation = good.explanation OR s.scorer IN ({free})) AND {cond}{hp}
+            QUALIFY row_number() OVER (PARTITION BY s.hookpoint, s.latent, s.scorer
+                                       ORDER BY s.created_at DESC, s.filename DESC, s.file_row_number DESC) = 1
+            ORDER BY s.hookpoint, s.latent, s.scorer""",
+                         params + list(EXPLANATION_FREE) + kind_params + ([hookpoint] if hookpoint else []))
+        return _nulls_to_none(rows, "scores")
+
+    def engines(self) -> pd.DataFrame:
+        """Which model and engine (backend, dtype, device) computed this run's explanations and
+        scores: one row per (results, model, engine) with its row count and newest time; parts
+        written before engines were recorded read "not recorded"."""
+        frames = []
+        for kind in ("explanations", "scores"):
+            src = _results_glob(self.run_dir, kind)
+            if src is None:
+                continue
+            engine = "coalesce(engine, 'not recorded')" if "engine" in self._columns(src) else "'not recorded'"
+            frames.append(self._sql(
+                f"SELECT ? AS results, model, {engine} AS engine, count(*) AS rows, max(created_at) AS newest "
+                f"FROM read_parquet({src}, union_by_name = true) GROUP BY ALL ORDER BY rows DESC, model", [kind]))
+        if not frames:
+            return pd.DataFrame(columns=["results", "model", "engine", "rows", "newest"])
+        return pd.concat(frames, ignore_index=True)
+
+    def validity(self, hookpoint: str | None = None) -> pd.DataFrame:
+        """Latest validity summary per (hookpoint, scorer): is the scorer validated on this run?"""
+        return self._latest("validity_summary", "hookpoint, scorer", hookpoint)
+
+    def validity_details(self, validation_id: str) -> pd.DataFrame:
+        """Per-latent values (true, random, neutral explanation) behind one validation."""
+        return self._rows("validity", "validation_id = ?", [validation_id], "scorer, latent, which")
+
+    def study_results(self, kind: str, study: str | None = None, study_id: str | None = None) -> pd.DataFrame:
+        """Every row of one study launch (results/<kind>, a STUDY_KINDS member): `study_id`, else
+        the newest launch that wrote rows of `study` (sampling, coders; for overlap kinds, any)."""
+        if kind not in STUDY_KINDS:
+            raise ValueError(kind)
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return _empty(kind)
+        if study_id is None:
+            cond, params = ("study = ?", [study]) if study and kind.startswith("study_") else ("TRUE", [])
+            latest = self._sql(f"SELECT study_id FROM read_parquet({src}, union_by_name = true) WHERE {cond} "
+                               f"GROUP BY study_id ORDER BY max(created_at) DESC LIMIT 1", params)
+            if latest.empty:
+                return _empty(kind)
+            study_id = str(latest.study_id[0])
+        return self._rows(kind, "study_id = ?", [study_id], "created_at")
+
+    def study_launches(self, kind: str) -> pd.DataFrame:
+        """(study_id, study, rows, first, last) of every launch that wrote results/<kind>, newest first."""
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return pd.DataFrame(columns=["study_id", "study", "rows", "first", "last"])
+        study = "study" if kind.startswith("study_") else "'overlap'"
+        return self._sql(f"SELECT study_id, any_value({study}) AS study, count(*) AS rows, min(created_at) AS first, "
+                         f"max(created_at) AS last FROM read_parquet({src}, union_by_name = true) "
+                         f"GROUP BY study_id ORDER BY last DESC")
+
+    def corrupt_parts(self) -> list[Path]:
+        """Result parts that every query skips because they do not read (shown by the app)."""
+        return corrupt_result_parts(self.run_dir)
+
+    def version(self) -> tuple:
+        """Changes whenever results land or the run grows (for caches of what pages show)."""
+        return self.results_version(), self._signature
+
+    def results_version(self) -> float:
+        """Changes whenever a results part lands (for caches that must see new results)."""
+        parts = list((self.run_dir / "results").glob("*/part-*.parquet"))
+        return len(parts) + max((p.stat().st_mtime for p in parts), default=0.0)
+
+    def latent_results(self, kind: str, hookpoint: str, latent: int,
+                       explanation_kind: str | None = "input") -> pd.DataFrame:
+        """Every explanation or score record of one latent, newest first (its history), of one
+        kind of explanation (input by default; None: all kinds)."""
+        src = _results_glob(self.run_dir, kind)
+        if src is None:
+            return _empty(kind)
+        cond, params = self._kind_filter(kind, src, explanation_kind)
+        return _nulls_to_none(self._sql(f"SELECT * EXCLUDE (filename, file_row_number) FROM read_parquet({src}, "
+                                        f"{NEWEST_FIRST_READ}) WHERE {cond} AND hookpoint = ? AND latent = ? "
+                                        f"ORDER BY {NEWEST_FIRST}",
+                                        params + [hookpoint, int(latent)]), kind)
+
+    def interventions(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """Per (latent, target KL) steering results behind each latent's latest intervention score
+        (of its input explanation by default)."""
+        latest = self.current_scores(hookpoint, kind)
+        ids = latest.score_id[latest.scorer == "intervention"].tolist()
+        if not ids:
+            return _empty("interventions")
+        return self._rows("interventions", "list_contains(?, score_id)", [ids], "hookpoint, latent, target_kl")
+
+    def intervention_examples(self, score_id: str) -> pd.DataFrame:
+        """The prompts, clean and steered continuations and log-probabilities behind one score."""
+        return self._rows("intervention_examples", "score_id = ?", [score_id], "target_kl, direction, prompt")
+
+    def decisions(self, score_id: str) -> pd.DataFrame:
+        return self._rows("decisions", "score_id = ?", [score_id], "activating DESC, quantile DESC, doc_id, start")
