@@ -9,8 +9,8 @@ import logging
 import sys
 import typing
 
-from autointerp.config import (COMMAND_NAMES, STUDIES, AnalyzeConfig, CacheConfig, DemoConfig, ExportConfig, InterpretConfig,
-                               TrainConfig)
+from autointerp.config import (COMMAND_NAMES, STUDIES, AnalyzeConfig, CacheConfig, CompactConfig, DemoConfig,
+                               ExportConfig, InterpretConfig, TrainConfig)
 from autointerp.core.errors import AutointerpError
 
 log = logging.getLogger("autointerp")
@@ -108,6 +108,18 @@ def cmd_export(args) -> None:
     print(f"{len(written)} files written" + (f" to {written[0].parent}" if written else ""))
 
 
+def cmd_compact(args) -> None:
+    from autointerp.store import compact_run, result_part_counts, run_path
+
+    cfg = config_from_args(CompactConfig, args)
+    run_dir = run_path(cfg.run)
+    if not (run_dir / "run.json").exists():
+        raise AutointerpError(f"no run at {run_dir}: pass --run with a name from `autointerp runs` or a run folder")
+    merged = compact_run(run_dir, cfg.grace_s)
+    for kind, n in result_part_counts(run_dir).items():
+        print(f"{kind}: {merged[kind]} parts merged, {n} parts now read")
+
+
 def cmd_models(args) -> None:
     from autointerp.models.subject import EMBEDDED_MODELS, embedded_model_dir
 
@@ -134,6 +146,8 @@ COMMANDS = {
     "analyze": (cmd_analyze, AnalyzeConfig, "the paper's analyses, stored for the app: sampling (strategies), coders "
                 "(SAE latents vs neurons), overlap (adjacent layers), agreement (scorer correlations)"),
     "export": (cmd_export, ExportConfig, "write a run's figures (png/svg/pdf) and tables (CSV) to a folder"),
+    "compact": (cmd_compact, CompactConfig, "merge a run's many small result parts into one per kind (safe while "
+                "the app reads; resumable after a kill)"),
     "models": (cmd_models, None, "prepare the embedded models (assemble, hash-check, convert once)"),
     "runs": (cmd_runs, None, "list cached runs"),
 }

@@ -13,7 +13,7 @@ DEMO_OVERLAP_HOOKPOINTS = ["mlp_out.14", "mlp_out.16"]
 STUDIES = ("sampling", "coders", "overlap", "agreement")
 # The CLI's command names (cli.COMMANDS maps each to its function and config): jobs launch these
 # by name without importing the stages.
-COMMAND_NAMES = ("train-sae", "cache", "demo", "explain", "score", "validate", "analyze", "export", "models", "runs")
+COMMAND_NAMES = ("train-sae", "cache", "demo", "explain", "score", "validate", "analyze", "export", "compact", "models", "runs")
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,15 @@ class ExportConfig:
     formats: list[str] = _help("figure formats: png svg pdf", default_factory=lambda: ["png", "svg", "pdf"])
     hookpoint: str = _help("only this latent set ('' = every set of the run)", default="")
     top_latents: int = _help("activation histograms of the N most frequent latents of each set", default=3)
+
+
+@dataclass
+class CompactConfig:
+    """`autointerp compact`: merge a run's result parts (a long campaign leaves thousands)."""
+
+    run: str = _help("run name or folder", default="demo")
+    grace_s: float = _help("seconds the replaced parts stay for readers that listed them (the app); they are "
+                           "deleted by the next compact after that; 0 deletes them at once", default=60.0)
 
 
 @dataclass

@@ -13,6 +13,10 @@ Points:
   score-between-writes    after a score chunk's decisions (and intervention) parts, before its scores part
   score-chunk-written     after a score chunk's scores part
   mid-write               inside an atomic file write: data written to the temporary file, not renamed
+  compaction-merged       results compaction: the merged part written under its temporary name, nothing recorded
+  compaction-recorded     results compaction: the record of what the merged part replaces written, not renamed
+  compaction-renamed      results compaction: the merged part in place, the replaced parts still on disk
+  compaction-removing     results compaction: the first replaced part deleted, the others not yet
   worker-chunk-done       in a Ray worker: a unit done (a chunk explained, scored or validated, a cache part
                           written), before its result goes to the driver
 """
@@ -27,7 +31,8 @@ from autointerp.core.errors import AutointerpError
 
 FAULT_ENV = "AUTOINTERP_FAULT"
 POINTS = ("cache-part-written", "cache-published", "explain-chunk-written", "score-between-writes", "score-chunk-written",
-          "mid-write", "worker-chunk-done")
+          "mid-write", "compaction-merged", "compaction-recorded", "compaction-renamed", "compaction-removing",
+          "worker-chunk-done")
 _SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "STOP": signal.SIGSTOP}
 _passes: Counter = Counter()
 

@@ -26,11 +26,12 @@ from autointerp.store.examples import SPECIAL_TOKEN_MARK, Example, latent_seed
 from autointerp.store.files import (ACT_SCHEMA, CONTEXTS_KEY, ROW_GROUP_ROWS, TOKENS_NPY, covered_contexts,
                                     write_parquet_atomic)
 from autointerp.store.publish import publish_latent_set, write_latent_stats
-from autointerp.store.results import (EXPLANATION_KINDS, RESULT_SCHEMAS, STUDY_KINDS, append_results,
-                                      corrupt_result_parts, present, remove_stale_result_temp)
+from autointerp.store.results import (COMPACT_GRACE_S, EXPLANATION_KINDS, RESULT_SCHEMAS, STUDY_KINDS, append_results,
+                                      compact_results, compact_run, corrupt_result_parts, present,
+                                      remove_stale_result_temp, result_part_counts, result_parts)
 from autointerp.store.run_store import LATENT_SORT_COLUMNS, RunStore
 
-__all__ = ["ACT_SCHEMA", "CONTEXTS_KEY", "EXPLANATION_KINDS", "LATENT_SORT_COLUMNS", "RESULT_SCHEMAS",
+__all__ = ["ACT_SCHEMA", "COMPACT_GRACE_S", "compact_results", "compact_run", "result_part_counts", "result_parts", "CONTEXTS_KEY", "EXPLANATION_KINDS", "LATENT_SORT_COLUMNS", "RESULT_SCHEMAS",
            "ROW_GROUP_ROWS", "SPECIAL_TOKEN_MARK", "STUDY_KINDS", "TOKENS_NPY", "Example", "RunStore",
            "append_results", "corrupt_result_parts", "covered_contexts", "latent_seed", "list_runs",
            "present", "publish_latent_set", "remove_stale_result_temp", "run_path", "write_latent_stats",

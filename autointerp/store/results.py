@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
 import time
@@ -11,8 +13,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from autointerp.config import EXPLANATION_FREE
-from autointerp.core.atomic import remove_stale_temp
-from autointerp.store.files import write_parquet_atomic
+from autointerp.core.atomic import atomic_write_json, remove_stale_temp, tmp_prefix
+from autointerp.core.faults import fault_point
+from autointerp.store.files import ROW_GROUP_ROWS, connect, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +175,127 @@ NEWEST_FIRST_READ = "union_by_name = true, filename = true, file_row_number = tr
 NEWEST_FIRST = "created_at DESC, filename DESC, file_row_number DESC"
 
 
-def _results_glob(run_dir: Path, kind: str) -> str | None:
-    """A DuckDB list of the readable parts of results/<kind>/, or None when there are none. Parts
-    are append-only logs: one corrupt part is skipped with a warning, never the whole run."""
+COMPACTION_RECORD = "compaction.json"  # in results/<kind>/: the last compaction's merged part and what it replaced
+
+
+def _compaction_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / COMPACTION_RECORD).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def result_parts(run_dir: Path, kind: str) -> list[Path]:
+    """The readable parts of results/<kind>/ that a query reads, oldest first. Parts that a
+    compaction replaced stay on disk until the next compaction (a reader that listed them a moment
+    before still finds them), but once its merged part is listed they are left out, so no row is
+    read twice; the record is read before and after the listing, so a compaction finishing in
+    between is seen."""
     d = run_dir / "results" / kind
-    parts = [p for p in sorted(d.glob("part-*.parquet")) if _part_readable(p)] if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    for _ in range(5):
+        before = _compaction_record(d)
+        names = sorted(p.name for p in d.glob("part-*.parquet"))
+        record = _compaction_record(d)
+        if record == before:
+            break
+    if record and record["merged"] in names:
+        replaced = set(record["replaced"])
+        names = [n for n in names if n not in replaced]
+    return [d / n for n in names if _part_readable(d / n)]
+
+
+def _results_glob(run_dir: Path, kind: str) -> str | None:
+    """A DuckDB list of the parts of results/<kind>/ to read, or None when there are none. Parts
+    are append-only logs: one corrupt part is skipped with a warning, never the whole run."""
+    parts = result_parts(run_dir, kind)
     if not parts:
         return None
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts) + "]"
+
+
+COMPACT_GRACE_S = 60.0  # how long replaced parts stay for readers that listed them before the merge
+
+
+def compact_results(run_dir: Path, kind: str, grace_s: float = COMPACT_GRACE_S, memory_limit: str = "1GB") -> int:
+    """Merge results/<kind>/'s parts into one part (a long campaign leaves thousands of small
+    ones, and every query opens each); returns how many parts were merged. Safe while readers
+    read and at a kill anywhere: the merged part is written under a temporary name, the record of
+    what it replaces is written next, and only then is the merged part renamed into place; readers
+    skip the replaced parts once the merged one is listed (result_parts). The replaced parts are
+    deleted by the next compaction once grace_s has passed (at once with grace_s=0, for when no
+    reader runs). Rows keep their order: created_at, then their part's name, then their row, so
+    "latest wins" picks the same row before and after."""
+    d = run_dir / "results" / kind
+    if not d.is_dir():
+        return 0
+    with open(d / ".compaction.lock", "a") as lock:
+        try:  # one compaction per folder at a time; another one running means there is nothing to do
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0
+        remove_stale_temp(d)
+        if not _finish_compaction(d, kind, grace_s):
+            return 0
+        return _merge_parts(run_dir, d, kind, grace_s, memory_limit)
+
+
+def _finish_compaction(d: Path, kind: str, grace_s: float) -> bool:
+    """Delete what the last compaction replaced, once grace_s has passed since it; False while
+    they must stay."""
+    record = _compaction_record(d)
+    if record is None:
+        return True
+    if (d / record["merged"]).exists():
+        if time.time() - record["at"] < grace_s:
+            log.info("results/%s: the last compaction's replaced parts stay %.0f s more for readers", kind,
+                     grace_s - (time.time() - record["at"]))
+            return False
+        for i, name in enumerate(record["replaced"]):
+            (d / name).unlink(missing_ok=True)
+            if i == 0:
+                fault_point("compaction-removing")
+    (d / COMPACTION_RECORD).unlink()
+    return True
+
+
+def _merge_parts(run_dir: Path, d: Path, kind: str, grace_s: float, memory_limit: str) -> int:
+    parts = result_parts(run_dir, kind)
+    if len(parts) < 2:
+        return 0
+    merged = f"{parts[-1].name.removesuffix('.parquet').split('-compact')[0]}-compact-{time.time_ns()}.parquet"
+    tmp = d / f"{tmp_prefix()}{merged}"
+    files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts) + "]"
+    con = connect(memory_limit, temp_dir=run_dir / ".duckdb-tmp")
+    try:
+        con.execute(f"COPY (SELECT * EXCLUDE (filename, file_row_number) FROM read_parquet({files}, {NEWEST_FIRST_READ}) "
+                    f"ORDER BY created_at, filename, file_row_number) TO '{tmp}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        con.close()
+    fault_point("compaction-merged")
+    atomic_write_json(d / COMPACTION_RECORD, {"merged": merged, "replaced": [p.name for p in parts], "at": time.time()})
+    fault_point("compaction-recorded")
+    os.replace(tmp, d / merged)
+    fault_point("compaction-renamed")
+    log.info("results/%s: %d parts merged into %s", kind, len(parts), merged)
+    if grace_s <= 0:
+        _finish_compaction(d, kind, 0.0)
+    return len(parts)
+
+
+def result_part_counts(run_dir: Path) -> dict[str, int]:
+    """{kind: parts a query reads} for every result kind."""
+    return {kind: len(result_parts(run_dir, kind)) for kind in RESULT_SCHEMAS}
+
+
+def compact_run(run_dir: Path, grace_s: float = COMPACT_GRACE_S) -> dict[str, int]:
+    """compact_results for every result kind of a run: {kind: parts merged}."""
+    return {kind: compact_results(run_dir, kind, grace_s) for kind in RESULT_SCHEMAS}
 
 
 def _empty(kind: str) -> pd.DataFrame:
@@ -376,8 +492,14 @@ class ResultsMixin:
 
     def results_version(self) -> float:
         """Changes whenever a results part lands (for caches that must see new results)."""
-        parts = list((self.run_dir / "results").glob("*/part-*.parquet"))
-        return len(parts) + max((p.stat().st_mtime for p in parts), default=0.0)
+        n, newest = 0, 0.0
+        for part in (self.run_dir / "results").glob("*/part-*.parquet"):
+            try:  # a compaction may remove a part between the listing and here
+                newest = max(newest, part.stat().st_mtime)
+                n += 1
+            except FileNotFoundError:
+                continue
+        return n + newest
 
     def latent_results(self, kind: str, hookpoint: str, latent: int,
                        explanation_kind: str | None = "input") -> pd.DataFrame:
