@@ -75,6 +75,7 @@ if sort == "relevance":
     page = filtered.iloc[(page_no - 1) * page_size: page_no * page_size]
 else:
     page = views.page_of(filtered, sort, descending, page_no, page_size)
+page = views.with_interval_text(page)
 
 st.write(f"**{len(filtered):,}** of {len(df):,} latents match.")
 columns = {"frequency": st.column_config.NumberColumn(format="%.5f"),

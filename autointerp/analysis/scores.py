@@ -74,8 +74,16 @@ def interval_table(store: RunStore, hookpoint: str | None = None, scores: pd.Dat
         return pd.DataFrame(columns=[*KEYS, "scorer", "value", "lo", "hi", "n", "includes_chance"])
     lo, hi = headline_interval(scores)
     out = scores[[*KEYS, "scorer", "n"]].assign(value=headline(scores), lo=lo, hi=hi)
-    out["includes_chance"] = [includes_chance(a, b, s) for a, b, s in zip(out.lo, out.hi, out.scorer)]
+    out["includes_chance"] = includes_chance_column(out.lo, out.hi, out.scorer)
     return out
+
+
+def includes_chance_column(lo: pd.Series, hi: pd.Series, scorer: pd.Series) -> pd.Series:
+    """includes_chance for whole columns (a 131k-latent set has 131k rows per scorer): True/False,
+    None where there is no interval."""
+    level = scorer.map(chance).astype(float)
+    holds = ((lo <= level) & (level <= hi)).astype(object)
+    return holds.where(lo.notna() & hi.notna(), None)
 
 
 def headline(scores: pd.DataFrame) -> pd.Series:
@@ -100,7 +108,9 @@ def score_table(store: RunStore, hookpoint: str | None = None, scores: pd.DataFr
     """One row per scored (hookpoint, latent), one column per scorer with its headline metric
     (NaN where that scorer failed or has not run). `scores`: store.current_scores already read."""
     # only scores of the explanation each latent shows
-    scores = store.current_scores(hookpoint) if scores is None else scores
+    if scores is None:  # pivoted in DuckDB: a million scored latents stay out of pandas' long format
+        table = store.current_score_table(HEADLINE, DEFAULT_HEADLINE, hookpoint)
+        return table if len(table) else pd.DataFrame(columns=KEYS)
     if scores.empty:
         return pd.DataFrame(columns=KEYS)
     scores = scores.assign(value=headline(scores))

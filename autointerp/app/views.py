@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from autointerp.analysis import score_table, scorer_columns
-from autointerp.analysis.scores import chance, headline_interval, includes_chance, interval_table
+from autointerp.analysis.scores import (DEFAULT_HEADLINE, HEADLINE, chance, headline_interval, includes_chance,
+                                       includes_chance_column, interval_table)
 from autointerp.analysis.agreement import verdict_of
 from autointerp.config import EXPLANATION_FREE, SCORERS
 from autointerp.store import Example, RunStore
@@ -118,37 +119,43 @@ def validity_summary_text(store: RunStore) -> tuple[bool, str]:
 
 def set_summary(store: RunStore) -> pd.DataFrame:
     """One row per latent set: coder, size, how many latents are explained / failed / scored, and
-    the mean headline score of each scorer."""
+    the mean headline score of each scorer (counted and pivoted in DuckDB: a million latents)."""
     coders = store.info.get("coders", {})
-    expl = store.explanations()  # newest record per latent: its failures
-    current = store.current_explanations()
+    counts = store.explanation_counts().set_index("hookpoint")
     table = score_table(store)
+    scorers = scorer_columns(table)
+    by_set = table.groupby("hookpoint") if len(table) else None
     rows = []
     for hp in store.hookpoints():
         c = coders.get(hp, {})
-        e = expl[expl.hookpoint == hp]
-        good = current[current.hookpoint == hp]
-        t = table[table.hookpoint == hp] if len(table) else table
+        t = by_set.get_group(hp) if by_set is not None and hp in by_set.groups else table.iloc[:0]
         row = {"latent set": hp, "coder": c.get("kind", "?"), "hookpoint": c.get("hookpoint", hp),
                "latents": store.n_latents(hp), "k": c.get("k"),
-               "explained": len(good), "explain failures": int(e.explanation.isna().sum()),
+               "explained": int(counts.explained.get(hp, 0)), "explain failures": int(counts.failed.get(hp, 0)),
                "scored": len(t)}
-        for s in scorer_columns(table):
+        for s in scorers:
             row[f"mean {s}"] = float(t[s].mean()) if len(t) and t[s].notna().any() else None
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def interval_metrics() -> list[str]:
+    """The stored columns a score's headline and its interval come from, for every scorer."""
+    names = {m for metrics in [*HEADLINE.values(), DEFAULT_HEADLINE] for m in metrics}
+    return sorted(names | {f"{m}{b}" for m in names for b in ("_lo", "_hi")} | {"n"})
+
+
 def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
     """Every latent of a set with its stats, current explanation (the latest that did not fail;
-    `newest failed` marks latents whose newest attempt failed) and one column per scorer holding
-    the score of that explanation."""
+    `newest failed` marks latents whose newest attempt failed) and per scorer the score of that
+    explanation and its 95% interval's bounds (`<scorer> low`, `<scorer> high`); the interval's text
+    is made for the rows a page shows (with_interval_text)."""
     stats, _ = store.latent_table(hookpoint, sort="latent", descending=False, limit=store.n_latents(hookpoint))
     expl = store.current_explanations(hookpoint).rename(columns={"newest_failed": "newest failed"})
     df = stats.merge(expl[["latent", "explanation", "newest failed"]], on="latent", how="left") if len(expl) else \
         stats.assign(explanation=None, **{"newest failed": False})
     df["newest failed"] = df["newest failed"].astype("boolean").fillna(False).astype(bool)
-    current = store.current_scores(hookpoint)  # read once: the values and their intervals
+    current = store.current_scores(hookpoint, columns=interval_metrics())  # no text: 100k+ rows per scorer
     scores = score_table(store, hookpoint, scores=current)
     if len(scores):
         df = df.merge(scores.drop(columns="hookpoint"), on="latent", how="left")
@@ -156,12 +163,23 @@ def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
         for scorer, g in intervals.groupby("scorer"):
             g = g.set_index("latent")
             df[f"{scorer} low"] = df.latent.map(g.lo).astype(float)  # sortable: the lower bound
-            df[f"{scorer} 95% CI"] = df.latent.map(
-                pd.Series([interval_text(a, b, scorer) for a, b in zip(g.lo, g.hi)], index=g.index))
-        # each scorer's value, then its interval and lower bound
-        scored = [c for s in scorer_columns(scores) for c in (s, f"{s} 95% CI", f"{s} low") if c in df]
+            df[f"{scorer} high"] = df.latent.map(g.hi).astype(float)
+        # each scorer's value, then its interval's bounds
+        scored = [c for s in scorer_columns(scores) for c in (s, f"{s} low", f"{s} high") if c in df]
         df = df[[c for c in df.columns if c not in scored] + scored]
     return df
+
+
+def with_interval_text(page: pd.DataFrame) -> pd.DataFrame:
+    """A page of latent_frame with each scorer's interval as text (`<scorer> 95% CI`, before its
+    lower bound) in place of its upper bound: made for the rows shown, not for all 131k."""
+    out = page.copy()
+    for high in [c for c in page.columns if c.endswith(" high")]:
+        scorer = high.removesuffix(" high")
+        at = out.columns.get_loc(f"{scorer} low")
+        out.insert(at, f"{scorer} 95% CI", interval_texts(out[f"{scorer} low"], out[high], scorer).to_numpy())
+        out = out.drop(columns=high)
+    return out
 
 
 def interval_text(lo: float, hi: float, scorer: str) -> str:
@@ -171,6 +189,14 @@ def interval_text(lo: float, hi: float, scorer: str) -> str:
     if holds is None:
         return "–"
     return f"[{lo:.2f}, {hi:.2f}]" + (" ≈ chance" if holds else "")
+
+
+def interval_texts(lo: pd.Series, hi: pd.Series, scorer: str) -> pd.Series:
+    """interval_text for whole columns of one scorer (same text, without a Python call per row)."""
+    holds = includes_chance_column(lo, hi, pd.Series(scorer, index=lo.index))
+    text = "[" + lo.map("{:.2f}".format) + ", " + hi.map("{:.2f}".format) + "]"
+    text = text.where(holds != True, text + " ≈ chance")  # noqa: E712 (an object column: True/False/None)
+    return text.where(holds.notna(), "–")
 
 
 @dataclass
@@ -238,7 +264,10 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
     stats = store.latent_stats(hookpoint, latent)
     edges, counts = store.histogram(hookpoint, latent, stats)
     hist = pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": counts.astype(int)})
-    expl = store.latent_results("explanations", hookpoint, latent)
+    # both kinds of explanation in one query (each query scans every explanation part once)
+    both = store.latent_results("explanations", hookpoint, latent, explanation_kind=None)
+    kinds = both["kind"].fillna("input") if "kind" in both else pd.Series("input", index=both.index)
+    expl = both[kinds == "input"].reset_index(drop=True)
     history = store.latent_results("scores", hookpoint, latent)
     good = expl.explanation.dropna()
     current = good.iloc[0] if len(good) else None  # the latest explanation that did not fail
@@ -249,8 +278,7 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
     latest = latest.sort_values("scorer", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
     return LatentPage(hookpoint, int(latent), stats, hist, store.top_examples(hookpoint, latent, n_top),
                       store.quantile_examples(hookpoint, latent, n_quantiles, per_quantile),
-                      expl, latest.reset_index(drop=True), history,
-                      store.latent_results("explanations", hookpoint, latent, explanation_kind="output"))
+                      expl, latest.reset_index(drop=True), history, both[kinds == "output"].reset_index(drop=True))
 
 
 def explanation_caption(row) -> str:

@@ -338,7 +338,13 @@ class ResultsMixin:
 
     def _columns(self, src: str) -> set[str]:
         """The columns of a list of result parts (union by name: any part's column counts)."""
-        return set(self._sql(f"DESCRIBE SELECT * FROM read_parquet({src}, union_by_name = true)").column_name)
+        # parts are never rewritten (compaction writes a new name), so a list of parts keeps its columns
+        cache = self.__dict__.setdefault("_columns_of_parts", {})
+        if src not in cache:
+            if len(cache) > 64:
+                cache.clear()
+            cache[src] = set(self._sql(f"DESCRIBE SELECT * FROM read_parquet({src}, union_by_name = true)").column_name)
+        return cache[src]
 
     def _rows(self, kind: str, where: str, params: list, order: str) -> pd.DataFrame:
         """Every row of results/<kind> matching `where`, in `order` (empty when nothing is stored)."""
@@ -404,13 +410,30 @@ class ResultsMixin:
                        QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1)""",
                 params + ([hookpoint] if hookpoint else []))
 
-    def current_scores(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+    def current_scores(self, hookpoint: str | None = None, kind: str = "input",
+                       columns: list[str] | None = None) -> pd.DataFrame:
         """Latest score per (hookpoint, latent, scorer) of the latent's current explanation only
         (one query): a score of an earlier explanation is never shown beside a newer one (it stays
-        in the latent's history). Every view, export and analysis reads these."""
+        in the latent's history). Every view, export and analysis reads these. `columns`: only
+        these (and hookpoint, latent, scorer), for views of 100k+ latents that need no text."""
+        cte = self._current_scores_sql(hookpoint, kind)
+        if cte is None:
+            return _empty("scores") if columns is None else _empty("scores")[self._keep(columns, None)]
+        sql, params, src = cte
+        select = "*" if columns is None else ", ".join(f'"{c}"' for c in self._keep(columns, src))
+        rows = self._sql(f"WITH {sql} SELECT {select} FROM current ORDER BY hookpoint, latent, scorer", params)
+        return _nulls_to_none(rows, "scores")
+
+    def _keep(self, columns: list[str], src: str | None) -> list[str]:
+        have = self._columns(src) if src is not None else {f.name for f in RESULT_SCHEMAS["scores"]}
+        return list(dict.fromkeys(["hookpoint", "latent", "scorer", *[c for c in columns if c in have]]))
+
+    def _current_scores_sql(self, hookpoint: str | None, kind: str) -> tuple[str, list, str] | None:
+        """CTEs ending in `current` (the current scores, every stored column), their parameters,
+        and the parts read; None when nothing was scored."""
         src = _results_glob(self.run_dir, "scores")
         if src is None:
-            return _empty("scores")
+            return None
         # scores of explanation-free scorers (intruder) judge the latent: current whatever it shows
         cte = self._current_explanations_sql(hookpoint, kind) or (
             "good AS (SELECT NULL::VARCHAR AS hookpoint, NULL::INTEGER AS latent, NULL::VARCHAR AS explanation "
@@ -419,16 +442,55 @@ class ResultsMixin:
         cond, kind_params = self._kind_filter("scores", src, kind)
         hp = " AND s.hookpoint = ?" if hookpoint else ""
         free = ", ".join("?" for _ in EXPLANATION_FREE)
-        rows = self._sql(f"""WITH {sql}
-            SELECT s.* EXCLUDE (filename, file_row_number)
+        return (f"""{sql},
+            current AS (SELECT s.* EXCLUDE (filename, file_row_number)
             FROM read_parquet({src}, {NEWEST_FIRST_READ}) s
             LEFT JOIN good ON s.hookpoint = good.hookpoint AND s.latent = good.latent
             WHERE (s.explanation = good.explanation OR s.scorer IN ({free})) AND {cond}{hp}
             QUALIFY row_number() OVER (PARTITION BY s.hookpoint, s.latent, s.scorer
-                                       ORDER BY s.created_at DESC, s.filename DESC, s.file_row_number DESC) = 1
-            ORDER BY s.hookpoint, s.latent, s.scorer""",
-                         params + list(EXPLANATION_FREE) + kind_params + ([hookpoint] if hookpoint else []))
-        return _nulls_to_none(rows, "scores")
+                                       ORDER BY s.created_at DESC, s.filename DESC, s.file_row_number DESC) = 1)""",
+                params + list(EXPLANATION_FREE) + kind_params + ([hookpoint] if hookpoint else []), src)
+
+    def current_score_table(self, metrics: dict[str, tuple[str, ...]], default: tuple[str, ...],
+                            hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+        """One row per scored (hookpoint, latent), one column per scorer that has a current score,
+        holding the first non-null of its metrics (`metrics[scorer]`, else `default`): the
+        headline, pivoted in DuckDB, so a million scored latents never pass through pandas as
+        score rows. Columns in the order of `metrics`, then other scorers by name."""
+        cte = self._current_scores_sql(hookpoint, kind)
+        if cte is None:
+            return pd.DataFrame(columns=["hookpoint", "latent"])
+        sql, params, src = cte
+        stored = sorted(self._sql(f"SELECT DISTINCT scorer FROM read_parquet({src}, union_by_name = true)").scorer)
+        scorers = [x for x in metrics if x in stored] + [x for x in stored if x not in metrics]
+        have = self._columns(src)
+        cols, col_params = [], []
+        for i, scorer in enumerate(scorers):
+            names = [f'"{m}"::DOUBLE' for m in metrics.get(scorer, default) if m in have]
+            value = f"coalesce({', '.join(names)})" if names else "NULL::DOUBLE"
+            cols += [f"max(CASE WHEN scorer = ? THEN {value} END) AS v{i}", f"bool_or(scorer = ?) AS h{i}"]
+            col_params += [scorer, scorer]
+        table = self._sql(f"WITH {sql} SELECT hookpoint, latent, {', '.join(cols)} FROM current "
+                          f"GROUP BY hookpoint, latent ORDER BY hookpoint, latent", params + col_params)
+        out = table[["hookpoint", "latent"]].copy()
+        for i, scorer in enumerate(scorers):
+            if table[f"h{i}"].any():  # a scorer whose scores are all stale has no column
+                out[scorer] = table[f"v{i}"].astype(float)
+        return out
+
+    def explanation_counts(self, kind: str = "input") -> pd.DataFrame:
+        """Per latent set: latents with a current explanation, and latents whose newest attempt
+        failed (counted in DuckDB)."""
+        cte = self._current_explanations_sql(None, kind)
+        if cte is None:
+            return pd.DataFrame({"hookpoint": pd.Series(dtype=str), "explained": pd.Series(dtype=int),
+                                 "failed": pd.Series(dtype=int)})
+        sql, params = cte
+        return self._sql(f"""WITH {sql},
+            explained AS (SELECT hookpoint, count(*) AS explained FROM good GROUP BY hookpoint),
+            failed AS (SELECT hookpoint, count(*) FILTER (WHERE newest_failed) AS failed FROM newest GROUP BY hookpoint)
+            SELECT hookpoint, coalesce(explained, 0) AS explained, coalesce(failed, 0) AS failed
+            FROM failed FULL JOIN explained USING (hookpoint) ORDER BY hookpoint""", params)
 
     def engines(self) -> pd.DataFrame:
         """Which model and engine (backend, dtype, device) computed this run's explanations and

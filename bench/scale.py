@@ -1,0 +1,242 @@
+"""The store and the app's data at the paper's scale: a synthetic run of >= 1M latents and >= 1B
+activation rows, with explanations and scores for every latent, timed per query.
+
+    .venv/bin/python bench/scale.py [--sets 8] [--latents 131072] [--rows 1000000000] [--tokens 10000000]
+                                    [--dir /tmp/autointerp-scale] [--samples 50] [--parts 10000]
+
+The run is written once and reused (delete --dir to rebuild); before writing, the free disk is
+checked against an estimate (one-line error if short). Each latent set is written latent by latent
+in sorted order (latent, value desc) through a streaming Parquet writer, so memory stays bounded
+(one buffer of ~400k rows) whatever the size; frequencies are log-uniform over five decades with
+a few very dense latents. Explanations (synthetic text) and detection + fuzzing scores go in one
+results part per set. Printed side by side in one run (p50 / p95 ms over --samples latents):
+each store query of the Latent page and the whole page's data (views.latent_page), Browse's first
+page / a sort by a score / a switch of set (views.latent_frame, page_of), the Scores page's
+table and correlations over every scored latent, the Overview's set summary, and the results
+queries with --parts small result parts before and after `compact`; then the process's peak RSS.
+Compare with bench/store.py's 100M-row run (same queries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from autointerp.core.atomic import atomic_write_json  # noqa: E402
+from autointerp.core.errors import AutointerpError  # noqa: E402
+from autointerp.store import (ACT_SCHEMA, ROW_GROUP_ROWS, RunStore, append_results, compact_results,  # noqa: E402
+                              write_latent_stats, write_parquet_atomic)
+
+BYTES_PER_ROW = 11  # measured: zstd Parquet of (latent, doc_id, pos, value) sorted by latent
+CTX_LEN = 64
+VOCAB = 49152
+WORDS = ("numbers", "dates", "code", "names", "French", "closing brackets", "plural nouns", "the word 'the'", "URLs",
+         "legal text", "verbs of motion", "sports", "chemistry", "negation", "questions", "capital letters")
+
+
+def set_name(i: int) -> str:
+    return f"resid_post.{i}"
+
+
+def check_disk(folder: Path, n_rows: int) -> None:
+    need = n_rows * BYTES_PER_ROW * 1.3  # acts + latents + results + DuckDB's temp files for the stats
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise AutointerpError(f"{folder} has {free / 1e9:.1f} GB free and the run needs about {need / 1e9:.1f} GB: "
+                              f"pass --dir on a larger disk or fewer --rows")
+
+
+def write_set(set_dir: Path, n_latents: int, n_rows: int, n_tokens: int, rng: np.random.Generator) -> int:
+    freq = np.exp(rng.uniform(np.log(1e-6), np.log(1e-1), n_latents))  # log-uniform over five decades
+    freq[rng.choice(n_latents, 4, replace=False)] = 0.3  # a few very dense latents
+    counts = np.minimum(np.floor(freq / freq.sum() * n_rows).astype(np.int64), n_tokens)
+    set_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with pq.ParquetWriter(set_dir / ".acts.parquet.partial", ACT_SCHEMA, compression="zstd") as writer:
+        buf, buffered = [], 0
+        for latent, c in enumerate(counts):
+            if c:
+                tok = np.unique(rng.integers(0, n_tokens, c))  # distinct tokens; a few repeats drop out
+                values = np.sort(rng.exponential(1.0, tok.size).astype(np.float32))[::-1]
+                buf.append(pa.table([pa.array(np.full(tok.size, latent, np.int32)),
+                                     pa.array((tok // CTX_LEN).astype(np.int32)),
+                                     pa.array((tok % CTX_LEN + 1).astype(np.int16)), pa.array(values)],
+                                    schema=ACT_SCHEMA))
+                buffered += tok.size
+            if buffered >= 4 * ROW_GROUP_ROWS or (latent == n_latents - 1 and buf):
+                writer.write_table(pa.concat_tables(buf), row_group_size=ROW_GROUP_ROWS)
+                written += buffered
+                buf, buffered = [], 0
+    os.replace(set_dir / ".acts.parquet.partial", set_dir / "acts.parquet")
+    write_latent_stats(set_dir, n_latents, n_tokens)
+    return written
+
+
+def write_results(run_dir: Path, name: str, n_latents: int, rng: np.random.Generator) -> None:
+    latents = np.arange(n_latents)
+    words = rng.choice(len(WORDS), size=(n_latents, 2))
+    texts = [f"{WORDS[a]} near {WORDS[b]} (latent {i})" for i, (a, b) in enumerate(words)]
+    at = pd.Timestamp("2026-01-01")
+    append_results(run_dir, "explanations", [{"hookpoint": name, "latent": int(i), "explanation": t, "model": "synthetic",
+                                              "created_at": at} for i, t in zip(latents, texts)])
+    rows = []
+    for scorer in ("detection", "fuzzing"):
+        auroc = np.clip(rng.normal(0.7, 0.12, n_latents), 0, 1)
+        rows += [{"score_id": f"{name}-{scorer}-{i}", "hookpoint": name, "latent": int(i), "scorer": scorer,
+                  "explanation": texts[i], "auroc": float(a), "auroc_lo": float(a) - 0.1, "auroc_hi": float(a) + 0.1,
+                  "accuracy": float(a), "n": 20, "n_failed": 0, "created_at": at} for i, a in enumerate(auroc)]
+    append_results(run_dir, "scores", rows)
+
+
+def make_run(run_dir: Path, sets: int, n_latents: int, n_rows: int, n_tokens: int) -> None:
+    if (run_dir / "run.json").exists():
+        return
+    check_disk(run_dir.parent, n_rows)
+    rng = np.random.default_rng(0)
+    n_ctx = n_tokens // CTX_LEN
+    n_tokens = n_ctx * CTX_LEN
+    t0 = time.perf_counter()
+    total = 0
+    for s in range(sets):
+        name = set_name(s)
+        total += write_set(run_dir / "acts" / name, n_latents, n_rows // sets, n_tokens, rng)
+        write_results(run_dir, name, n_latents, rng)
+        print(f"  set {name}: {total:,} rows so far, {time.perf_counter() - t0:.0f} s", flush=True)
+    tokens = rng.integers(0, VOCAB, size=(n_ctx, CTX_LEN + 1), dtype=np.int32)
+    np.save(run_dir / "tokens.npy", tokens)
+    write_parquet_atomic(pa.table({"doc_id": np.repeat(np.arange(n_ctx, dtype=np.int32), CTX_LEN + 1),
+                                   "pos": np.tile(np.arange(CTX_LEN + 1, dtype=np.int16), n_ctx),
+                                   "token_id": tokens.reshape(-1)}), run_dir / "tokens.parquet")
+    ids = np.arange(VOCAB, dtype=np.int32)
+    write_parquet_atomic(pa.table({"token_id": ids, "token": [f" t{i}" for i in ids]}), run_dir / "token_strings.parquet")
+    atomic_write_json(run_dir / "run.json", {"name": run_dir.name, "model": "synthetic", "n_tokens": n_tokens,
+                                             "n_contexts": n_ctx, "ctx_len": CTX_LEN, "window": 32,
+                                             "status": "complete", "n_rows": int(total),
+                                             "coders": {set_name(s): {"kind": "sae", "n_latents": n_latents}
+                                                        for s in range(sets)}})
+    print(f"written: {total:,} rows, {sets * n_latents:,} latents, {n_tokens:,} tokens in "
+          f"{time.perf_counter() - t0:.0f} s; {sum(f.stat().st_size for f in run_dir.rglob('*') if f.is_file()) / 1e9:.1f} GB",
+          flush=True)
+
+
+def timed(fn, reps: int) -> tuple[float, float]:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def line(label: str, p50: float, p95: float, target: str = "") -> None:
+    print(f"  {label:44s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   {target}", flush=True)
+
+
+def bench(run_dir: Path, samples: int, n_parts: int) -> None:
+    from autointerp import analysis
+    from autointerp.app import views
+    from bench.store import QUERIES
+
+    t0 = time.perf_counter()
+    store = RunStore(run_dir)
+    sets = store.hookpoints()
+    _ = store.tokens, store.token_strings
+    print(f"  open the run (RunStore, tokens): {(time.perf_counter() - t0) * 1000:.0f} ms")
+    rng = np.random.default_rng(1)
+    h = sets[0]
+    latents = rng.integers(0, store.n_latents(h), samples + 3)
+    for name, fn in QUERIES.items():
+        for lat in latents[:3]:
+            fn(store, h, int(lat), rng)
+        t = []
+        for lat in latents[3:]:
+            t0 = time.perf_counter()
+            fn(store, h, int(lat), rng)
+            t.append((time.perf_counter() - t0) * 1000)
+        line(name, float(np.percentile(t, 50)), float(np.percentile(t, 95)), "(target p95 < 50)")
+    it = iter(latents[3:])
+    line("whole Latent page data (views.latent_page)", *timed(lambda: views.latent_page(store, h, int(next(it))),
+                                                              samples), "(target p95 < 100)")
+    line(f"Browse: latent_frame of a {store.n_latents(h):,}-latent set", *timed(lambda: views.latent_frame(store, h), 3),
+         "(first page, target < 1000)")
+    frame = views.latent_frame(store, h)
+    score_col = next(c for c in frame.columns if c in ("detection", "fuzzing"))
+    line(f"Browse: sort by {score_col}, page 1", *timed(lambda: views.page_of(frame, score_col, True, 0, 50), 5),
+         "(target < 1000)")
+    line("Browse: switch set (latent_frame of another)",
+         *timed(lambda: views.latent_frame(store, sets[int(rng.integers(1, len(sets)))] if len(sets) > 1 else h), 3),
+         "(target < 1000)")
+    line("Overview: set summary", *timed(lambda: views.set_summary(store), 3), "(first paint target < 5000)")
+    table = analysis.score_table(store)
+    line(f"Scores: score table over {len(table):,} scored latents", *timed(lambda: analysis.score_table(store), 3),
+         "(target < 2000)")
+    line("Scores: scorer correlations", *timed(lambda: analysis.scorer_correlations(table), 3), "(target < 2000)")
+    print(f"  peak RSS so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
+
+    # a long campaign: many small result parts, before and after compaction
+    small = run_dir.parent / f"{run_dir.name}-parts"
+    if not (small / "run.json").exists():
+        shutil.rmtree(small, ignore_errors=True)
+        (small / "results").mkdir(parents=True)
+        shutil.copy(run_dir / "run.json", small / "run.json")
+        at = pd.Timestamp("2026-01-01")
+        for i in range(n_parts):
+            append_results(small, "scores", [{"score_id": f"p{i}-{s}", "hookpoint": h, "latent": i % 5000, "scorer": s,
+                                              "explanation": "x", "auroc": 0.7, "n": 20, "n_failed": 0,
+                                              "created_at": at + pd.Timedelta(seconds=i)} for s in ("detection", "fuzzing")])
+    parts_store = RunStore(small)
+    lat = iter(rng.integers(0, 5000, 1000))
+    line(f"{n_parts:,} parts: current_scores of a set", *timed(lambda: parts_store.current_scores(h), 3), "(target < 2000)")
+    line(f"{n_parts:,} parts: one latent's score history",
+         *timed(lambda: parts_store.latent_results("scores", h, int(next(lat))), 5), "(target p95 < 50)")
+    t0 = time.perf_counter()
+    merged = compact_results(small, "scores", grace_s=0)
+    print(f"  compact: {merged:,} parts merged in {time.perf_counter() - t0:.1f} s", flush=True)
+    parts_store = RunStore(small)
+    line("after compact: current_scores of a set", *timed(lambda: parts_store.current_scores(h), 3), "(target < 2000)")
+    line("after compact: one latent's score history",
+         *timed(lambda: parts_store.latent_results("scores", h, int(next(lat))), 5), "(target p95 < 50)")
+    shutil.rmtree(small)
+    print(f"  peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", type=int, default=8)
+    ap.add_argument("--latents", type=int, default=131072, help="latents per set")
+    ap.add_argument("--rows", type=int, default=1_002_000_000,
+                    help="activation rows asked for in all (a latent drawing one token twice loses the repeat: ~0.1%% fewer)")
+    ap.add_argument("--tokens", type=int, default=10_000_000)
+    ap.add_argument("--dir", default="/tmp/autointerp-scale")
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--parts", type=int, default=10_000, help="small result parts for the compaction figures")
+    ap.add_argument("--write-only", action="store_true", help="write the run and stop")
+    args = ap.parse_args()
+    cpu = next(x for x in open("/proc/cpuinfo").read().splitlines() if x.startswith("model name")).split(":")[1]
+    print(f"CPU:{cpu}, {os.cpu_count()} cores", flush=True)
+    run_dir = Path(args.dir) / f"scale-{args.sets}x{args.latents}-{args.rows}"
+    make_run(run_dir, args.sets, args.latents, args.rows, args.tokens)
+    info = json.loads((run_dir / "run.json").read_text())
+    print(f"run {run_dir}: {info['n_rows']:,} activation rows, {args.sets * args.latents:,} latents, "
+          f"{info['n_tokens']:,} tokens", flush=True)
+    if not args.write_only:
+        bench(run_dir, args.samples, args.parts)
+
+
+if __name__ == "__main__":
+    main()
