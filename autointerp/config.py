@@ -230,6 +230,8 @@ class InterpretConfig:
     dtype: str = _help("transformers backend: auto (measured on this machine: bfloat16 on a GPU or where bfloat16 "
                        "runs faster than float32, else float32), bfloat16, float16, float32", default="auto")
     chunk: int = _help("latents per written result part (the unit of resume)", default=4)
+    compact_at: int = _help("after the run, merge a result kind's parts once there are this many (a long "
+                            "campaign's thousands of small parts slow every query); 0: never", default=256)
     target_kls: list[float] = _help("intervention: KL(clean || steered) of the next token, in nats, that the "
                                     "steering strength is searched for; the score at the target nearest 1 is the "
                                     "headline", default_factory=lambda: [0.1, 0.3, 1.0, 3.0])

@@ -14,6 +14,8 @@ each store query of the Latent page and the whole page's data (views.latent_page
 page / a sort by a score / a switch of set (views.latent_frame, page_of), the Scores page's
 table and correlations over every scored latent, the Overview's set summary, and the results
 queries with --parts small result parts before and after `compact`; then the process's peak RSS.
+The run's own results are compacted first (sorted by latent: what `autointerp compact` or a
+campaign's automatic compaction leaves).
 Compare with bench/store.py's 100M-row run (same queries).
 """
 
@@ -39,7 +41,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from autointerp.core.atomic import atomic_write_json  # noqa: E402
 from autointerp.core.errors import AutointerpError  # noqa: E402
 from autointerp.store import (ACT_SCHEMA, ROW_GROUP_ROWS, RunStore, append_results, compact_results,  # noqa: E402
-                              write_latent_stats, write_parquet_atomic)
+                              compact_run, result_part_counts, write_latent_stats, write_parquet_atomic)
 
 BYTES_PER_ROW = 11  # measured: zstd Parquet of (latent, doc_id, pos, value) sorted by latent
 CTX_LEN = 64
@@ -152,6 +154,13 @@ def bench(run_dir: Path, samples: int, n_parts: int) -> None:
     from autointerp.app import views
     from bench.store import QUERIES
 
+    parts = result_part_counts(run_dir)
+    if parts["explanations"] > 1 or parts["scores"] > 1:  # as `autointerp compact` leaves a campaign's results
+        t0 = time.perf_counter()
+        compact_run(run_dir, grace_s=0)
+        print(f"  compact the results ({parts['explanations']} + {parts['scores']} parts: one row per latent and "
+              f"one per latent and scorer): {time.perf_counter() - t0:.1f} s, peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
     t0 = time.perf_counter()
     store = RunStore(run_dir)
     sets = store.hookpoints()

@@ -81,7 +81,7 @@ def interval_table(store: RunStore, hookpoint: str | None = None, scores: pd.Dat
 def includes_chance_column(lo: pd.Series, hi: pd.Series, scorer: pd.Series) -> pd.Series:
     """includes_chance for whole columns (a 131k-latent set has 131k rows per scorer): True/False,
     None where there is no interval."""
-    level = scorer.map(chance).astype(float)
+    level = scorer.map({x: chance(x) for x in scorer.unique()}).astype(float)
     holds = ((lo <= level) & (level <= hi)).astype(object)
     return holds.where(lo.notna() & hi.notna(), None)
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from autointerp.analysis import score_table, scorer_columns
 from autointerp.analysis.scores import (DEFAULT_HEADLINE, HEADLINE, chance, headline_interval, includes_chance,
-                                       includes_chance_column, interval_table)
+                                       includes_chance_column)
 from autointerp.analysis.agreement import verdict_of
 from autointerp.config import EXPLANATION_FREE, SCORERS
 from autointerp.store import Example, RunStore
@@ -151,7 +151,8 @@ def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
     explanation and its 95% interval's bounds (`<scorer> low`, `<scorer> high`); the interval's text
     is made for the rows a page shows (with_interval_text)."""
     stats, _ = store.latent_table(hookpoint, sort="latent", descending=False, limit=store.n_latents(hookpoint))
-    expl = store.current_explanations(hookpoint).rename(columns={"newest_failed": "newest failed"})
+    expl = store.current_explanations(hookpoint, columns=["explanation"]).rename(
+        columns={"newest_failed": "newest failed"})
     df = stats.merge(expl[["latent", "explanation", "newest failed"]], on="latent", how="left") if len(expl) else \
         stats.assign(explanation=None, **{"newest failed": False})
     df["newest failed"] = df["newest failed"].astype("boolean").fillna(False).astype(bool)
@@ -159,8 +160,9 @@ def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
     scores = score_table(store, hookpoint, scores=current)
     if len(scores):
         df = df.merge(scores.drop(columns="hookpoint"), on="latent", how="left")
-        intervals = interval_table(store, hookpoint, scores=current)
-        for scorer, g in intervals.groupby("scorer"):
+        lo, hi = headline_interval(current)
+        bounds = current[["latent", "scorer"]].assign(lo=lo, hi=hi)
+        for scorer, g in bounds.groupby("scorer"):
             g = g.set_index("latent")
             df[f"{scorer} low"] = df.latent.map(g.lo).astype(float)  # sortable: the lower bound
             df[f"{scorer} high"] = df.latent.map(g.hi).astype(float)

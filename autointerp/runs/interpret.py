@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,8 @@ from autointerp.llm.lockstep import run_lockstep
 from autointerp.explain.sampling import (SamplingConfig, TooFewExamples, explanation_examples, scoring_examples,
                                  shown_windows)
 from autointerp.score import ScoreContext, runner
-from autointerp.store import (EXPLANATION_KINDS, RunStore, append_results, latent_seed, present,
-                              remove_stale_result_temp, run_path)
+from autointerp.store import (EXPLANATION_KINDS, append_results, compact_results, latent_seed, present,
+                              remove_stale_result_temp, result_part_counts, run_path, RunStore)
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,17 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
         execute(cfg, list(chunks(latents, cfg.chunk)), explain_work, write, local={"client": client, "store": store})
     failed = sum(r["explanation"] is None for r in rows)
     log.info("explained %d latents (%d failures)", len(rows), failed)
+    compact_if_many(store.run_dir, ["explanations"], cfg.compact_at)
     return rows
+
+
+def compact_if_many(run_dir: Path, kinds: list[str], at: int) -> None:
+    """Merge each kind's result parts once a campaign has left `at` or more (0: never); the app may
+    be reading, so the replaced parts stay for the grace period (store.compact_results)."""
+    counts = result_part_counts(run_dir)
+    for kind in kinds:
+        if at and counts.get(kind, 0) >= at:
+            compact_results(run_dir, kind)
 
 
 def score_latent(client, store: RunStore, hookpoint: str, latent: int, explanation: str, cfg: InterpretConfig,
@@ -288,6 +299,7 @@ def run_score(cfg: InterpretConfig, client=None) -> list[dict]:
         execute(due, units, score_work, write, expl, local={"client": client, "store": store})
     log.info("scored %d latents (%d could not be scored)", len(latents) - (n_failed - len(failed)),
              n_failed)
+    compact_if_many(store.run_dir, ["decisions", "intervention_examples", "interventions", "scores"], cfg.compact_at)
     return rows
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from autointerp.config import EXPLANATION_FREE
 from autointerp.core.atomic import atomic_write_json, remove_stale_temp, tmp_prefix
 from autointerp.core.faults import fault_point
-from autointerp.store.files import ROW_GROUP_ROWS, connect, write_parquet_atomic
+from autointerp.store.files import connect, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,7 @@ def _results_glob(run_dir: Path, kind: str) -> str | None:
 
 
 COMPACT_GRACE_S = 60.0  # how long replaced parts stay for readers that listed them before the merge
+COMPACTED_ROW_GROUP_ROWS = 10_000  # a latent's rows in a compacted part: one group of 10k rows to read
 
 
 def compact_results(run_dir: Path, kind: str, grace_s: float = COMPACT_GRACE_S, memory_limit: str = "1GB") -> int:
@@ -225,8 +226,9 @@ def compact_results(run_dir: Path, kind: str, grace_s: float = COMPACT_GRACE_S, 
     what it replaces is written next, and only then is the merged part renamed into place; readers
     skip the replaced parts once the merged one is listed (result_parts). The replaced parts are
     deleted by the next compaction once grace_s has passed (at once with grace_s=0, for when no
-    reader runs). Rows keep their order: created_at, then their part's name, then their row, so
-    "latest wins" picks the same row before and after."""
+    reader runs). The merged part is sorted by (hookpoint, latent) and then in the order "latest
+    wins" reads (created_at, the part's name, the row in it), so it picks the same row before and
+    after, and a latent's history reads one small row group."""
     d = run_dir / "results" / kind
     if not d.is_dir():
         return 0
@@ -267,11 +269,15 @@ def _merge_parts(run_dir: Path, d: Path, kind: str, grace_s: float, memory_limit
     merged = f"{parts[-1].name.removesuffix('.parquet').split('-compact')[0]}-compact-{time.time_ns()}.parquet"
     tmp = d / f"{tmp_prefix()}{merged}"
     files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts) + "]"
+    # Sorted by latent first, so a latent's history reads one small row group (zone maps skip the
+    # rest); within a latent, in "latest wins" order, which is all that order decides.
+    keys = [k for k in ("hookpoint", "latent", "created_at") if k in RESULT_SCHEMAS[kind].names]
+    order = ", ".join([*keys, "filename", "file_row_number"])
     con = connect(memory_limit, temp_dir=run_dir / ".duckdb-tmp")
     try:
         con.execute(f"COPY (SELECT * EXCLUDE (filename, file_row_number) FROM read_parquet({files}, {NEWEST_FIRST_READ}) "
-                    f"ORDER BY created_at, filename, file_row_number) TO '{tmp}' "
-                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+                    f"ORDER BY {order}) TO '{tmp}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {COMPACTED_ROW_GROUP_ROWS})")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -381,16 +387,22 @@ class ResultsMixin:
         Whatever explanation it scored: what the app shows beside an explanation is current_scores."""
         return self._latest("scores", "hookpoint, latent, scorer", hookpoint, kind)
 
-    def current_explanations(self, hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
+    def current_explanations(self, hookpoint: str | None = None, kind: str = "input",
+                             columns: list[str] | None = None) -> pd.DataFrame:
         """Per (hookpoint, latent) its current explanation: the latest one that did not fail. A
         latent whose newest attempt failed keeps its last good explanation; `newest_failed` and
-        `newest_error` say so. Latents that never got a good explanation have no row."""
+        `newest_error` say so. Latents that never got a good explanation have no row. `columns`:
+        only these of the stored ones (and hookpoint, latent), e.g. no raw LLM answers for 131k rows."""
         cte = self._current_explanations_sql(hookpoint, kind)
         if cte is None:
-            return _empty("explanations").assign(newest_failed=pd.Series(dtype=bool), newest_error=None)
+            empty = _empty("explanations").assign(newest_failed=pd.Series(dtype=bool), newest_error=None)
+            return empty if columns is None else empty[["hookpoint", "latent", *columns, "newest_failed",
+                                                        "newest_error"]]
         sql, params = cte
+        stored = "good.* EXCLUDE (filename, file_row_number)" if columns is None else ", ".join(
+            f'good."{c}"' for c in dict.fromkeys(["hookpoint", "latent", *columns]))
         rows = self._sql(f"""WITH {sql}
-            SELECT good.* EXCLUDE (filename, file_row_number), newest.newest_failed,
+            SELECT {stored}, newest.newest_failed,
                    CASE WHEN newest.newest_failed THEN newest.newest_error END AS newest_error
             FROM good JOIN newest USING (hookpoint, latent) ORDER BY hookpoint, latent""", params)
         return _nulls_to_none(rows, "explanations")

