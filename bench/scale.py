@@ -13,7 +13,9 @@ results part per set. Printed side by side in one run (p50 / p95 ms over --sampl
 each store query of the Latent page and the whole page's data (views.latent_page), Browse's first
 page / a sort by a score / a switch of set (views.latent_frame, page_of), the Scores page's
 table and correlations over every scored latent, the Overview's set summary, and the results
-queries with --parts small result parts before and after `compact`; then the process's peak RSS.
+queries with --parts small result parts before and after `compact`; then the process's peak RSS;
+then the cache's finalisation of one --latents SAE over --tokens tokens (--finalise-k latents per
+token), in a child process whose peak RSS is printed.
 The run's own results are compacted first (sorted by latent: what `autointerp compact` or a
 campaign's automatic compaction leaves).
 Compare with bench/store.py's 100M-row run (same queries).
@@ -136,6 +138,61 @@ def make_run(run_dir: Path, sets: int, n_latents: int, n_rows: int, n_tokens: in
           flush=True)
 
 
+def finalise_child(folder: Path, n_latents: int, n_tokens: int, k: int, n_parts: int) -> None:
+    """Cache parts of one SAE as the streaming cache leaves them (rows in token order, k latents
+    per token drawn from log-uniform frequencies), then the cache's finaliser
+    (store.publish_latent_set: one out-of-core DuckDB sort + latents.parquet), timed; this
+    process's peak RSS is what the finaliser needs on top of the part writing's small buffers."""
+    from autointerp.store import publish_latent_set
+
+    rng = np.random.default_rng(2)
+    n_ctx = n_tokens // CTX_LEN
+    freq = np.exp(rng.uniform(np.log(1e-6), np.log(1e-1), n_latents))
+    p = freq / freq.sum()
+    parts = folder / "acts" / "sae" / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    spans, per = {}, -(-n_ctx // n_parts)
+    t0 = time.perf_counter()
+    for i in range(n_parts):
+        lo, hi = i * per, min(n_ctx, (i + 1) * per)
+        tokens = (hi - lo) * CTX_LEN
+        latent = rng.choice(n_latents, size=(tokens, k), p=p).astype(np.int32).reshape(-1)
+        tok = np.repeat(np.arange(tokens, dtype=np.int64), k)
+        table = pa.table([pa.array(latent), pa.array((lo + tok // CTX_LEN).astype(np.int32)),
+                          pa.array((tok % CTX_LEN + 1).astype(np.int16)),
+                          pa.array(rng.exponential(1.0, tokens * k).astype(np.float32))], schema=ACT_SCHEMA)
+        pq.write_table(table, parts / f"part-{i:05d}.parquet", compression="zstd")
+        spans[i] = (lo, hi)
+        del table, latent, tok
+    written = time.perf_counter() - t0
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    publish_latent_set(folder, "sae", n_latents, n_ctx, CTX_LEN, spans)
+    print(json.dumps({"rows": n_ctx * CTX_LEN * k, "parts_written_s": written, "finalise_s": time.perf_counter() - t0,
+                      "peak_rss_mb_before": rss_before,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "acts_gb": (folder / "acts" / "sae" / "acts.parquet").stat().st_size / 1e9}), flush=True)
+
+
+def finalise(dir_: Path, n_latents: int, n_tokens: int, k: int) -> None:
+    import subprocess
+
+    folder = dir_ / f"finalise-{n_latents}x{n_tokens}"
+    shutil.rmtree(folder, ignore_errors=True)
+    check_disk(dir_, n_tokens * k * 3)  # parts, the sorted file and DuckDB's spill files at once
+    out = subprocess.run([sys.executable, __file__, "--finalise-child", str(folder), str(n_latents), str(n_tokens),
+                          str(k)], capture_output=True, text=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    if out.returncode:
+        print(f"  finalisation failed: {out.stderr[-1500:]}")
+        return
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  cache finalisation, {n_latents:,}-latent SAE over {n_tokens:,} tokens (k={k}: {r['rows']:,} rows): "
+          f"parts written in {r['parts_written_s']:.0f} s, finalised (sort + latents.parquet) in "
+          f"{r['finalise_s']:.0f} s; peak RSS {r['peak_rss_mb']:.0f} MB (writing the parts alone: "
+          f"{r['peak_rss_mb_before']:.0f} MB); acts.parquet {r['acts_gb']:.1f} GB", flush=True)
+
+
 def timed(fn, reps: int) -> tuple[float, float]:
     times = []
     for _ in range(reps):
@@ -235,7 +292,14 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--parts", type=int, default=10_000, help="small result parts for the compaction figures")
     ap.add_argument("--write-only", action="store_true", help="write the run and stop")
+    ap.add_argument("--finalise-k", type=int, default=12,
+                    help="latents per token of the finalisation figure's SAE (0: skip that figure)")
+    ap.add_argument("--finalise-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.finalise_child:
+        folder, n_latents, n_tokens, k = args.finalise_child
+        finalise_child(Path(folder), int(n_latents), int(n_tokens), int(k), n_parts=20)
+        return
     cpu = next(x for x in open("/proc/cpuinfo").read().splitlines() if x.startswith("model name")).split(":")[1]
     print(f"CPU:{cpu}, {os.cpu_count()} cores", flush=True)
     run_dir = Path(args.dir) / f"scale-{args.sets}x{args.latents}-{args.rows}"
@@ -245,6 +309,8 @@ def main() -> None:
           f"{info['n_tokens']:,} tokens", flush=True)
     if not args.write_only:
         bench(run_dir, args.samples, args.parts)
+        if args.finalise_k:
+            finalise(Path(args.dir), args.latents, args.tokens, args.finalise_k)
 
 
 if __name__ == "__main__":

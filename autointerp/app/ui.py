@@ -16,7 +16,7 @@ from autointerp.config import SCORERS, InterpretConfig
 from autointerp.core.errors import AutointerpError
 from autointerp.explain.explainers import EXPLAINERS
 from autointerp.llm import BACKENDS
-from autointerp.store import RunStore, list_runs
+from autointerp.store import RunStore, list_runs, run_path
 
 
 @st.cache_resource(show_spinner=False)
@@ -152,6 +152,9 @@ def job_form(run: str, hookpoint: str, latents: list[int], key: str) -> jobs.Job
         explainer = c4.selectbox("Explainer", EXPLAINERS, key=f"{key}-explainer",
                                  help="contrastive: also shows similar windows where the latent is silent")
         submitted = st.form_submit_button(f"Launch on {len(latents)} latent(s)", disabled=not latents)
+    store = open_store(str(run_path(run)))
+    st.caption(views.campaign_estimate({h: store.n_latents(h) for h in store.hookpoints()}, hookpoint, len(latents),
+                                       defaults))
     if not submitted:
         return None
     if not (explain or score):

@@ -12,7 +12,7 @@ from autointerp.analysis import score_table, scorer_columns
 from autointerp.analysis.scores import (DEFAULT_HEADLINE, HEADLINE, chance, headline_interval, includes_chance,
                                        includes_chance_column)
 from autointerp.analysis.agreement import verdict_of
-from autointerp.config import EXPLANATION_FREE, SCORERS
+from autointerp.config import EXPLANATION_FREE, SCORERS, InterpretConfig
 from autointerp.store import Example, RunStore
 
 # What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.
@@ -29,6 +29,26 @@ def fmt_seconds(s: float | None) -> str:
         return "–"
     s = int(s)
     return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def long_duration(s: float) -> str:
+    """fmt_seconds, in days past two days (a million-latent campaign)."""
+    return f"{s / 86400:,.0f} days" if s >= 2 * 86400 else fmt_seconds(s)
+
+
+def campaign_estimate(set_sizes: dict[str, int], hookpoint: str, n_selected: int, cfg: InterpretConfig) -> str:
+    """What explaining + scoring costs with cfg's model and scorers on 2 CPU cores, from measured
+    rates: the selection, the whole latent set, and the whole run (per set and in all)."""
+    from autointerp.runs.studies import estimate_interpret_seconds  # the runners load models' code: only here
+
+    one = estimate_interpret_seconds(cfg, 1)
+    total = sum(set_sizes.values())
+    n_set = set_sizes.get(hookpoint, 0)
+    return (f"Cost of explain + score with {cfg.model} and {len(cfg.scorers)} scorers on 2 CPU cores, at the "
+            f"measured {one:.0f} s per latent: these {n_selected:,} latents about {long_duration(n_selected * one)}; "
+            f"all {n_set:,} latents of {hookpoint} about {long_duration(n_set * one)}; the whole run "
+            f"({total:,} latents in {len(set_sizes)} sets) about {long_duration(total * one)}. N Ray workers "
+            f"(--ray) divide it by about N; a GPU with vLLM by far more (not yet measured here).")
 
 
 def job_progress_text(job) -> str:

@@ -29,7 +29,7 @@ from autointerp.analysis import coders as coders_analysis
 from autointerp.analysis import overlap as overlap_analysis
 from autointerp.analysis import sampling as sampling_analysis
 from autointerp.analysis.stats import MIN_N
-from autointerp.config import EXPLANATION_FREE, SCORERS, STUDIES, AnalyzeConfig
+from autointerp.config import EXPLANATION_FREE, SCORERS, STUDIES, AnalyzeConfig, InterpretConfig
 from autointerp.core.errors import AutointerpError
 from autointerp.explain.explainers import explain_latents
 from autointerp.llm.lockstep import run_lockstep
@@ -271,6 +271,15 @@ def estimate_seconds(study: str, cfg: AnalyzeConfig, n_sets: int = 1) -> float:
         explain = 2 * cfg.random * per_explain if "explanation" in cfg.basis else 0.0
         return n_sets * (DECODER_MATCH_S + explain)
     return 1.0
+
+
+def estimate_interpret_seconds(cfg: InterpretConfig, n_latents: int, explain: bool = True,
+                               score: bool = True) -> float:
+    """Rough cost of explaining and/or scoring n latents on 2 CPU cores, from the same measured
+    rates as the studies (COST_S: per explanation, per explanation scored by three scorers)."""
+    per_explain, per_score = COST_S.get(cfg.model, COST_S["other"])
+    per_score *= max(1, len(cfg.scorers)) / 3
+    return n_latents * ((per_explain if explain else 0.0) + (per_score if score else 0.0))
 
 
 # (seconds per explanation, seconds to score one explanation with detection + fuzzing + embedding on

@@ -4,10 +4,9 @@ so accuracy-type metrics are defined too; AUROC is the score that matters."""
 
 from __future__ import annotations
 
-import numpy as np
 
 from autointerp.models.embedder import embedder_engine, embedder_name, load_embedder
-from autointerp.score.metrics import Decision, summarize
+from autointerp.score.metrics import median_split
 from autointerp.explain.prompts import plain
 from autointerp.score import ScoreContext, ScoreResult
 from autointerp.store import Example
@@ -19,13 +18,7 @@ def score_embedding(explanation: str, activating: list[Example], negatives: list
     items = [(e, True) for e in activating] + [(e, False) for e in negatives]
     emb = embedder.encode([explanation] + [plain(e) for e, _ in items], normalize_embeddings=True, batch_size=64)
     sims = emb[1:] @ emb[0]
-    cut = float(np.median(sims))
-    decisions = [Decision(act, bool(s >= cut), float(s), (e.quantile or 0) if act else 0)
-                 for (e, act), s in zip(items, sims)]
-    records = [{"doc_id": e.doc_id, "start": e.start, "activating": act, "quantile": d.quantile,
-                "prediction": d.prediction, "probability": d.probability, "failed": False, "raw": "", "shown": ""}
-               for (e, act), d in zip(items, decisions)]
-    return summarize(decisions), records
+    return median_split(items, sims, at_median=True)
 
 
 def run(ctx: ScoreContext) -> ScoreResult:

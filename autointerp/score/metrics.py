@@ -130,3 +130,16 @@ def summarize(decisions: list[Decision]) -> dict:
         tp=tp, fp=fp, fn=fn, tn=tn,
     )
     return out
+
+
+def median_split(items: list, values, at_median: bool) -> tuple[dict, list[dict]]:
+    """Decisions of a scorer that ranks (example, activating) items by a value with no threshold of
+    its own (embedding similarity, surprisal gain): "activating" above the median value (or at it,
+    with at_median), so half the test set is called activating; their summary and decision records."""
+    cut = float(np.median(values))
+    decisions = [Decision(act, bool(v >= cut if at_median else v > cut), float(v), (e.quantile or 0) if act else 0)
+                 for (e, act), v in zip(items, values)]
+    records = [{"doc_id": e.doc_id, "start": e.start, "activating": act, "quantile": d.quantile,
+                "prediction": d.prediction, "probability": d.probability, "failed": False, "raw": "", "shown": ""}
+               for (e, act), d in zip(items, decisions)]
+    return summarize(decisions), records

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autointerp.score.metrics import Decision, summarize
+from autointerp.score.metrics import median_split
 from autointerp.explain.prompts import plain
 from autointerp.score import ScoreContext, ScoreResult
 from autointerp.store import Example
@@ -30,13 +30,7 @@ def score_surprisal(client, explanation: str, activating: list[Example], negativ
         if cache is not None:
             cache[key] = generic
     gain = np.array([np.mean(g) - np.mean(w) for g, w in zip(generic, with_expl)])
-    cut = float(np.median(gain))
-    decisions = [Decision(act, bool(v > cut), float(v), (e.quantile or 0) if act else 0)
-                 for (e, act), v in zip(items, gain)]
-    records = [{"doc_id": e.doc_id, "start": e.start, "activating": act, "quantile": d.quantile,
-                "prediction": d.prediction, "probability": d.probability, "failed": False, "raw": "", "shown": ""}
-               for (e, act), d in zip(items, decisions)]
-    return summarize(decisions), records
+    return median_split(items, gain, at_median=False)
 
 
 def run(ctx: ScoreContext) -> ScoreResult:

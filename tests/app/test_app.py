@@ -273,3 +273,24 @@ def test_intruder_scores_show_without_an_explanation_in_browse_latent_and_scores
     at = page("pages/3_Scores.py")
     at.run()
     assert not at.exception, at.exception
+
+
+def test_the_launch_form_shows_what_the_selection_the_set_and_the_run_would_cost(data):
+    """Measured rates extrapolated (issue 25): the selection, the whole set, the whole run."""
+    from autointerp.config import InterpretConfig
+    from autointerp.runs.studies import COST_S
+    from autointerp.app.views import campaign_estimate
+
+    cfg = InterpretConfig()
+    per = sum(COST_S[cfg.model])
+    text = campaign_estimate({f"resid_post.{i}": 131072 for i in range(8)}, "resid_post.0", 3, cfg)
+    assert f"measured {per:.0f} s per latent" in text
+    assert "all 131,072 latents of resid_post.0 about " + f"{131072 * per / 86400:,.0f} days" in text
+    assert "(1,048,576 latents in 8 sets) about " + f"{8 * 131072 * per / 86400:,.0f} days" in text
+    fewer = campaign_estimate({"a": 10}, "a", 1, InterpretConfig(scorers=["detection"]))
+    assert f"measured {COST_S[cfg.model][0] + COST_S[cfg.model][1] / 3:.0f} s per latent" in fewer
+    at = page("pages/1_Browse.py")
+    at.query_params["set"] = SET
+    at.run()
+    assert not at.exception, at.exception
+    assert any("the whole run" in c.value for c in at.caption), [c.value for c in at.caption]
