@@ -107,4 +107,4 @@ with right:
     st.subheader(f"Explain / score the selection ({len(chosen)} selected)")
     st.caption("Select rows in the table (the checkbox column), then launch. The job runs in the background; "
                "results appear here as its parts land.")
-    ui.job_form(run["name"], hookpoint, chosen, key="browse-job")
+    ui.job_form(run["name"], hookpoint, chosen, key="browse-job", store=store)

@@ -145,4 +145,4 @@ with tab_dec:
             ui.table_download(dec, f"{run['name']}-{hookpoint}-{latent}-{pick}-decisions", key="dl-dec")
 
 st.subheader("Re-explain / rescore this latent")
-ui.job_form(run["name"], hookpoint, [latent], key="latent-job")
+ui.job_form(run["name"], hookpoint, [latent], key="latent-job", store=store)

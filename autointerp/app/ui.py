@@ -16,7 +16,7 @@ from autointerp.config import SCORERS, InterpretConfig
 from autointerp.core.errors import AutointerpError
 from autointerp.explain.explainers import EXPLAINERS
 from autointerp.llm import BACKENDS
-from autointerp.store import RunStore, list_runs, run_path
+from autointerp.store import RunStore, list_runs
 
 
 @st.cache_resource(show_spinner=False)
@@ -126,9 +126,10 @@ def table_download(df: pd.DataFrame, name: str, key: str, label: str = "CSV") ->
                        mime="text/csv", key=key, on_click="ignore")
 
 
-def job_form(run: str, hookpoint: str, latents: list[int], key: str) -> jobs.Job | None:
+def job_form(run: str, hookpoint: str, latents: list[int], key: str, store: RunStore | None = None) -> jobs.Job | None:
     """Backend and options for re-explaining and/or rescoring `latents`; launches a background
-    job (a subprocess of the pipeline) and returns it."""
+    job (a subprocess of the pipeline) and returns it. With the run's `store`, the cost of the
+    selection, the set and the whole run is shown under the form."""
     defaults = InterpretConfig()
     with st.form(key):
         c1, c2, c3 = st.columns(3)
@@ -152,9 +153,9 @@ def job_form(run: str, hookpoint: str, latents: list[int], key: str) -> jobs.Job
         explainer = c4.selectbox("Explainer", EXPLAINERS, key=f"{key}-explainer",
                                  help="contrastive: also shows similar windows where the latent is silent")
         submitted = st.form_submit_button(f"Launch on {len(latents)} latent(s)", disabled=not latents)
-    store = open_store(str(run_path(run)))
-    st.caption(views.campaign_estimate({h: store.n_latents(h) for h in store.hookpoints()}, hookpoint, len(latents),
-                                       defaults))
+    if store is not None:
+        st.caption(views.campaign_estimate({h: store.n_latents(h) for h in store.hookpoints()}, hookpoint,
+                                           len(latents), defaults))
     if not submitted:
         return None
     if not (explain or score):
