@@ -119,7 +119,7 @@ def test_generate_mode_unparseable_answers_are_counted_failures(store, tiny_llm)
 
 
 def test_intruder_scores_unexplained_latents_and_stays_current_across_explanations(tiny_run, tiny_llm, fresh_copy):
-    from autointerp.app.views import latent_frame, latent_page
+    from autointerp.app.views import latent_frame, latent_page, with_interval_text
 
     run = fresh_copy(tiny_run, "intruder")
     store = RunStore(run)
@@ -141,7 +141,7 @@ def test_intruder_scores_unexplained_latents_and_stays_current_across_explanatio
                                           "model": "human"}])
     assert set(store.current_scores(SET).latent) == set(latents)
     assert run_score(cfg, client=tiny_llm) == []  # still nothing to do: no new explanation changes it
-    frame = latent_frame(store, SET).set_index("latent")
+    frame = with_interval_text(latent_frame(store, SET)).set_index("latent")  # the text Browse shows
     first = next(r for r in rows if r["latent"] == latents[0])
     assert frame.loc[latents[0], "intruder"] == pytest.approx(first["accuracy"])
     assert frame.loc[latents[0], "explanation"] == "commas"
