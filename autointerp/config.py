@@ -46,6 +46,19 @@ SCORER_SPECS = {s.name: s for s in (
     ScorerSpec("intervention", "", headline=("intervention_score",), chance=0.0, score_range=(-10.0, 10.0)),
 )}
 SCORERS = tuple(SCORER_SPECS)
+
+# What a latent costs on 2 CPU cores, measured: (seconds per explanation, seconds to score one
+# explanation with detection + fuzzing + embedding on the default test set), fitted to the demo
+# job's studies with Qwen-1.5B (sampling: 24 explanations in 7.4 min; coders: 24 in 13.6 min, both
+# with detection + embedding); SmolLM2 from the tests' runs; "other" assumes a Qwen-sized model.
+# The study forms' and the launch forms' estimates read it.
+COST_S = {"qwen1.5b": (5.0, 36.0), "smollm2": (1.5, 4.0), "other": (5.0, 36.0)}
+
+
+def latent_cost_s(model: str, n_scorers: int) -> tuple[float, float]:
+    """(explain, score) seconds per latent on 2 CPU cores for an explainer/scorer model."""
+    per_explain, per_score = COST_S.get(model, COST_S["other"])
+    return per_explain, per_score * max(1, n_scorers) / 3
 EXPLANATION_FREE = tuple(s.name for s in SCORER_SPECS.values() if s.explanation_free)
 # the model variant of the random-model baseline (`smollm2#random-init:0`) and its latent sets' suffix
 RANDOM_INIT = "random-init"

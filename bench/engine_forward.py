@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TORCH_AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+from bench.child import TORCH_AVX2, cpu_line  # noqa: E402
+
 CT2_AVX2 = {"CT2_FORCE_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 PREFILL, PROMPT, DECODE = 512, 100, 16  # tokens: one scoring prompt; a prompt before decoding; decoded
 
@@ -128,14 +129,10 @@ def main() -> None:
         kind, arg = args.child
         print(json.dumps(torch_child(arg) if kind == "torch" else ct2_child(arg)), flush=True)
         return
-    from autointerp.core.devices import cpu_flags
     from autointerp.core.paths import QWEN_GGUF_SHA256, QWEN_GGUF_SIZE, qwen_gguf_parts
     from autointerp.models.subject import concat_verified
 
-    flags = cpu_flags()
-    model_name = next(x for x in open("/proc/cpuinfo").read().splitlines() if x.startswith("model name"))
-    print(f"CPU: {model_name.split(':')[1].strip()}, {os.cpu_count()} cores; amx_bf16={'amx_bf16' in flags} "
-          f"avx512f={'avx512f' in flags}", flush=True)
+    print(cpu_line(), flush=True)
     me = [sys.executable, __file__, "--child"]
     rows = [("torch float32", "native", me + ["torch", "float32"], {}),
             ("torch bfloat16", "native", me + ["torch", "bfloat16"], {}),

@@ -27,7 +27,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+from bench.child import TORCH_AVX2, cpu_line  # noqa: E402
+
+AVX2 = TORCH_AVX2
 ENGINES = [  # (label, dtype, environment, pipeline measured)
     ("transformers bfloat16", "bfloat16", {}, True),
     ("transformers float32", "float32", {}, True),
@@ -112,10 +114,7 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return
-    flags = [l for l in open("/proc/cpuinfo").read().split("\n") if l.startswith("flags")][0].split()
-    print(f"CPU: {[l for l in open('/proc/cpuinfo').read().split(chr(10)) if l.startswith('model name')][0]}, "
-          f"{os.cpu_count()} cores; amx_bf16={'amx_bf16' in flags} avx512_bf16={'avx512_bf16' in flags} "
-          f"avx512f={'avx512f' in flags}", flush=True)
+    print(cpu_line(), flush=True)
     results = []
     for label, dtype, env, pipeline in ENGINES:
         cmd = [sys.executable, __file__, "--child", "--dtype", dtype, "--model", args.model, "--run", args.run,

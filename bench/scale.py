@@ -6,8 +6,8 @@ activation rows, with explanations and scores for every latent, timed per query.
 
 The run is written once and reused (delete --dir to rebuild); before writing, the free disk is
 checked against an estimate (one-line error if short). Each latent set is written latent by latent
-in sorted order (latent, value desc) through a streaming Parquet writer, so memory stays bounded
-(one buffer of ~400k rows) whatever the size; frequencies are log-uniform over five decades with
+in sorted order (latent, value desc) through bench/store.py's streaming writer, so memory stays
+bounded (one buffer of ~400k rows) whatever the size; frequencies are log-uniform over five decades with
 a few very dense latents. Explanations (synthetic text) and detection + fuzzing scores go in one
 results part per set. Printed side by side in one run (p50 / p95 ms over --samples latents):
 each store query of the Latent page and the whole page's data (views.latent_page), Browse's first
@@ -40,14 +40,14 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from autointerp.core.atomic import atomic_write_json  # noqa: E402
 from autointerp.core.errors import AutointerpError  # noqa: E402
-from autointerp.store import (ACT_SCHEMA, ROW_GROUP_ROWS, RunStore, append_results, compact_results,  # noqa: E402
-                              compact_run, result_part_counts, write_latent_stats, write_parquet_atomic)
+from autointerp.store import (ACT_SCHEMA, RunStore, append_results, compact_results, compact_run,  # noqa: E402
+                              result_part_counts)
+from bench.child import cpu_line  # noqa: E402
+from bench.store import write_run_files, write_sorted_acts  # noqa: E402
 
 BYTES_PER_ROW = 11  # measured: zstd Parquet of (latent, doc_id, pos, value) sorted by latent
 CTX_LEN = 64
-VOCAB = 49152
 WORDS = ("numbers", "dates", "code", "names", "French", "closing brackets", "plural nouns", "the word 'the'", "URLs",
          "legal text", "verbs of motion", "sports", "chemistry", "negation", "questions", "capital letters")
 
@@ -69,26 +69,7 @@ def write_set(set_dir: Path, n_latents: int, n_rows: int, n_tokens: int, rng: np
     freq = np.exp(rng.uniform(np.log(1e-6), np.log(1e-1), n_latents))  # log-uniform over five decades
     freq[rng.choice(n_latents, 4, replace=False)] = 0.3  # a few very dense latents
     counts = np.minimum(np.floor(freq / freq.sum() * n_rows).astype(np.int64), n_tokens)
-    set_dir.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with pq.ParquetWriter(set_dir / ".acts.parquet.partial", ACT_SCHEMA, compression="zstd") as writer:
-        buf, buffered = [], 0
-        for latent, c in enumerate(counts):
-            if c:
-                tok = np.unique(rng.integers(0, n_tokens, c))  # distinct tokens; a few repeats drop out
-                values = np.sort(rng.exponential(1.0, tok.size).astype(np.float32))[::-1]
-                buf.append(pa.table([pa.array(np.full(tok.size, latent, np.int32)),
-                                     pa.array((tok // CTX_LEN).astype(np.int32)),
-                                     pa.array((tok % CTX_LEN + 1).astype(np.int16)), pa.array(values)],
-                                    schema=ACT_SCHEMA))
-                buffered += tok.size
-            if buffered >= 4 * ROW_GROUP_ROWS or (latent == n_latents - 1 and buf):
-                writer.write_table(pa.concat_tables(buf), row_group_size=ROW_GROUP_ROWS)
-                written += buffered
-                buf, buffered = [], 0
-    os.replace(set_dir / ".acts.parquet.partial", set_dir / "acts.parquet")
-    write_latent_stats(set_dir, n_latents, n_tokens)
-    return written
+    return write_sorted_acts(set_dir, counts, n_tokens, CTX_LEN, rng)
 
 
 def write_results(run_dir: Path, name: str, n_latents: int, rng: np.random.Generator) -> None:
@@ -121,18 +102,8 @@ def make_run(run_dir: Path, sets: int, n_latents: int, n_rows: int, n_tokens: in
         total += write_set(run_dir / "acts" / name, n_latents, n_rows // sets, n_tokens, rng)
         write_results(run_dir, name, n_latents, rng)
         print(f"  set {name}: {total:,} rows so far, {time.perf_counter() - t0:.0f} s", flush=True)
-    tokens = rng.integers(0, VOCAB, size=(n_ctx, CTX_LEN + 1), dtype=np.int32)
-    np.save(run_dir / "tokens.npy", tokens)
-    write_parquet_atomic(pa.table({"doc_id": np.repeat(np.arange(n_ctx, dtype=np.int32), CTX_LEN + 1),
-                                   "pos": np.tile(np.arange(CTX_LEN + 1, dtype=np.int16), n_ctx),
-                                   "token_id": tokens.reshape(-1)}), run_dir / "tokens.parquet")
-    ids = np.arange(VOCAB, dtype=np.int32)
-    write_parquet_atomic(pa.table({"token_id": ids, "token": [f" t{i}" for i in ids]}), run_dir / "token_strings.parquet")
-    atomic_write_json(run_dir / "run.json", {"name": run_dir.name, "model": "synthetic", "n_tokens": n_tokens,
-                                             "n_contexts": n_ctx, "ctx_len": CTX_LEN, "window": 32,
-                                             "status": "complete", "n_rows": int(total),
-                                             "coders": {set_name(s): {"kind": "sae", "n_latents": n_latents}
-                                                        for s in range(sets)}})
+    write_run_files(run_dir, n_ctx, CTX_LEN, rng, {"n_rows": int(total), "coders": {
+        set_name(s): {"kind": "sae", "n_latents": n_latents} for s in range(sets)}})
     print(f"written: {total:,} rows, {sets * n_latents:,} latents, {n_tokens:,} tokens in "
           f"{time.perf_counter() - t0:.0f} s; {sum(f.stat().st_size for f in run_dir.rglob('*') if f.is_file()) / 1e9:.1f} GB",
           flush=True)
@@ -286,7 +257,7 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=8)
     ap.add_argument("--latents", type=int, default=131072, help="latents per set")
     ap.add_argument("--rows", type=int, default=1_002_000_000,
-                    help="activation rows asked for in all (a latent drawing one token twice loses the repeat: ~0.1%% fewer)")
+                    help="activation rows in all (a few hundred fewer: each latent's count is rounded down)")
     ap.add_argument("--tokens", type=int, default=10_000_000)
     ap.add_argument("--dir", default="/tmp/autointerp-scale")
     ap.add_argument("--samples", type=int, default=50)
@@ -300,8 +271,7 @@ def main() -> None:
         folder, n_latents, n_tokens, k = args.finalise_child
         finalise_child(Path(folder), int(n_latents), int(n_tokens), int(k), n_parts=20)
         return
-    cpu = next(x for x in open("/proc/cpuinfo").read().splitlines() if x.startswith("model name")).split(":")[1]
-    print(f"CPU:{cpu}, {os.cpu_count()} cores", flush=True)
+    print(cpu_line(), flush=True)
     run_dir = Path(args.dir) / f"scale-{args.sets}x{args.latents}-{args.rows}"
     make_run(run_dir, args.sets, args.latents, args.rows, args.tokens)
     info = json.loads((run_dir / "run.json").read_text())

@@ -28,41 +28,60 @@ from autointerp.store import (ACT_SCHEMA, ROW_GROUP_ROWS, RunStore, run_path,  #
                               write_latent_stats, write_parquet_atomic)
 
 
-def make_synthetic(run_dir: Path, n_rows: int, n_latents: int = 16384, k: int = 32, ctx_len: int = 64) -> None:
-    if (run_dir / "run.json").exists():
-        return
-    rng = np.random.default_rng(0)
-    n_tokens = n_rows // k
-    n_ctx = n_tokens // ctx_len
-    n_tokens = n_ctx * ctx_len
-    freq = np.exp(rng.uniform(np.log(1e-4), np.log(1e-0), n_latents))
-    counts = np.floor(freq / freq.sum() * n_rows).astype(np.int64)
-    counts[: n_rows - counts.sum()] += 1
-    counts = np.minimum(counts, n_tokens)
-    set_dir = run_dir / "acts" / "resid_post.15"
+def write_sorted_acts(set_dir: Path, counts: np.ndarray, n_tokens: int, ctx_len: int,
+                      rng: np.random.Generator) -> int:
+    """A set's acts.parquet as a finalized run has it, latent by latent (sorted by latent, value
+    desc) through a streaming writer: memory stays one ~400k-row buffer whatever the size. Each
+    latent fires on exactly `counts[latent]` distinct random tokens; returns the rows written."""
     set_dir.mkdir(parents=True, exist_ok=True)
-    print(f"writing synthetic run: {counts.sum():,} rows, {n_latents} latents, {n_tokens:,} tokens", flush=True)
-    with pq.ParquetWriter(set_dir / "acts.parquet", ACT_SCHEMA, compression="zstd") as writer:
+    written = 0
+    with pq.ParquetWriter(set_dir / ".acts.parquet.partial", ACT_SCHEMA, compression="zstd") as writer:
         buf, buffered = [], 0
         for latent, c in enumerate(counts):
-            tok = rng.choice(n_tokens, size=c, replace=False) if c < n_tokens // 4 else rng.permutation(n_tokens)[:c]
-            values = np.sort(rng.exponential(1.0, c).astype(np.float32))[::-1]
-            buf.append(pa.table([pa.array(np.full(c, latent, np.int32)), pa.array((tok // ctx_len).astype(np.int32)),
-                                 pa.array((tok % ctx_len + 1).astype(np.int16)), pa.array(values)], schema=ACT_SCHEMA))
-            buffered += c
-            if buffered >= 4 * ROW_GROUP_ROWS or latent == n_latents - 1:
+            if c:
+                tok = rng.choice(n_tokens, c, replace=False) if c < n_tokens // 4 else rng.permutation(n_tokens)[:c]
+                values = np.sort(rng.exponential(1.0, tok.size).astype(np.float32))[::-1]
+                buf.append(pa.table([pa.array(np.full(tok.size, latent, np.int32)),
+                                     pa.array((tok // ctx_len).astype(np.int32)),
+                                     pa.array((tok % ctx_len + 1).astype(np.int16)), pa.array(values)],
+                                    schema=ACT_SCHEMA))
+                buffered += tok.size
+            if buffered >= 4 * ROW_GROUP_ROWS or (latent == len(counts) - 1 and buf):
                 writer.write_table(pa.concat_tables(buf), row_group_size=ROW_GROUP_ROWS)
+                written += buffered
                 buf, buffered = [], 0
-    tokens = rng.integers(0, 49152, size=(n_ctx, ctx_len + 1), dtype=np.int32)
+    os.replace(set_dir / ".acts.parquet.partial", set_dir / "acts.parquet")
+    write_latent_stats(set_dir, len(counts), n_tokens)
+    return written
+
+
+def write_run_files(run_dir: Path, n_ctx: int, ctx_len: int, rng: np.random.Generator, info: dict,
+                    vocab: int = 49152) -> None:
+    """A synthetic run's token files (random ids) and, last, its run.json (`info` plus the sizes)."""
+    tokens = rng.integers(0, vocab, size=(n_ctx, ctx_len + 1), dtype=np.int32)
+    np.save(run_dir / "tokens.npy", tokens)
     write_parquet_atomic(pa.table({"doc_id": np.repeat(np.arange(n_ctx, dtype=np.int32), ctx_len + 1),
                                    "pos": np.tile(np.arange(ctx_len + 1, dtype=np.int16), n_ctx),
                                    "token_id": tokens.reshape(-1)}), run_dir / "tokens.parquet")
-    ids = np.arange(49152, dtype=np.int32)
+    ids = np.arange(vocab, dtype=np.int32)
     write_parquet_atomic(pa.table({"token_id": ids, "token": [f" t{i}" for i in ids]}), run_dir / "token_strings.parquet")
-    write_latent_stats(set_dir, n_latents, n_tokens)
-    atomic_write_json(run_dir / "run.json", {"name": run_dir.name, "model": "synthetic", "n_tokens": n_tokens,
+    atomic_write_json(run_dir / "run.json", {"name": run_dir.name, "model": "synthetic", "n_tokens": n_ctx * ctx_len,
                                              "n_contexts": n_ctx, "ctx_len": ctx_len, "window": 32,
-                                             "status": "complete", "n_rows": int(counts.sum())})
+                                             "status": "complete", **info})
+
+
+def make_synthetic(run_dir: Path, n_rows: int, n_latents: int = 16384, ctx_len: int = 64) -> None:
+    """One set, frequencies log-uniform over four decades, n_rows // 32 tokens (k = 32)."""
+    if (run_dir / "run.json").exists():
+        return
+    rng = np.random.default_rng(0)
+    n_ctx = n_rows // 32 // ctx_len
+    n_tokens = n_ctx * ctx_len
+    freq = np.exp(rng.uniform(np.log(1e-4), np.log(1e-0), n_latents))
+    counts = np.minimum(np.floor(freq / freq.sum() * n_rows).astype(np.int64), n_tokens)
+    print(f"writing synthetic run: ~{counts.sum():,} rows, {n_latents} latents, {n_tokens:,} tokens", flush=True)
+    written = write_sorted_acts(run_dir / "acts" / "resid_post.15", counts, n_tokens, ctx_len, rng)
+    write_run_files(run_dir, n_ctx, ctx_len, rng, {"n_rows": written})
 
 
 QUERIES = {

@@ -58,13 +58,6 @@ def headline_interval(scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return lo, hi
 
 
-def includes_chance(lo: float, hi: float, scorer: str) -> bool | None:
-    """Whether a 95 % interval holds the scorer's chance level; None when there is no interval."""
-    if lo is None or hi is None or np.isnan(lo) or np.isnan(hi):
-        return None
-    return bool(lo <= chance(scorer) <= hi)
-
-
 def interval_table(store: RunStore, hookpoint: str | None = None, scores: pd.DataFrame | None = None
                    ) -> pd.DataFrame:
     """One row per current score (or per row of `scores`, already read): hookpoint, latent, scorer,
@@ -79,8 +72,9 @@ def interval_table(store: RunStore, hookpoint: str | None = None, scores: pd.Dat
 
 
 def includes_chance_column(lo: pd.Series, hi: pd.Series, scorer: pd.Series) -> pd.Series:
-    """includes_chance for whole columns (a 131k-latent set has 131k rows per scorer): True/False,
-    None where there is no interval."""
+    """Whether each 95 % interval holds its scorer's chance level: True/False, None where there is
+    no interval (scores stored before intervals). Whole columns at once: a 131k-latent set has 131k
+    rows per scorer."""
     level = scorer.map({x: chance(x) for x in scorer.unique()}).astype(float)
     holds = ((lo <= level) & (level <= hi)).astype(object)
     return holds.where(lo.notna() & hi.notna(), None)

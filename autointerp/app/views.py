@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from autointerp.analysis import score_table, scorer_columns
-from autointerp.analysis.scores import (DEFAULT_HEADLINE, HEADLINE, chance, headline_interval, includes_chance,
+from autointerp.analysis.scores import (DEFAULT_HEADLINE, HEADLINE, chance, headline_interval,
                                        includes_chance_column)
 from autointerp.analysis.agreement import verdict_of
-from autointerp.config import EXPLANATION_FREE, SCORERS, InterpretConfig
+from autointerp.config import EXPLANATION_FREE, SCORERS, InterpretConfig, latent_cost_s
 from autointerp.store import Example, RunStore
 
 # What bench/validity.py measured (docs/benchmarks.md); shown next to scores in the app.
@@ -39,9 +39,7 @@ def long_duration(s: float) -> str:
 def campaign_estimate(set_sizes: dict[str, int], hookpoint: str, n_selected: int, cfg: InterpretConfig) -> str:
     """What explaining + scoring costs with cfg's model and scorers on 2 CPU cores, from measured
     rates: the selection, the whole latent set, and the whole run (per set and in all)."""
-    from autointerp.runs.studies import estimate_interpret_seconds  # the runners load models' code: only here
-
-    one = estimate_interpret_seconds(cfg, 1)
+    one = sum(latent_cost_s(cfg.model, len(cfg.scorers)))
     total = sum(set_sizes.values())
     n_set = set_sizes.get(hookpoint, 0)
     return (f"Cost of explain + score with {cfg.model} and {len(cfg.scorers)} scorers on 2 CPU cores, at the "
@@ -204,21 +202,19 @@ def with_interval_text(page: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def interval_text(lo: float, hi: float, scorer: str) -> str:
+def interval_texts(lo: pd.Series, hi: pd.Series, scorer: pd.Series | str) -> pd.Series:
     """'[0.47, 0.65] ≈ chance' (the interval holds chance), '[0.61, 0.80]', or '–' when none is
-    stored (scores written before intervals)."""
-    holds = includes_chance(lo, hi, scorer)
-    if holds is None:
-        return "–"
-    return f"[{lo:.2f}, {hi:.2f}]" + (" ≈ chance" if holds else "")
-
-
-def interval_texts(lo: pd.Series, hi: pd.Series, scorer: str) -> pd.Series:
-    """interval_text for whole columns of one scorer (same text, without a Python call per row)."""
-    holds = includes_chance_column(lo, hi, pd.Series(scorer, index=lo.index))
+    stored (scores written before intervals), for whole columns (one scorer, or one per row)."""
+    scorer = pd.Series(scorer, index=lo.index) if isinstance(scorer, str) else scorer
+    holds = includes_chance_column(lo, hi, scorer)
     text = "[" + lo.map("{:.2f}".format) + ", " + hi.map("{:.2f}".format) + "]"
     text = text.where(holds != True, text + " ≈ chance")  # noqa: E712 (an object column: True/False/None)
     return text.where(holds.notna(), "–")
+
+
+def interval_text(lo: float, hi: float, scorer: str) -> str:
+    """interval_texts for one interval."""
+    return interval_texts(pd.Series([lo], dtype=float), pd.Series([hi], dtype=float), scorer).iloc[0]
 
 
 @dataclass
@@ -330,7 +326,7 @@ def latent_scores_table(scores: pd.DataFrame, validity: dict[str, bool]) -> pd.D
     """The Latent page's score table: validity mark and decision rule beside each score."""
     rules = scores["decision_rule"] if "decision_rule" in scores else pd.Series([None] * len(scores))
     lo, hi = headline_interval(scores)
-    ci = [interval_text(a, b, s) for a, b, s in zip(lo, hi, scores.scorer)]
+    ci = interval_texts(lo, hi, scores.scorer).tolist()
     shown = scores.assign(validity=[validity_mark(validity, s) for s in scores.scorer],
                           decisions=[decision_rule_label(m, r) for m, r in zip(scores["mode"], rules)],
                           **{"95% CI": ci})

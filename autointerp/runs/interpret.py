@@ -34,7 +34,7 @@ from autointerp.explain.sampling import (SamplingConfig, TooFewExamples, explana
                                  shown_windows)
 from autointerp.score import ScoreContext, runner
 from autointerp.store import (EXPLANATION_KINDS, append_results, compact_results, latent_seed, present,
-                              remove_stale_result_temp, result_part_counts, run_path, RunStore)
+                              remove_stale_result_temp, result_parts, run_path, RunStore)
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,8 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
 def compact_if_many(run_dir: Path, kinds: list[str], at: int) -> None:
     """Merge each kind's result parts once a campaign has left `at` or more (0: never); the app may
     be reading, so the replaced parts stay for the grace period (store.compact_results)."""
-    counts = result_part_counts(run_dir)
     for kind in kinds:
-        if at and counts.get(kind, 0) >= at:
+        if at and len(result_parts(run_dir, kind)) >= at:
             compact_results(run_dir, kind)
 
 

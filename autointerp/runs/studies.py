@@ -29,7 +29,7 @@ from autointerp.analysis import coders as coders_analysis
 from autointerp.analysis import overlap as overlap_analysis
 from autointerp.analysis import sampling as sampling_analysis
 from autointerp.analysis.stats import MIN_N
-from autointerp.config import EXPLANATION_FREE, SCORERS, STUDIES, AnalyzeConfig, InterpretConfig
+from autointerp.config import EXPLANATION_FREE, SCORERS, STUDIES, AnalyzeConfig, latent_cost_s
 from autointerp.core.errors import AutointerpError
 from autointerp.explain.explainers import explain_latents
 from autointerp.llm.lockstep import run_lockstep
@@ -261,8 +261,7 @@ def run_study(study: str, cfg: AnalyzeConfig, client=None) -> pd.DataFrame:
 def estimate_seconds(study: str, cfg: AnalyzeConfig, n_sets: int = 1) -> float:
     """Rough cost of a study on 2 CPU cores (docs/benchmarks.md "Analyses"): per explanation and
     per scored explanation, by explainer model; the overlap's decoder match is seconds."""
-    per_explain, per_score = COST_S.get(cfg.model, COST_S["other"])
-    per_score *= max(1, len(cfg.scorers)) / 3
+    per_explain, per_score = latent_cost_s(cfg.model, len(cfg.scorers))
     if study == "sampling":  # a latent's explanations share the detection/fuzzing examples passes
         return cfg.random * len(cfg.strategies) * (per_explain + SHARED_PASSES * per_score)
     if study == "coders":
@@ -273,20 +272,6 @@ def estimate_seconds(study: str, cfg: AnalyzeConfig, n_sets: int = 1) -> float:
     return 1.0
 
 
-def estimate_interpret_seconds(cfg: InterpretConfig, n_latents: int, explain: bool = True,
-                               score: bool = True) -> float:
-    """Rough cost of explaining and/or scoring n latents on 2 CPU cores, from the same measured
-    rates as the studies (COST_S: per explanation, per explanation scored by three scorers)."""
-    per_explain, per_score = COST_S.get(cfg.model, COST_S["other"])
-    per_score *= max(1, len(cfg.scorers)) / 3
-    return n_latents * ((per_explain if explain else 0.0) + (per_score if score else 0.0))
-
-
-# (seconds per explanation, seconds to score one explanation with detection + fuzzing + embedding on
-# the default test set), fitted to the demo job's studies with Qwen-1.5B on 2 cores (sampling: 24
-# explanations in 7.4 min; coders: 24 in 13.6 min, both with detection + embedding); SmolLM2 from
-# the tests' runs; "other" assumes a Qwen-sized model
-COST_S = {"qwen1.5b": (5.0, 36.0), "smollm2": (1.5, 4.0), "other": (5.0, 36.0)}
 SHARED_PASSES = 0.6  # the sampling study's scoring cost per explanation relative to scoring it alone
 DECODER_MATCH_S = 15.0
 

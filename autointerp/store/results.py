@@ -210,9 +210,12 @@ def _results_glob(run_dir: Path, kind: str) -> str | None:
     """A DuckDB list of the parts of results/<kind>/ to read, or None when there are none. Parts
     are append-only logs: one corrupt part is skipped with a warning, never the whole run."""
     parts = result_parts(run_dir, kind)
-    if not parts:
-        return None
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts) + "]"
+    return _sql_list(parts) if parts else None
+
+
+def _sql_list(paths: list[Path]) -> str:
+    """A DuckDB list literal of file paths (quotes doubled)."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 COMPACT_GRACE_S = 60.0  # how long replaced parts stay for readers that listed them before the merge
@@ -268,7 +271,7 @@ def _merge_parts(run_dir: Path, d: Path, kind: str, grace_s: float, memory_limit
         return 0
     merged = f"{parts[-1].name.removesuffix('.parquet').split('-compact')[0]}-compact-{time.time_ns()}.parquet"
     tmp = d / f"{tmp_prefix()}{merged}"
-    files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts) + "]"
+    files = _sql_list(parts)
     # Sorted by latent first, so a latent's history reads one small row group (zone maps skip the
     # rest); within a latent, in "latest wins" order, which is all that order decides.
     keys = [k for k in ("hookpoint", "latent", "created_at") if k in RESULT_SCHEMAS[kind].names]

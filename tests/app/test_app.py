@@ -278,7 +278,7 @@ def test_intruder_scores_show_without_an_explanation_in_browse_latent_and_scores
 def test_the_launch_form_shows_what_the_selection_the_set_and_the_run_would_cost(data):
     """Measured rates extrapolated (issue 25): the selection, the whole set, the whole run."""
     from autointerp.config import InterpretConfig
-    from autointerp.runs.studies import COST_S
+    from autointerp.config import COST_S
     from autointerp.app.views import campaign_estimate
 
     cfg = InterpretConfig()
