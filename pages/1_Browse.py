@@ -13,7 +13,7 @@ from autointerp import analysis
 
 from autointerp.app import ui, views  # noqa: E402
 from autointerp.config import SCORERS  # noqa: E402
-from autointerp.app.semantic_search import ExplanationIndex  # noqa: E402
+from autointerp.app.semantic_search import ExplanationSearch  # noqa: E402
 
 st.set_page_config(page_title="Browse · autointerp", layout="wide")
 run, store = ui.pick_run()
@@ -26,9 +26,9 @@ def frame(path: str, hookpoint: str, version: tuple):
     return views.latent_frame(ui.open_store(path), hookpoint)
 
 
-@st.cache_resource(show_spinner="Embedding explanations (MiniLM)…")
-def index(path: str, hookpoint: str, n_explanations: int) -> ExplanationIndex:
-    return ExplanationIndex(ui.open_store(path).current_explanations(hookpoint))
+@st.cache_resource(show_spinner="Loading MiniLM…")
+def searcher(path: str) -> ExplanationSearch:
+    return ExplanationSearch(ui.open_store(path))
 
 
 df = frame(run["path"], hookpoint, store.version())
@@ -38,6 +38,8 @@ with st.sidebar:
     st.header("Filters")
     text = st.text_input("Explanation contains", key="text")
     query = st.text_input("Semantic search", key="search", help="MiniLM similarity between your words and each explanation")
+    everywhere = st.toggle("Search every latent set", key="search-all",
+                           help="Also list the closest explanations of the run's other latent sets")
     lo, hi = float(df.frequency.min()), float(df.frequency.max())
     freq = st.slider("Frequency (fraction of tokens)", 0.0, max(hi, 1e-6), (0.0, max(hi, 1e-6)), format="%.4f")
     explained_only = st.checkbox("Explained only", value=False)
@@ -52,10 +54,17 @@ with st.sidebar:
 
 hits = None
 if query.strip():
-    n_expl = int(df.explanation.notna().sum())
-    found = index(run["path"], hookpoint, n_expl).search(query, k=100)
-    hits = found.latent.tolist()
-    st.caption(f"Semantic search: the {len(hits)} explanations closest to {query!r}, closest first.")
+    sets = store.hookpoints() if everywhere else [hookpoint]
+    with st.spinner("Searching (new explanations are indexed first)…"):
+        found = searcher(run["path"]).search(query, sets, k=100)
+    if everywhere:
+        st.subheader(f"Closest explanations in {len(sets)} latent sets")
+        st.dataframe(found, hide_index=True, width="stretch", key="search-all-sets",
+                     column_config={"similarity": st.column_config.NumberColumn(format="%.3f"),
+                                    "explanation": st.column_config.TextColumn(width="large")})
+    hits = found[found.hookpoint == hookpoint].latent.tolist()
+    st.caption(f"Semantic search: the {len(hits)} explanations of {hookpoint} among the {len(found)} closest to "
+               f"{query!r}, closest first.")
 f = views.BrowseFilter(text=text, min_frequency=freq[0] if freq[0] > 0 else None,
                        max_frequency=freq[1] if freq[1] < hi else None, explained_only=explained_only,
                        score_ranges=ranges, above_chance=above, latents=hits)

@@ -1,31 +1,53 @@
 """Semantic search over explanations with MiniLM: the researcher types what a latent should be
-about and gets the latents whose explanations mean that, not just contain the words."""
+about and gets the latents whose explanations mean that, not just contain the words. The query is
+embedded and looked up in each set's nearest-neighbour index (store.search_index), which explain
+jobs grow as explanations land; a set whose index lags its explanations is caught up first."""
 
 from __future__ import annotations
 
-import numpy as np
+import threading
+
 import pandas as pd
 
+from autointerp.explain.search_index import INDEX_EMBEDDER, index_explanations
+from autointerp.store import RunStore
+from autointerp.store.search_index import SearchIndexes
 
-class ExplanationIndex:
-    """MiniLM embeddings of a set's explanations; build once per set of explanations."""
 
-    def __init__(self, explanations: pd.DataFrame, embedder=None):
+class ExplanationSearch:
+    """Search one run's explanations, one set or many at once; build once per run and keep."""
+
+    def __init__(self, store: RunStore, embedder=None):
         from autointerp.models.embedder import load_embedder
 
-        ok = explanations[explanations.explanation.notna()]
-        self.latents = ok.latent.to_numpy()
-        self.texts = ok.explanation.tolist()
-        self.embedder = embedder or load_embedder()
-        self.vectors = (self.embedder.encode(self.texts, normalize_embeddings=True, batch_size=64)
-                        if self.texts else np.zeros((0, 384), dtype=np.float32))
+        self.store = store
+        self.embedder = embedder or load_embedder(INDEX_EMBEDDER)
+        self.indexes = SearchIndexes(store.run_dir)
+        self._checked: dict[str, float] = {}  # set -> the explanations' version its index was caught up to
+        self._lock = threading.Lock()
 
-    def search(self, query: str, k: int = 50) -> pd.DataFrame:
-        """The k latents whose explanation is closest to the query (cosine similarity)."""
-        if not query.strip() or not len(self.latents):
-            return pd.DataFrame({"latent": [], "similarity": [], "explanation": []})
-        q = self.embedder.encode([query], normalize_embeddings=True)[0]
-        sims = self.vectors @ q
-        order = np.argsort(-sims, kind="stable")[:k]
-        return pd.DataFrame({"latent": self.latents[order], "similarity": sims[order],
-                             "explanation": [self.texts[i] for i in order]})
+    def catch_up(self, hookpoints: list[str]) -> int:
+        """Index what the sets' indexes lack (nothing when no explanation landed since the last
+        check); returns how many explanations were embedded."""
+        version = self.store.results_version("explanations")
+        added = 0
+        with self._lock:
+            for hp in hookpoints:
+                if self._checked.get(hp) != version:
+                    added += index_explanations(self.store, hp, self.embedder)
+                    self._checked[hp] = version
+        return added
+
+    def search(self, query: str, hookpoints: list[str], k: int = 50, exact: bool = False) -> pd.DataFrame:
+        """(hookpoint, latent, similarity, explanation) of the k explanations closest to the query
+        across these sets, closest first; `exact` compares with every vector (no index shortcut)."""
+        if not query.strip():
+            return pd.DataFrame({"hookpoint": [], "latent": [], "similarity": [], "explanation": []})
+        self.catch_up(hookpoints)
+        vector = self.embedder.encode([query], normalize_embeddings=True)[0]
+        hits = self.indexes.search(vector, hookpoints, k, exact=exact)
+        texts = [self.store.current_explanations(hp, columns=["explanation"], latents=g.latent.tolist())
+                 [["hookpoint", "latent", "explanation"]] for hp, g in hits.groupby("hookpoint")]
+        if not texts:
+            return hits.assign(explanation=pd.Series(dtype=object))
+        return hits.merge(pd.concat(texts), on=["hookpoint", "latent"], how="left")

@@ -17,6 +17,8 @@ Points:
   compaction-recorded     results compaction: the record of what the merged part replaces written, not renamed
   compaction-renamed      results compaction: the merged part in place, the replaced parts still on disk
   compaction-removing     results compaction: the first replaced part deleted, the others not yet
+  search-index-saved      the explanation search index: a set's new graph saved under its temporary name, not
+                          renamed, its record of embedded texts not yet updated
   worker-chunk-done       in a Ray worker: a unit done (a chunk explained, scored or validated, a cache part
                           written), before its result goes to the driver
 """
@@ -32,7 +34,7 @@ from autointerp.core.errors import AutointerpError
 FAULT_ENV = "AUTOINTERP_FAULT"
 POINTS = ("cache-part-written", "cache-published", "explain-chunk-written", "score-between-writes", "score-chunk-written",
           "mid-write", "compaction-merged", "compaction-recorded", "compaction-renamed", "compaction-removing",
-          "worker-chunk-done")
+          "search-index-saved", "worker-chunk-done")
 _SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "STOP": signal.SIGSTOP}
 _passes: Counter = Counter()
 

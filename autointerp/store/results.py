@@ -16,6 +16,7 @@ from autointerp.config import EXPLANATION_FREE
 from autointerp.core.atomic import atomic_write_json, remove_stale_temp, tmp_prefix
 from autointerp.core.faults import fault_point
 from autointerp.store.files import connect, write_parquet_atomic
+from autointerp.store.search_index import record_path
 
 log = logging.getLogger(__name__)
 
@@ -391,12 +392,13 @@ class ResultsMixin:
         return self._latest("scores", "hookpoint, latent, scorer", hookpoint, kind)
 
     def current_explanations(self, hookpoint: str | None = None, kind: str = "input",
-                             columns: list[str] | None = None) -> pd.DataFrame:
+                             columns: list[str] | None = None, latents: list[int] | None = None) -> pd.DataFrame:
         """Per (hookpoint, latent) its current explanation: the latest one that did not fail. A
         latent whose newest attempt failed keeps its last good explanation; `newest_failed` and
         `newest_error` say so. Latents that never got a good explanation have no row. `columns`:
-        only these of the stored ones (and hookpoint, latent), e.g. no raw LLM answers for 131k rows."""
-        cte = self._current_explanations_sql(hookpoint, kind)
+        only these of the stored ones (and hookpoint, latent), e.g. no raw LLM answers for 131k rows;
+        `latents`: only these latents (of `hookpoint`), e.g. a search's hits."""
+        cte = self._current_explanations_sql(hookpoint, kind, latents)
         if cte is None:
             empty = _empty("explanations").assign(newest_failed=pd.Series(dtype=bool), newest_error=None)
             return empty if columns is None else empty[["hookpoint", "latent", *columns, "newest_failed",
@@ -410,7 +412,8 @@ class ResultsMixin:
             FROM good JOIN newest USING (hookpoint, latent) ORDER BY hookpoint, latent""", params)
         return _nulls_to_none(rows, "explanations")
 
-    def _current_explanations_sql(self, hookpoint: str | None, kind: str) -> tuple[str, list] | None:
+    def _current_explanations_sql(self, hookpoint: str | None, kind: str,
+                                  latents: list[int] | None = None) -> tuple[str, list] | None:
         """CTEs `good` (latest non-failed explanation per latent) and `newest` (latest attempt, and
         whether it failed), with their parameters; None when nothing was explained."""
         src = _results_glob(self.run_dir, "explanations")
@@ -418,12 +421,31 @@ class ResultsMixin:
             return None
         cond, params = self._kind_filter("explanations", src, kind)
         hp = " AND hookpoint = ?" if hookpoint else ""
+        if latents is not None:  # integers only: safe to inline, and DuckDB prunes row groups by them
+            hp += f" AND latent IN ({', '.join(str(int(x)) for x in latents) or 'NULL'})"
         return (f"""e AS (SELECT * FROM read_parquet({src}, {NEWEST_FIRST_READ}) WHERE {cond}{hp}),
             good AS (SELECT * FROM e WHERE explanation IS NOT NULL
                      QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1),
             newest AS (SELECT hookpoint, latent, explanation IS NULL AS newest_failed, error AS newest_error FROM e
                        QUALIFY row_number() OVER (PARTITION BY hookpoint, latent ORDER BY {NEWEST_FIRST}) = 1)""",
                 params + ([hookpoint] if hookpoint else []))
+
+    def unindexed_explanations(self, hookpoint: str, embedder: str) -> pd.DataFrame:
+        """(latent, explanation, text_md5) of the set's current (input) explanations whose text is
+        not in its search index, or all of them when the index holds another embedder's vectors."""
+        cte = self._current_explanations_sql(hookpoint, "input")
+        if cte is None:
+            return pd.DataFrame({"latent": pd.Series(dtype="int64"), "explanation": pd.Series(dtype=object),
+                                 "text_md5": pd.Series(dtype=object)})
+        sql, params = cte
+        record = record_path(self.run_dir, hookpoint)
+        anti = ""
+        if record.exists():
+            anti = (f"ANTI JOIN (SELECT latent, text_md5 FROM read_parquet({_sql_list([record])}) WHERE embedder = ?) r "
+                    f"ON r.latent = g.latent AND r.text_md5 = g.text_md5")
+            params = params + [embedder]
+        return self._sql(f"""WITH {sql}, g AS (SELECT latent, explanation, md5(explanation) AS text_md5 FROM good)
+                             SELECT g.* FROM g {anti} ORDER BY g.latent""", params)
 
     def current_scores(self, hookpoint: str | None = None, kind: str = "input",
                        columns: list[str] | None = None) -> pd.DataFrame:
@@ -567,10 +589,10 @@ class ResultsMixin:
         """Changes whenever results land or the run grows (for caches of what pages show)."""
         return self.results_version(), self._signature
 
-    def results_version(self) -> float:
-        """Changes whenever a results part lands (for caches that must see new results)."""
+    def results_version(self, kind: str = "*") -> float:
+        """Changes whenever a results part (of `kind`, or any) lands (for caches that must see new results)."""
         n, newest = 0, 0.0
-        for part in (self.run_dir / "results").glob("*/part-*.parquet"):
+        for part in (self.run_dir / "results").glob(f"{kind}/part-*.parquet"):
             try:  # a compaction may remove a part between the listing and here
                 newest = max(newest, part.stat().st_mtime)
                 n += 1

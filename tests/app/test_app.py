@@ -125,6 +125,26 @@ def test_browse_sorts_filters_pages_and_searches(data):
     assert int(at.dataframe[0].value.latent.iloc[0]) == data["latents"][1]
 
 
+def test_browse_searches_every_latent_set(data):
+    """The search spans the run's sets when asked: another set's explanation that means the query
+    is listed (with its set) above this set's weaker ones, from each set's index (issue 25)."""
+    other = "mlp_neurons.1-topk4"
+    append_results(data["run"], "explanations", [{"hookpoint": other, "latent": 3, "explanation": "days of the week",
+                                                  "model": "m"}])
+    at = page("pages/1_Browse.py")
+    at.query_params["set"] = SET
+    at.run()
+    at.toggle(key="search-all").set_value(True).run()
+    at.text_input(key="search").input("Monday, Tuesday and other weekdays").run()
+    assert not at.exception, at.exception
+    found = at.dataframe[0].value
+    assert (found.hookpoint.iloc[0], int(found.latent.iloc[0])) == (other, 3)
+    assert found.explanation.iloc[0] == "days of the week" and found.similarity.is_monotonic_decreasing
+    assert set(found.hookpoint) == {SET, other} and len(found) == 6  # every good explanation of the run
+    table = at.dataframe[1].value  # the set's own table keeps its hits, closest first
+    assert set(table.latent) == set(data["latents"][:5])
+
+
 def test_latent_page_shows_explanation_scores_examples_decisions_and_logit_lens(data):
     latent = data["latents"][0]
     at = page("pages/2_Latent.py")

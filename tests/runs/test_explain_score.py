@@ -17,6 +17,9 @@ from autointerp.score.metrics import Decision, auroc, summarize
 from autointerp.explain.prompts import explainer_messages, highlight, highlighted_summary
 from autointerp.explain.sampling import SamplingConfig, TooFewExamples, explanation_examples, scoring_examples
 from autointerp.store import Example, RunStore, append_results
+from autointerp.explain.search_index import INDEX_EMBEDDER
+from autointerp.models.embedder import embedder_name, load_embedder
+from autointerp.store.search_index import SearchIndexes
 
 SET = "resid_post.2"
 
@@ -252,6 +255,12 @@ def test_smollm2_explains_and_scores_a_real_latent(tmp_path, smollm2_dir, tiny_r
     assert rows and rows[0]["raw"]
     if rows[0]["explanation"] is None:
         pytest.fail(f"SmolLM2's answer did not parse: {rows[0]['raw']!r}")
+    # the explanation went into the set's search index as it landed (issue 25): its words find it
+    store = RunStore(tiny_run)
+    assert store.unindexed_explanations(cfg.hookpoint, embedder_name(INDEX_EMBEDDER)).empty
+    hit = SearchIndexes(tiny_run).search(load_embedder().encode([rows[0]["explanation"]], normalize_embeddings=True)[0],
+                                         [cfg.hookpoint], k=1)
+    assert int(hit.latent.iloc[0]) == rows[0]["latent"]
     scores = run_score(cfg, client=client)
     assert scores[0]["n"] >= 10 and scores[0]["n_failed"] == 0 and 0 <= scores[0]["auroc"] <= 1
 
