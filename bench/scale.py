@@ -344,7 +344,7 @@ def search_bench(run_dir: Path, store: RunStore, fig: Figures, n_queries: int, r
               f"{(time.perf_counter() - t0) * 1000:.0f} ms")
     queries = corpus_phrases(n_queries + 3, rng, avoid=set(pool_texts))
     it = iter(queries)
-    fig.add(f"search every set, k=10 (query embedding + ANN + texts)",
+    fig.add("search every set, k=10 (query embedding + ANN + texts)",
             *timed(lambda: search.search(next(it), sets, k=10), n_queries + 3), "(target < 200)")
     recalls, exact_ms = [], []
     for q in queries[:min(50, n_queries)]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from autointerp.analysis import score_table, scorer_columns
 from autointerp.analysis.scores import (DEFAULT_HEADLINE, HEADLINE, chance, headline_interval,
                                        includes_chance_column)
 from autointerp.analysis.agreement import verdict_of
@@ -140,27 +139,20 @@ def set_summary(store: RunStore) -> pd.DataFrame:
     the mean headline score of each scorer (counted and pivoted in DuckDB: a million latents)."""
     coders = store.info.get("coders", {})
     counts = store.explanation_counts().set_index("hookpoint")
-    table = score_table(store)
-    scorers = scorer_columns(table)
-    by_set = table.groupby("hookpoint") if len(table) else None
+    means = store.current_score_means(HEADLINE, DEFAULT_HEADLINE).set_index("hookpoint")
+    scorers = [c for c in means.columns if c != "scored"]
     rows = []
     for hp in store.hookpoints():
         c = coders.get(hp, {})
-        t = by_set.get_group(hp) if by_set is not None and hp in by_set.groups else table.iloc[:0]
         row = {"latent set": hp, "coder": c.get("kind", "?"), "hookpoint": c.get("hookpoint", hp),
                "latents": store.n_latents(hp), "k": c.get("k"),
                "explained": int(counts.explained.get(hp, 0)), "explain failures": int(counts.failed.get(hp, 0)),
-               "scored": len(t)}
+               "scored": int(means.scored.get(hp, 0))}
         for s in scorers:
-            row[f"mean {s}"] = float(t[s].mean()) if len(t) and t[s].notna().any() else None
+            mean = means[s].get(hp, np.nan)
+            row[f"mean {s}"] = None if pd.isna(mean) else float(mean)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def interval_metrics() -> list[str]:
-    """The stored columns a score's headline and its interval come from, for every scorer."""
-    names = {m for metrics in [*HEADLINE.values(), DEFAULT_HEADLINE] for m in metrics}
-    return sorted(names | {f"{m}{b}" for m in names for b in ("_lo", "_hi")} | {"n"})
 
 
 def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
@@ -174,19 +166,10 @@ def latent_frame(store: RunStore, hookpoint: str) -> pd.DataFrame:
     df = stats.merge(expl[["latent", "explanation", "newest failed"]], on="latent", how="left") if len(expl) else \
         stats.assign(explanation=None, **{"newest failed": False})
     df["newest failed"] = df["newest failed"].astype("boolean").fillna(False).astype(bool)
-    current = store.current_scores(hookpoint, columns=interval_metrics())  # no text: 100k+ rows per scorer
-    scores = score_table(store, hookpoint, scores=current)
+    # scores and interval bounds pivoted in DuckDB: 131k latents x scorers never pass through pandas as rows
+    scores = store.current_score_table(HEADLINE, DEFAULT_HEADLINE, hookpoint, bounds=True)
     if len(scores):
         df = df.merge(scores.drop(columns="hookpoint"), on="latent", how="left")
-        lo, hi = headline_interval(current)
-        bounds = current[["latent", "scorer"]].assign(lo=lo, hi=hi)
-        for scorer, g in bounds.groupby("scorer"):
-            g = g.set_index("latent")
-            df[f"{scorer} low"] = df.latent.map(g.lo).astype(float)  # sortable: the lower bound
-            df[f"{scorer} high"] = df.latent.map(g.hi).astype(float)
-        # each scorer's value, then its interval's bounds
-        scored = [c for s in scorer_columns(scores) for c in (s, f"{s} low", f"{s} high") if c in df]
-        df = df[[c for c in df.columns if c not in scored] + scored]
     return df
 
 
@@ -294,9 +277,8 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
     latest = latest.drop_duplicates("scorer")  # newest first, so the first row per scorer wins
     order = {s: i for i, s in enumerate(SCORERS)}  # shown in the scorers' canonical order
     latest = latest.sort_values("scorer", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
-    return LatentPage(hookpoint, int(latent), stats, hist, store.top_examples(hookpoint, latent, n_top),
-                      store.quantile_examples(hookpoint, latent, n_quantiles, per_quantile),
-                      expl, latest.reset_index(drop=True), history, both[kinds == "output"].reset_index(drop=True))
+    top, quantiles = store.top_and_quantile_examples(hookpoint, latent, n_top, n_quantiles, per_quantile)
+    return LatentPage(hookpoint, int(latent), stats, hist, top, quantiles, expl, latest.reset_index(drop=True), history, both[kinds == "output"].reset_index(drop=True))
 
 
 def explanation_caption(row) -> str:

@@ -322,6 +322,11 @@ def _nulls_to_none(df: pd.DataFrame, kind: str) -> pd.DataFrame:
     return df
 
 
+def _q(column: str) -> str:
+    """A stored column's name quoted for SQL."""
+    return '"' + column.replace('"', '""') + '"'
+
+
 def present(value) -> bool:
     """A stored string that is there and not empty (None, NaN and pd.NA are all absent)."""
     return isinstance(value, str) and bool(value.strip())
@@ -488,32 +493,72 @@ class ResultsMixin:
                                        ORDER BY s.created_at DESC, s.filename DESC, s.file_row_number DESC) = 1)""",
                 params + list(EXPLANATION_FREE) + kind_params + ([hookpoint] if hookpoint else []), src)
 
-    def current_score_table(self, metrics: dict[str, tuple[str, ...]], default: tuple[str, ...],
-                            hookpoint: str | None = None, kind: str = "input") -> pd.DataFrame:
-        """One row per scored (hookpoint, latent), one column per scorer that has a current score,
-        holding the first non-null of its metrics (`metrics[scorer]`, else `default`): the
-        headline, pivoted in DuckDB, so a million scored latents never pass through pandas as
-        score rows. Columns in the order of `metrics`, then other scorers by name."""
+    def _score_pivot(self, metrics: dict[str, tuple[str, ...]], default: tuple[str, ...], hookpoint: str | None,
+                     kind: str, bounds: bool) -> tuple[str, list, list[str]] | None:
+        """SQL of the current scores pivoted to one row per (hookpoint, latent) with per scorer i
+        its headline v{i}, whether it has a current score h{i} and (`bounds`) lo{i} / hi{i}; its
+        parameters; the scorers in column order. None when nothing was scored."""
         cte = self._current_scores_sql(hookpoint, kind)
         if cte is None:
-            return pd.DataFrame(columns=["hookpoint", "latent"])
+            return None
         sql, params, src = cte
         stored = sorted(self._sql(f"SELECT DISTINCT scorer FROM read_parquet({src}, union_by_name = true)").scorer)
         scorers = [x for x in metrics if x in stored] + [x for x in stored if x not in metrics]
         have = self._columns(src)
         cols, col_params = [], []
         for i, scorer in enumerate(scorers):
-            names = [f'"{m}"::DOUBLE' for m in metrics.get(scorer, default) if m in have]
-            value = f"coalesce({', '.join(names)})" if names else "NULL::DOUBLE"
+            names = [m for m in metrics.get(scorer, default) if m in have]
+            value = f"coalesce({', '.join(f'{_q(m)}::DOUBLE' for m in names)})" if names else "NULL::DOUBLE"
             cols += [f"max(CASE WHEN scorer = ? THEN {value} END) AS v{i}", f"bool_or(scorer = ?) AS h{i}"]
             col_params += [scorer, scorer]
-        table = self._sql(f"WITH {sql} SELECT hookpoint, latent, {', '.join(cols)} FROM current "
-                          f"GROUP BY hookpoint, latent ORDER BY hookpoint, latent", params + col_params)
-        out = table[["hookpoint", "latent"]].copy()
+            if bounds:
+                with_interval = [m for m in names if f"{m}_lo" in have and f"{m}_hi" in have]
+                for b, bound in (("lo", "_lo"), ("hi", "_hi")):
+                    pick = " ".join(f"WHEN {_q(m)} IS NOT NULL AND {_q(m + '_lo')} IS NOT NULL THEN "
+                                    f"{_q(m + bound)}::DOUBLE" for m in with_interval)
+                    cols.append(f"max(CASE WHEN scorer = ? THEN {f'CASE {pick} END' if pick else 'NULL::DOUBLE'} END)"
+                                f" AS {b}{i}")
+                    col_params.append(scorer)
+        return (f"WITH {sql} SELECT hookpoint, latent, {', '.join(cols)} FROM current GROUP BY hookpoint, latent",
+                params + col_params, scorers)
+
+    def current_score_table(self, metrics: dict[str, tuple[str, ...]], default: tuple[str, ...],
+                            hookpoint: str | None = None, kind: str = "input", bounds: bool = False) -> pd.DataFrame:
+        """One row per scored (hookpoint, latent), one column per scorer that has a current score,
+        holding the first non-null of its metrics (`metrics[scorer]`, else `default`): the
+        headline, pivoted in DuckDB, so a million scored latents never pass through pandas as
+        score rows. Columns in the order of `metrics`, then other scorers by name. `bounds`: also
+        `<scorer> low` / `<scorer> high`, the 95% interval of the first of its metrics that has a
+        value and a stored interval (NaN where none was stored), after each scorer's column."""
+        pivot = self._score_pivot(metrics, default, hookpoint, kind, bounds)
+        if pivot is None:
+            return pd.DataFrame(columns=["hookpoint", "latent"])
+        sql, params, scorers = pivot
+        table = self._sql(f"{sql} ORDER BY hookpoint, latent", params)
+        out = {"hookpoint": table.hookpoint, "latent": table.latent}
         for i, scorer in enumerate(scorers):
             if table[f"h{i}"].any():  # a scorer whose scores are all stale has no column
                 out[scorer] = table[f"v{i}"].astype(float)
-        return out
+                if bounds:
+                    out[f"{scorer} low"], out[f"{scorer} high"] = table[f"lo{i}"].astype(float), table[f"hi{i}"].astype(float)
+        return pd.DataFrame(out)
+
+    def current_score_means(self, metrics: dict[str, tuple[str, ...]], default: tuple[str, ...],
+                            kind: str = "input") -> pd.DataFrame:
+        """Per latent set: `scored` (latents with a current score) and per scorer the mean of its
+        headline over them (columns as current_score_table's), aggregated in DuckDB."""
+        pivot = self._score_pivot(metrics, default, None, kind, False)
+        if pivot is None:
+            return pd.DataFrame(columns=["hookpoint", "scored"])
+        sql, params, scorers = pivot
+        aggs = ", ".join(f"avg(v{i}) AS v{i}, bool_or(h{i}) AS h{i}" for i in range(len(scorers)))
+        table = self._sql(f"SELECT hookpoint, count(*) AS scored, {aggs} FROM ({sql}) GROUP BY hookpoint "
+                          f"ORDER BY hookpoint", params)
+        out = {"hookpoint": table.hookpoint, "scored": table.scored}
+        for i, scorer in enumerate(scorers):
+            if table[f"h{i}"].any():
+                out[scorer] = table[f"v{i}"].astype(float)
+        return pd.DataFrame(out)
 
     def explanation_counts(self, kind: str = "input") -> pd.DataFrame:
         """Per latent set: latents with a current explanation, and latents whose newest attempt

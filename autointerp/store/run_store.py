@@ -194,27 +194,38 @@ class RunStore(ResultsMixin):
         w = self.window
         skip = sorted({int(d) * 65536 + (int(s) - 1) // w for d, s in exclude or []})  # w < 2**16 (int16 pos)
         keep = "WHERE NOT list_contains(?::BIGINT[], doc_id::BIGINT * 65536 + w)" if skip else ""
+        return self._picked_windows(hookpoint, latent, {order: self._pick(order, limit, n_quantiles, seed, keep)},
+                                    [skip] if skip and order == "quantiles" else [])
+
+    @staticmethod
+    def _pick(order: str, limit: int | None, n_quantiles: int | None, seed: int, keep: str = "") -> str:
+        """SQL choosing windows from `win` (doc_id, w, mx) by `order`, with a quantile column q."""
         # DuckDB's multi-argument hash keeps the order for nearby seeds; a hashed string mixes well.
         shuffle = f"hash(doc_id::VARCHAR || ':' || w::VARCHAR || ':{int(seed)}')"
         if order == "top":
-            pick = f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY mx DESC, doc_id, w LIMIT {int(limit)}"
-        elif order == "random":
-            pick = f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY {shuffle} LIMIT {int(limit)}"
-        elif order == "quantiles":
-            pick = f"""SELECT doc_id, w, mx, q FROM (
+            return f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY mx DESC, doc_id, w LIMIT {int(limit)}"
+        if order == "random":
+            return f"SELECT *, NULL::INTEGER AS q FROM win ORDER BY {shuffle} LIMIT {int(limit)}"
+        if order == "quantiles":
+            return f"""SELECT doc_id, w, mx, q FROM (
                            SELECT *, row_number() OVER (PARTITION BY q ORDER BY {shuffle}) AS r
                            FROM (SELECT *, ntile({int(n_quantiles)}) OVER (ORDER BY mx, doc_id, w) AS q FROM win)
                            {keep})
                        WHERE r <= {int(limit)}"""
-        else:
-            raise ValueError(order)
+        raise ValueError(order)
+
+    def _picked_windows(self, hookpoint: str, latent: int, picks: dict[str, str], params: list) -> pd.DataFrame:
+        """The windows each pick chooses (column `pick` names it) with their activations, from one
+        scan of the latent's rows however many picks share it."""
+        w = self.window
+        chosen = " UNION ALL ".join(f"SELECT '{name}' AS pick, * FROM ({sql})" for name, sql in picks.items())
         return self._sql(f"""
             WITH a AS (SELECT doc_id, pos, value, (pos - 1) // {w} AS w
                        FROM {self._acts(hookpoint)} WHERE latent = ?),
                  win AS (SELECT doc_id, w, max(value) AS mx FROM a GROUP BY doc_id, w),
-                 chosen AS ({pick})
-            SELECT c.doc_id, c.w, c.mx, c.q, a.pos, a.value FROM chosen c JOIN a USING (doc_id, w)""",
-                         [int(latent)] + ([skip] if skip and order == "quantiles" else []))
+                 chosen AS ({chosen})
+            SELECT c.pick, c.doc_id, c.w, c.mx, c.q, a.pos, a.value FROM chosen c JOIN a USING (doc_id, w)""",
+                         [int(latent)] + params)
 
     def _to_examples(self, df: pd.DataFrame) -> list[Example]:
         out = []
@@ -237,8 +248,16 @@ class RunStore(ResultsMixin):
         return Example(doc_id, start, ids, [strings.get(t, f"<{t}>") for t in ids], [0.0] * len(ids))
 
     def top_examples(self, hookpoint: str, latent: int, n: int = 20) -> list[Example]:
-        ex = self._to_examples(self._windows(hookpoint, latent, "top", n))
-        return sorted(ex, key=lambda e: (-e.max_act, e.doc_id, e.start))
+        return _by_activation(self._to_examples(self._windows(hookpoint, latent, "top", n)))
+
+    def top_and_quantile_examples(self, hookpoint: str, latent: int, n_top: int = 20, n_quantiles: int = 10,
+                                  per_quantile: int = 5, seed: int = 0) -> tuple[list[Example], list[Example]]:
+        """top_examples and quantile_examples from one scan of the latent's rows (the Latent page)."""
+        df = self._picked_windows(hookpoint, latent, {"top": self._pick("top", n_top, None, seed),
+                                                      "quantiles": self._pick("quantiles", per_quantile,
+                                                                              n_quantiles, seed)}, [])
+        top, quantiles = (self._to_examples(df[df.pick == p]) for p in ("top", "quantiles"))
+        return _by_activation(top), _by_quantile(quantiles)
 
     def random_examples(self, hookpoint: str, latent: int, n: int = 20, seed: int = 0) -> list[Example]:
         ex = self._to_examples(self._windows(hookpoint, latent, "random", n, seed=seed))
@@ -249,9 +268,8 @@ class RunStore(ResultsMixin):
         """Activating windows sorted by max activation, cut into n_quantiles equal-count slices,
         per_quantile sampled from each (seeded) among those not in `exclude` ((doc_id, start)
         keys). Example.quantile: 1 = weakest slice."""
-        ex = self._to_examples(self._windows(hookpoint, latent, "quantiles", per_quantile,
-                                             n_quantiles=n_quantiles, seed=seed, exclude=exclude))
-        return sorted(ex, key=lambda e: (-(e.quantile or 0), -e.max_act, e.doc_id))
+        return _by_quantile(self._to_examples(self._windows(hookpoint, latent, "quantiles", per_quantile,
+                                                            n_quantiles=n_quantiles, seed=seed, exclude=exclude)))
 
     def active_windows(self, hookpoint: str, latent: int) -> pd.DataFrame:
         """(doc_id, w) of every window where the latent fires at least once."""
@@ -277,3 +295,12 @@ class RunStore(ResultsMixin):
                     if len(chosen) == min(n, free):
                         break
         return [self.window_example(k // per_ctx, k % per_ctx) for k in chosen]
+
+
+def _by_activation(examples: list[Example]) -> list[Example]:
+    return sorted(examples, key=lambda e: (-e.max_act, e.doc_id, e.start))
+
+
+def _by_quantile(examples: list[Example]) -> list[Example]:
+    """Strongest quantile first, strongest window first within it."""
+    return sorted(examples, key=lambda e: (-(e.quantile or 0), -e.max_act, e.doc_id))

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from autointerp import analysis
+from autointerp.analysis.scores import headline_interval
 from autointerp.app import views
 from autointerp.core.errors import AutointerpError
 from autointerp.store import RunStore, append_results
@@ -80,6 +81,22 @@ def test_the_set_summary_counted_in_duckdb_equals_the_long_tables(run):
         assert summary.loc[hp, "scored"] == (table.hookpoint == hp).sum()
         assert summary.loc[hp, "mean fuzzing"] == pytest.approx(table[table.hookpoint == hp].fuzzing.mean())
     assert summary.loc[scale.set_name(0), "explain failures"] == 1
+
+
+def test_the_frame_s_pivoted_bounds_equal_the_per_row_intervals(run):
+    """latent_frame's scores and 95% bounds come pivoted from DuckDB; the long table of current
+    scores and analysis.headline_interval (the per-row reference) give the same numbers."""
+    store = RunStore(run)
+    frame = views.latent_frame(store, scale.set_name(0)).set_index("latent")
+    current = store.current_scores(scale.set_name(0))
+    lo, hi = headline_interval(current)
+    long = current.assign(value=analysis.headline(current), lo=lo, hi=hi)
+    assert len(long) > 100
+    for row in long.itertuples():
+        got = frame.loc[row.latent, [row.scorer, f"{row.scorer} low", f"{row.scorer} high"]].to_numpy(dtype=float)
+        np.testing.assert_allclose(got, [row.value, row.lo, row.hi], equal_nan=True)
+    unscored = frame.index.difference(long.latent)
+    assert len(unscored) and frame.loc[unscored, "detection low"].isna().all()
 
 
 def test_a_browse_page_s_interval_text_equals_the_per_row_text(run):

@@ -78,6 +78,10 @@ def test_quantile_random_and_non_activating_examples(store, rows):
     assert len(neg) == min(10, 80 - len(active))
     assert all((e.doc_id, (e.start - 1) // 32) not in active for e in neg)
     assert len({(e.doc_id, e.start) for e in neg}) == len(neg)
+    # the Latent page's one scan gives exactly what the two separate queries give
+    top, quantiles = store.top_and_quantile_examples(SET, latent, n_top=5, n_quantiles=4, per_quantile=2, seed=1)
+    assert [(e.doc_id, e.start, e.acts) for e in top] == [(e.doc_id, e.start, e.acts) for e in store.top_examples(SET, latent, 5)]
+    assert [(e.doc_id, e.start, e.acts, e.quantile) for e in quantiles] == [(e.doc_id, e.start, e.acts, e.quantile) for e in q]
 
 
 def test_histogram_counts_all_activations(store, rows):
