@@ -32,6 +32,7 @@ import resource
 import shutil
 import sys
 import time
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,6 +112,16 @@ def make_run(run_dir: Path, sets: int, n_latents: int, n_rows: int, n_tokens: in
           flush=True)
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: in a child started by subprocess (vfork +
+    exec) that also counts the parent's peak (Linux carries the old memory's high-water mark into
+    the exec'd process), which made the finaliser look as big as the whole bench."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def finalise_child(folder: Path, n_latents: int, n_tokens: int, k: int, n_parts: int) -> None:
     """Cache parts of one SAE as the streaming cache leaves them (rows in token order, k latents
     per token drawn from log-uniform frequencies), then the cache's finaliser
@@ -138,12 +149,12 @@ def finalise_child(folder: Path, n_latents: int, n_tokens: int, k: int, n_parts:
         spans[i] = (lo, hi)
         del table, latent, tok
     written = time.perf_counter() - t0
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mb()
     t0 = time.perf_counter()
     publish_latent_set(folder, "sae", n_latents, n_ctx, CTX_LEN, spans)
     print(json.dumps({"rows": n_ctx * CTX_LEN * k, "parts_written_s": written, "finalise_s": time.perf_counter() - t0,
                       "peak_rss_mb_before": rss_before,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": peak_rss_mb(),
                       "acts_gb": (folder / "acts" / "sae" / "acts.parquet").stat().st_size / 1e9}), flush=True)
 
 
@@ -275,6 +286,7 @@ def bench(run_dir: Path, samples: int, n_parts: int, fig: Figures) -> None:
     fig.value("bench process peak RSS so far (both runs share it)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
+SECTIONS = ("store", "search", "app", "finalise")
 POOL = 20_000  # distinct corpus phrases whose MiniLM embeddings the synthetic explanations' vectors mix
 
 
@@ -295,7 +307,8 @@ def corpus_phrases(n: int, rng: np.random.Generator, avoid: set[str] = frozenset
     return list(out)
 
 
-def search_bench(run_dir: Path, store: RunStore, fig: Figures, n_queries: int, rng: np.random.Generator) -> None:
+def search_bench(run_dir: Path, store: RunStore, fig: Figures, n_queries: int, rng: np.random.Generator,
+                 pool_size: int = POOL) -> None:
     """The explanation search at this run's size. Embedding a million texts with MiniLM takes this
     machine ~half an hour (the rate is printed), so each latent's vector is a real MiniLM geometry
     made cheaply: the normalised mix of two embeddings of real corpus phrases (weights 0.5-0.9),
@@ -308,21 +321,23 @@ def search_bench(run_dir: Path, store: RunStore, fig: Figures, n_queries: int, r
 
     embedder, name = load_embedder(INDEX_EMBEDDER), embedder_name(INDEX_EMBEDDER)
     sets = store.hookpoints()
-    pool_texts = corpus_phrases(POOL, np.random.default_rng(3))
+    pool_texts = corpus_phrases(pool_size, np.random.default_rng(3))
+    n_rate = min(2000, pool_size)
     t0 = time.perf_counter()
-    sample = embedder.encode(pool_texts[:2000], normalize_embeddings=True, batch_size=64)
-    rate = 2000 / (time.perf_counter() - t0)
+    sample = embedder.encode(pool_texts[:n_rate], normalize_embeddings=True, batch_size=64)
+    rate = n_rate / (time.perf_counter() - t0)
     fig.value("MiniLM embedding rate (explanation-sized texts)", f"{rate:.0f} texts/s",
               f"(1M texts: {1e6 / rate / 60:.0f} min, spread over a campaign)")
-    pool = np.concatenate([sample, embedder.encode(pool_texts[2000:], normalize_embeddings=True, batch_size=64)])
+    rest = pool_texts[n_rate:]
+    pool = np.concatenate([sample, embedder.encode(rest, normalize_embeddings=True, batch_size=64)]) if rest else sample
     indexes = SearchIndexes(run_dir)
     built = 0.0
     for hp in sets:
         todo = store.unindexed_explanations(hp, name)
         if not len(todo):
             continue
-        mix = np.random.default_rng(abs(hash(hp)) % 2**32)
-        a, b = mix.integers(0, POOL, len(todo)), mix.integers(0, POOL, len(todo))
+        mix = np.random.default_rng(zlib.crc32(hp.encode()))  # the same vectors in every process
+        a, b = mix.integers(0, pool_size, len(todo)), mix.integers(0, pool_size, len(todo))
         w = mix.uniform(0.5, 0.9, (len(todo), 1)).astype(np.float32)
         vectors = w * pool[a] + (1 - w) * pool[b]
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -449,6 +464,8 @@ def main() -> None:
     ap.add_argument("--compare-latents", type=int, default=16_384)
     ap.add_argument("--queries", type=int, default=100, help="semantic search queries timed")
     ap.add_argument("--app-starts", type=int, default=3, help="app starts timed in Chromium (0: none)")
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                    help="what to measure on each run (all by default)")
     ap.add_argument("--finalise-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.finalise_child:
@@ -469,11 +486,13 @@ def main() -> None:
         if args.write_only:
             continue
         fig = Figures(title)
-        bench(run_dir, args.samples, args.parts, fig)
-        search_bench(run_dir, RunStore(run_dir), fig, args.queries, np.random.default_rng(4))
-        if args.app_starts:
+        if "store" in args.sections:
+            bench(run_dir, args.samples, args.parts, fig)
+        if "search" in args.sections:
+            search_bench(run_dir, RunStore(run_dir), fig, args.queries, np.random.default_rng(4))
+        if "app" in args.sections and args.app_starts:
             app_bench(run_dir, fig, args.app_starts)
-        if args.finalise_k and (sets, latents, rows) == shapes[-1]:
+        if "finalise" in args.sections and args.finalise_k and (sets, latents, rows) == shapes[-1]:
             finalise(Path(args.dir), args.latents, args.tokens, args.finalise_k, fig)
         runs.append(fig)
     if runs:

@@ -46,8 +46,10 @@ class ExplanationSearch:
         self.catch_up(hookpoints)
         vector = self.embedder.encode([query], normalize_embeddings=True)[0]
         hits = self.indexes.search(vector, hookpoints, k, exact=exact)
-        texts = [self.store.current_explanations(hp, columns=["explanation"], latents=g.latent.tolist())
-                 [["hookpoint", "latent", "explanation"]] for hp, g in hits.groupby("hookpoint")]
-        if not texts:
+        if hits.empty:
             return hits.assign(explanation=pd.Series(dtype=object))
-        return hits.merge(pd.concat(texts), on=["hookpoint", "latent"], how="left")
+        # one query for every set's hits: these latent ids in any set, the merge keeps the hits' pairs
+        one_set = hits.hookpoint.iloc[0] if hits.hookpoint.nunique() == 1 else None
+        texts = self.store.current_explanations(one_set, columns=["explanation"],
+                                                latents=sorted(set(hits.latent.tolist())))
+        return hits.merge(texts[["hookpoint", "latent", "explanation"]], on=["hookpoint", "latent"], how="left")

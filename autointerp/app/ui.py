@@ -153,9 +153,12 @@ def job_form(run: str, hookpoint: str, latents: list[int], key: str, store: RunS
         explainer = c4.selectbox("Explainer", EXPLAINERS, key=f"{key}-explainer",
                                  help="contrastive: also shows similar windows where the latent is silent")
         submitted = st.form_submit_button(f"Launch on {len(latents)} latent(s)", disabled=not latents)
-    if store is not None:
-        st.caption(views.campaign_estimate({h: store.n_latents(h) for h in store.hookpoints()}, hookpoint,
-                                           len(latents), defaults))
+    if store is not None:  # at the form's backend, model and scorers as last submitted (a form reruns on submit)
+        chosen = InterpretConfig(backend=backend, model=model, scorers=list(scorers) or defaults.scorers)
+        sizes = {h: store.n_latents(h) for h in store.hookpoints()}
+        st.caption(views.campaign_estimate(sizes, hookpoint, len(latents), chosen))
+        with st.expander("Cost per latent set"):
+            st.dataframe(views.campaign_table(sizes, chosen), hide_index=True, key=f"{key}-cost")
     if not submitted:
         return None
     if not (explain or score):

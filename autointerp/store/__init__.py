@@ -11,13 +11,16 @@ place, so readers never see half a file.
   acts/<set>/acts.parquet           (latent, doc_id, pos, value) sorted by latent, value desc
   acts/<set>/latents.parquet        per latent: count, frequency, max, mean, histogram
   progress/part-NNNNN.done          a part whose files for every set are all in place
+  results/<kind>/part-*.parquet     append-only explanations, scores, ... (results.py)
+  search/<set>/index.usearch        the explanation search's HNSW graph (search_index.py)
 
 A latent set ("hookpoint" in the API) is one coder's latents at one hookpoint; its name is the
 hookpoint for SAEs and `<hookpoint>-<kind>` for baselines.
 
 Modules: files (atomic Parquet writes, DuckDB connections), publish (the cache's finaliser: sorted
 acts.parquet and latents.parquet), examples (Example, per-latent seeds), catalogue (where runs live),
-results (result schemas, append-only parts and their queries), run_store (RunStore, the read API).
+results (result schemas, append-only parts and their queries), run_store (RunStore, the read API),
+search_index (the explanation search's graphs).
 This file names the package's public API; everything else imports it from here.
 """
 

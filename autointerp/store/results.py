@@ -402,7 +402,7 @@ class ResultsMixin:
         latent whose newest attempt failed keeps its last good explanation; `newest_failed` and
         `newest_error` say so. Latents that never got a good explanation have no row. `columns`:
         only these of the stored ones (and hookpoint, latent), e.g. no raw LLM answers for 131k rows;
-        `latents`: only these latents (of `hookpoint`), e.g. a search's hits."""
+        `latents`: only these latent ids (in `hookpoint`, or in every set), e.g. a search's hits."""
         cte = self._current_explanations_sql(hookpoint, kind, latents)
         if cte is None:
             empty = _empty("explanations").assign(newest_failed=pd.Series(dtype=bool), newest_error=None)

@@ -299,7 +299,7 @@ def test_the_launch_form_shows_what_the_selection_the_set_and_the_run_would_cost
     """Measured rates extrapolated (issue 25): the selection, the whole set, the whole run."""
     from autointerp.config import InterpretConfig
     from autointerp.config import COST_S
-    from autointerp.app.views import campaign_estimate
+    from autointerp.app.views import campaign_estimate, campaign_table
 
     cfg = InterpretConfig()
     per = sum(COST_S[cfg.model])
@@ -309,8 +309,16 @@ def test_the_launch_form_shows_what_the_selection_the_set_and_the_run_would_cost
     assert "(1,048,576 latents in 8 sets) about " + f"{8 * 131072 * per / 86400:,.0f} days" in text
     fewer = campaign_estimate({"a": 10}, "a", 1, InterpretConfig(scorers=["detection"]))
     assert f"measured {COST_S[cfg.model][0] + COST_S[cfg.model][1] / 3:.0f} s per latent" in fewer
+    served = campaign_estimate({"a": 10}, "a", 1, InterpretConfig(backend="openai", model="smollm2"))
+    assert "smollm2 (openai)" in served and "not measured yet" in served
+    assert f"measured {sum(COST_S['smollm2']):.0f} s per latent" in served
+    table = campaign_table({f"resid_post.{i}": 131072 for i in range(8)}, cfg).set_index("latent set")
+    assert table.loc["whole run", "latents"] == 1_048_576 and len(table) == 9
+    assert table.loc["resid_post.3", "2 CPU cores"] == f"{131072 * per / 86400:,.0f} days"
     at = page("pages/1_Browse.py")
     at.query_params["set"] = SET
     at.run()
     assert not at.exception, at.exception
     assert any("the whole run" in c.value for c in at.caption), [c.value for c in at.caption]
+    per_set = at.dataframe[1].value  # the expander's table: each set of the run, then the whole run
+    assert list(per_set["latent set"]) == [*data["store"].hookpoints(), "whole run"]
