@@ -212,7 +212,8 @@ def side_by_side(runs: list[Figures]) -> None:
 
 def bench(run_dir: Path, samples: int, n_parts: int, fig: Figures) -> None:
     from autointerp import analysis
-    from autointerp.app import views
+    from autointerp.analysis import agreement
+    from autointerp.app import figures, views
     from bench.store import QUERIES
 
     parts = result_part_counts(run_dir)
@@ -248,6 +249,12 @@ def bench(run_dir: Path, samples: int, n_parts: int, fig: Figures) -> None:
     score_col = next(c for c in frame.columns if c in ("detection", "fuzzing"))
     fig.add(f"Browse: sort by {score_col}, page 1", *timed(lambda: views.page_of(frame, score_col, True, 0, 50), 5),
          "(target < 1000)")
+    fig.add(f"Browse: filter {score_col} in [0.7, 1], page 1",
+            *timed(lambda: views.page_of(views.filter_latents(frame, views.BrowseFilter(
+                score_ranges={score_col: (0.7, 1.0)})), score_col, True, 1, 50), 5), "(target < 1000)")
+    fig.add("Browse: filter frequency > 1e-4, sort by frequency",
+            *timed(lambda: views.page_of(views.filter_latents(frame, views.BrowseFilter(min_frequency=1e-4)),
+                                         "frequency", True, 1, 50), 5), "(target < 1000)")
     fig.add("Browse: switch set (latent_frame of another)",
          *timed(lambda: views.latent_frame(store, sets[int(rng.integers(1, len(sets)))] if len(sets) > 1 else h), 3),
          "(target < 1000)")
@@ -257,6 +264,18 @@ def bench(run_dir: Path, samples: int, n_parts: int, fig: Figures) -> None:
     fig.add("Scores: score table over every scored latent", *timed(lambda: analysis.score_table(store), 3),
          "(target < 2000)")
     fig.add("Scores: scorer correlations", *timed(lambda: analysis.scorer_correlations(table), 3), "(target < 2000)")
+
+    def scores_page() -> None:  # what pages/3_Scores.py computes for "all" sets, figures included
+        t = analysis.score_table(store)
+        analysis.scorer_correlations(t)
+        analysis.accuracy_per_decile(store)
+        analysis.intervention_by_kl(store)
+        analysis.intervention_vs_fuzzing(t)
+        figures.score_distributions(t).to_json()
+
+    fig.add("Scores: the whole page's data and figures, all sets", *timed(scores_page, 3), "(target < 2000)")
+    fig.add("Analyses: scorer agreement (rho + CI per pair)", *timed(lambda: agreement.agreement_table(store), 3),
+            "(target < 2000)")
     fig.value("bench process peak RSS after the app queries", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
     # a long campaign: many small result parts, before and after compaction

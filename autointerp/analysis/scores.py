@@ -7,8 +7,6 @@ latest score per (hookpoint, latent, scorer), so a rerun replaces rather than do
 
 from __future__ import annotations
 
-import json
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -120,37 +118,39 @@ def scorer_columns(table: pd.DataFrame) -> list[str]:
 
 def scorer_correlations(table: pd.DataFrame, min_n: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(Spearman rho, n) between every pair of scorers over the latents both scored. rho is NaN
-    below min_n shared latents or when one side is constant (no ranking to correlate)."""
+    below min_n shared latents or when one side is constant (no ranking to correlate). Spearman's
+    rho is Pearson's r of the average ranks; a scorer's ranks are computed once and reused for every
+    pair whose shared latents are all its scored ones (a million latents: one sort per scorer)."""
     cols = scorer_columns(table)
     rho = pd.DataFrame(np.nan, index=cols, columns=cols, dtype=float)
     n = pd.DataFrame(0, index=cols, columns=cols, dtype=int)
-    values = table[cols].astype(float)
+    values = {c: table[c].astype(float).to_numpy() for c in cols}
+    scored = {c: ~np.isnan(v) for c, v in values.items()}
+    ranked = {c: stats.rankdata(v[scored[c]]) for c, v in values.items()}
+
+    def ranks(c: str, both: np.ndarray) -> np.ndarray:
+        return ranked[c] if np.array_equal(both, scored[c]) else stats.rankdata(values[c][both])
+
     for i, a in enumerate(cols):
         for b in cols[i:]:
-            x, y = values[a], values[b]
-            both = x.notna() & y.notna()
+            both = scored[a] & scored[b]
             n.loc[a, b] = n.loc[b, a] = int(both.sum())
             if both.sum() < min_n:
                 continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", stats.ConstantInputWarning)
-                r = stats.spearmanr(x[both].to_numpy(), y[both].to_numpy()).statistic
-            rho.loc[a, b] = rho.loc[b, a] = float(r)
+            ra, rb = ranks(a, both), ranks(b, both)
+            if np.ptp(ra) == 0 or np.ptp(rb) == 0:
+                continue  # a constant side ranks nothing
+            rho.loc[a, b] = rho.loc[b, a] = float(np.corrcoef(ra, rb)[0, 1])
     return rho, n
 
 
 def accuracy_per_decile(store: RunStore, hookpoint: str | None = None) -> pd.DataFrame:
     """Mean accuracy per scorer (rows) and activation decile (columns; 0 = non-activating,
     1..10 weakest to strongest), averaged over latents so each latent counts once."""
-    scores = store.current_scores(hookpoint)
-    rows = []
-    for r in scores[["scorer", "accuracy_per_decile"]].itertuples(index=False):
-        per = json.loads(r.accuracy_per_decile) if isinstance(r.accuracy_per_decile, str) else {}
-        rows += [(r.scorer, int(q), acc) for q, acc in per.items() if acc is not None]
-    if not rows:
+    long = store.current_decile_accuracy(hookpoint)  # averaged in DuckDB: one row per (scorer, decile)
+    if long.empty:
         return pd.DataFrame(dtype=float)
-    long = pd.DataFrame(rows, columns=["scorer", "decile", "accuracy"])
-    wide = long.pivot_table(index="scorer", columns="decile", values="accuracy", aggfunc="mean")
+    wide = long.pivot(index="scorer", columns="decile", values="accuracy")
     wide = wide.reindex(index=_scorer_order(wide.index), columns=sorted(wide.columns))
     wide.index.name, wide.columns.name = "scorer", "decile"
     return wide

@@ -54,16 +54,24 @@ def activation_histogram(hist: pd.DataFrame, title: str = "Activation histogram"
     return _layout(fig, title, "activation", "tokens" + (" (log scale)" if log_y else ""))
 
 
+MAX_BOX_POINTS = 5_000  # above this many latents a scorer's box is drawn from its quartiles, without points
+
+
 def score_distributions(table: pd.DataFrame, title: str = "Score distribution per scorer") -> go.Figure:
-    """One box (every latent shown as a point) per scorer of a score table."""
+    """One box per scorer of a score table, every latent shown as a point; a scorer with more than
+    MAX_BOX_POINTS latents gets a box computed here from all of them and no points (a million
+    points would make a figure of tens of MB that the browser cannot draw)."""
     fig = go.Figure()
     own_chance = []  # scorers whose chance is not AUROC's 0.5 (intruder 0.2, simulation 0): marked on their box
     for scorer in scorer_columns(table):
         values = table[scorer].astype(float).dropna()
-        name = f"{scorer} (n={len(values)})"
-        fig.add_trace(go.Box(y=values, name=name, boxpoints="all", jitter=0.4,
-                             pointpos=0, text=table.loc[values.index, "latent"].astype(str),
-                             hovertemplate="latent %{text}: %{y:.3f}<extra></extra>"))
+        name = f"{scorer} (n={len(values):,})"
+        if len(values) > MAX_BOX_POINTS:
+            fig.add_trace(go.Box(x=[name], name=name, boxpoints=False, **box_stats(values.to_numpy())))
+        else:
+            fig.add_trace(go.Box(y=values, name=name, boxpoints="all", jitter=0.4,
+                                 pointpos=0, text=table.loc[values.index, "latent"].astype(str),
+                                 hovertemplate="latent %{text}: %{y:.3f}<extra></extra>"))
         if chance(scorer) != 0.5:
             own_chance.append((name, chance(scorer)))
     for name, level in own_chance:
@@ -74,6 +82,16 @@ def score_distributions(table: pd.DataFrame, title: str = "Score distribution pe
                   annotation_position="bottom right")
     fig.update_layout(showlegend=False)
     return _layout(fig, f"{title}<br><sup>{HEADLINE_LABEL}</sup>", "scorer", "score")
+
+
+def box_stats(values: np.ndarray) -> dict[str, list[float]]:
+    """Plotly's precomputed box: quartiles (linear interpolation, as Plotly's own), Tukey fences
+    at the furthest values within 1.5 IQR, and the mean."""
+    q1, median, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+    iqr = q3 - q1
+    inside = values[(values >= q1 - 1.5 * iqr) & (values <= q3 + 1.5 * iqr)]
+    return {"q1": [q1], "median": [median], "q3": [q3], "lowerfence": [inside.min()],
+            "upperfence": [inside.max()], "mean": [values.mean()]}
 
 
 def correlation_heatmap(rho: pd.DataFrame, n: pd.DataFrame,

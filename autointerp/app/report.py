@@ -82,7 +82,7 @@ def agreement_report(store, scorer: str | None = None) -> StudyReport:
     table = agreement.agreement_table(store)
     if table.empty:
         return StudyReport("agreement", [], f"not enough data: no two scorers share {MIN_N}+ scored latents yet")
-    return StudyReport("agreement", [Section("scorer_agreement", "Scorer agreement (Spearman, bootstrap CI)", table,
+    return StudyReport("agreement", [Section("scorer_agreement", f"Scorer agreement (Spearman; bootstrap CI, Fisher z above {agreement.BOOT_MAX_N:,} latents)", table,
                                              figures.agreement_intervals(table))])
 
 

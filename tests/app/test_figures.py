@@ -224,3 +224,23 @@ def test_missing_chromium_is_a_one_line_error(scored, tmp_path, monkeypatch, cap
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "BROWSER_PATH" in err[0]
     assert not (tmp_path / "out").exists()  # failed before writing anything
+
+
+def test_a_million_latent_score_table_draws_boxes_from_quartiles():
+    """Issue 25: above MAX_BOX_POINTS latents a scorer's box is computed here (quartiles, fences,
+    mean) and carries no points, so the figure stays small; below it every latent is a point."""
+    rng = np.random.default_rng(0)
+    n = 1_048_576
+    table = pd.DataFrame({"hookpoint": "h", "latent": np.arange(n), "detection": rng.beta(5, 2, n),
+                          "fuzzing": np.where(rng.random(n) < 0.1, np.nan, rng.beta(4, 3, n))})
+    fig = figures.score_distributions(table)
+    assert len(fig.to_json()) < 20_000  # every point would be tens of MB
+    box = fig.data[0]
+    assert box.name == "detection (n=1,048,576)" and box.boxpoints is False and box.y is None
+    q1, med, q3 = np.quantile(table.detection, [0.25, 0.5, 0.75])
+    assert (box.q1[0], box.median[0], box.q3[0]) == pytest.approx((q1, med, q3))
+    assert box.upperfence[0] == pytest.approx(table.detection.max())  # nothing above q3 + 1.5 IQR here
+    assert box.lowerfence[0] >= q1 - 1.5 * (q3 - q1) and box.lowerfence[0] > table.detection.min()
+    assert fig.data[1].name == f"fuzzing (n={table.fuzzing.notna().sum():,})"
+    small = figures.score_distributions(table.head(100))
+    assert small.data[0].boxpoints == "all" and len(small.data[0].y) == 100
