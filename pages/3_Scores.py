@@ -34,7 +34,16 @@ else:
                "another latent's and a contentless explanation on the same test examples.")
     ui.table_download(validity, f"{run['name']}-{scope}-validity", key="dl-validity")
 
-table = analysis.score_table(store, hookpoint)
+@st.cache_data(show_spinner="Reading every current score…", max_entries=4)
+def scores_data(path: str, hookpoint: str | None, version: tuple) -> tuple:
+    """The page's tables, once per results version (a million scored latents: ~2 s; reruns then reuse them)."""
+    s = ui.open_store(path)
+    table = analysis.score_table(s, hookpoint)
+    return (table, *analysis.scorer_correlations(table), analysis.accuracy_per_decile(s, hookpoint),
+            analysis.intervention_by_kl(s, hookpoint))
+
+
+table, rho, n, dec, by_kl = scores_data(run["path"], hookpoint, store.version())
 if table.empty:
     st.info("No scores yet: select latents on the Browse page and launch a job, or wait for the demo's job.")
     st.stop()
@@ -47,7 +56,6 @@ ui.figure_downloads(fig, f"{name}-score-distributions", key="dl-dist")
 ui.table_download(table, f"{name}-scores", key="dl-scores")
 
 st.subheader("Spearman correlation between scorers")
-rho, n = analysis.scorer_correlations(table)
 if len(rho) >= 2:
     fig = figures.correlation_heatmap(rho, n)
     st.plotly_chart(fig, width="stretch", key="corr")
@@ -64,7 +72,6 @@ else:
     st.write("Only one scorer has run so far.")
 
 st.subheader("Accuracy per activation decile")
-dec = analysis.accuracy_per_decile(store, hookpoint)
 if dec.empty:
     st.write("No per-decile accuracies yet.")
 else:
@@ -74,7 +81,6 @@ else:
     st.dataframe(dec.round(3))
     ui.table_download(dec.reset_index(names="scorer"), f"{name}-accuracy-per-decile", key="dl-deccsv")
 
-by_kl = analysis.intervention_by_kl(store, hookpoint)
 pairs = analysis.intervention_vs_fuzzing(table)
 if len(by_kl) or len(pairs):
     st.subheader("Intervention scores (the paper's Fig. 4)")

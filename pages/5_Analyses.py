@@ -29,12 +29,17 @@ CLAIMS = {
     "agreement": ("Scorer agreement", "Paper (Table 1): scorers correlate to different degrees; detection and "
                   "fuzzing agree most."),
 }
-scorer_pick = {}
-for study, build in REPORTS.items():
+@st.cache_data(show_spinner=False, max_entries=16)
+def study_report(path: str, study: str, scorer: str | None, version: tuple):
+    """A study's report, once per results version (scorer agreement over a million latents: ~2 s)."""
+    return REPORTS[study](ui.open_store(path), scorer)
+
+
+for study in REPORTS:
     title, claim = CLAIMS[study]
     st.header(title)
     st.caption(claim)
-    report = build(store, st.session_state.get(f"{study}-scorer"))
+    report = study_report(run["path"], study, st.session_state.get(f"{study}-scorer"), store.version())
     if report.scorers and len(report.scorers) > 1:
         st.selectbox("Score compared", report.scorers, key=f"{study}-scorer")
     if report.missing:
