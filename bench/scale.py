@@ -5,6 +5,7 @@
     .venv/bin/python bench/scale.py [--sets 8] [--latents 131072] [--rows 1002000000] [--tokens 10000000]
         [--compare-rows 100000000 --compare-sets 1 --compare-latents 16384] [--dir /tmp/autointerp-scale]
         [--samples 50] [--parts 10000] [--queries 100] [--app-starts 3] [--finalise-k 12]
+        [--sections store search app finalise]
 
 Each run is written once and reused (delete --dir to rebuild); before writing, the free disk is
 checked against an estimate (one-line error if short). Each latent set is written latent by latent
@@ -14,9 +15,9 @@ a few very dense latents. Explanations (synthetic text) and detection + fuzzing 
 results part per set, compacted first (what `autointerp compact` leaves a campaign). Per run
 (p50 / p95 ms over --samples latents): each store query of the Latent page and the whole page's
 data (views.latent_page), Browse's first page / a sort by a score / a switch of set
-(views.latent_frame, page_of), the Scores page's table and correlations over every scored latent,
-the Overview's set summary, the results queries with --parts small parts before and after
-`compact`; the explanation search over every set (search_bench: index built once, a part added,
+(views.latent_frame, page_of) and its filters, the Scores page's table, correlations and whole
+page (figures included) over every scored latent, scorer agreement, the Overview's set summary,
+the results queries with --parts small parts before and after `compact`; the explanation search over every set (search_bench: index built once, a part added,
 queries, recall@10 against exact); the app in headless Chromium (server start to the Overview drawn,
 the server's RSS); the bench's peak RSS; and, for the big run, the cache's finalisation of one
 --latents SAE over --tokens tokens (--finalise-k latents per token) in a child process.
