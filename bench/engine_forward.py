@@ -1,7 +1,8 @@
 """Raw speed of candidate CPU engines for Qwen2.5-Coder-1.5B, side by side in one run: prefill
 (what scoring is: P(Yes) after a long prompt) and greedy decode (what explaining adds).
 
-    .venv/bin/python bench/engine_forward.py [--llamacpp-python PATH] [--ct2-path DIR]
+    .venv/bin/python bench/engine_forward.py [--llamacpp-python PATH] [--ct2-dir DIR] [--ort-python PATH]
+                                             [--ort-dir DIR]
 
 Each engine runs in a child process with its own environment, natively and with its instruction
 set limited to AVX2 (how this machine approximates an AVX2-only CPU):
@@ -14,8 +15,11 @@ set limited to AVX2 (how this machine approximates an AVX2-only CPU):
                (--llamacpp-python); its instruction set is fixed at build time, e.g. an AVX2-only
                build: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
                -DGGML_AVX512=OFF" pip install --no-binary llama-cpp-python llama-cpp-python
-Neither ctranslate2 nor llama-cpp-python is a dependency of the package: rows whose engine is not
-installed are printed as skipped, with the install line.
+  onnxruntime  optimum's ONNX export of the model (float32) and its dynamic int8 quantization, in
+               another interpreter (--ort-python, --ort-dir); native only: stock onnxruntime has no
+               switch that limits its kernels' instruction set
+Neither ctranslate2, llama-cpp-python nor onnxruntime is a dependency of the package: rows whose engine is
+not installed are printed as skipped, with the install line.
 """
 
 from __future__ import annotations
@@ -110,6 +114,44 @@ print(json.dumps({"prefill_tok_s": prefill, "decode_tok_s": decode, "isa": info.
 """
 
 
+ORT_CHILD = r"""
+import json, os, sys, time
+import numpy as np
+import onnxruntime as ort
+path, prefill_n, prompt_n, decode_n = sys.argv[1], *map(int, sys.argv[2:5])
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = os.cpu_count()
+sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+names = [i.name for i in sess.get_inputs()]
+past = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
+kv_heads, head_dim = past[0].shape[1], past[0].shape[3]
+outs = [o.name for o in sess.get_outputs()]
+
+def step(ids, start, cache):
+    n = ids.shape[1]
+    feed = {"input_ids": ids, "attention_mask": np.ones((1, start + n), np.int64)}
+    if "position_ids" in names:
+        feed["position_ids"] = np.arange(start, start + n, dtype=np.int64)[None]
+    for i, inp in enumerate(past):
+        feed[inp.name] = cache[i] if cache else np.zeros((1, kv_heads, 0, head_dim), np.float32)
+    got = sess.run(None, feed)
+    return got[0], got[1:]
+
+ids = np.random.default_rng(0).integers(100, 20000, (1, prefill_n)).astype(np.int64)
+step(ids[:, :64], 0, None)
+prefill = 0.0
+for _ in range(2):
+    t0 = time.perf_counter(); step(ids, 0, None); prefill = max(prefill, prefill_n / (time.perf_counter() - t0))
+logits, cache = step(ids[:, :prompt_n], 0, None)
+t0 = time.perf_counter()
+for k in range(decode_n):
+    nxt = np.array([[int(np.argmax(logits[0, -1]))]], np.int64)
+    logits, cache = step(nxt, prompt_n + k, cache)
+decode = decode_n / (time.perf_counter() - t0)
+print(json.dumps({"prefill_tok_s": prefill, "decode_tok_s": decode}))
+"""
+
+
 def run_child(cmd: list[str], env: dict) -> dict | str:
     proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
@@ -123,6 +165,12 @@ def main() -> None:
     ap.add_argument("--llamacpp-python", help="an interpreter with llama-cpp-python installed")
     ap.add_argument("--llamacpp-label", default="as built", help="what the llama.cpp build targets, for the table")
     ap.add_argument("--ct2-dir", default="/tmp/autointerp-ct2-qwen-int8")
+    ap.add_argument("--engines", nargs="+", default=["torch", "ct2", "ort", "llamacpp"],
+                    choices=["torch", "ct2", "ort", "llamacpp"], help="which rows to run (all by default)")
+    ap.add_argument("--ort-python", help="an interpreter with onnxruntime installed")
+    ap.add_argument("--ort-dir", default="/tmp/autointerp-ort-qwen",
+                    help="model.onnx (optimum-cli export onnx --task text-generation-with-past) and "
+                         "model_int8.onnx (onnxruntime.quantization.quantize_dynamic, QInt8 weights)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -137,15 +185,25 @@ def main() -> None:
     rows = [("torch float32", "native", me + ["torch", "float32"], {}),
             ("torch bfloat16", "native", me + ["torch", "bfloat16"], {}),
             ("torch float32", "AVX2", me + ["torch", "float32"], TORCH_AVX2),
-            ("torch bfloat16", "AVX2", me + ["torch", "bfloat16"], TORCH_AVX2)]
+            ("torch bfloat16", "AVX2", me + ["torch", "bfloat16"], TORCH_AVX2)] if "torch" in args.engines else []
     try:
         import ctranslate2  # noqa: F401
 
-        rows += [("ctranslate2 int8", "native", me + ["ct2", args.ct2_dir], {}),
-                 ("ctranslate2 int8", "AVX2", me + ["ct2", args.ct2_dir], CT2_AVX2)]
+        if "ct2" in args.engines:
+            rows += [("ctranslate2 int8", "native", me + ["ct2", args.ct2_dir], {}),
+                     ("ctranslate2 int8", "AVX2", me + ["ct2", args.ct2_dir], CT2_AVX2)]
     except ImportError:
         print("ctranslate2: skipped (pip install ctranslate2)")
-    if args.llamacpp_python:
+    for label, onnx in (("onnxruntime float32", "model.onnx"), ("onnxruntime int8 (dynamic)", "model_int8.onnx")):
+        path = Path(args.ort_dir) / onnx
+        if "ort" not in args.engines:
+            continue
+        if args.ort_python and path.exists():
+            rows.append((label, "native", [args.ort_python, "-c", ORT_CHILD, str(path), str(PREFILL), str(PROMPT),
+                                           str(DECODE)], {}))
+        else:
+            print(f"{label}: skipped (--ort-python PATH with onnxruntime, and {path}: see --ort-dir)")
+    if args.llamacpp_python and "llamacpp" in args.engines:
         gguf = Path(args.ct2_dir).parent / "autointerp-qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
         if not gguf.exists():
             concat_verified(qwen_gguf_parts(), gguf, QWEN_GGUF_SHA256, QWEN_GGUF_SIZE)

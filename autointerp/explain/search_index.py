@@ -27,7 +27,8 @@ def index_explanations(store: RunStore, hookpoint: str, embedder=None) -> int:
     embedder = embedder or load_embedder(INDEX_EMBEDDER)
     for start in range(0, len(todo), ADD_BATCH):
         chunk = todo.iloc[start:start + ADD_BATCH]
-        vectors = embedder.encode(chunk.explanation.tolist(), normalize_embeddings=True, batch_size=64)
+        vectors = embedder.encode(chunk.explanation.tolist(), normalize_embeddings=True, batch_size=64,
+                                  show_progress_bar=False)  # once per explain part: no bar in the job's log
         add_to_index(store.run_dir, hookpoint, chunk.latent.to_numpy(), chunk.text_md5.tolist(), vectors, name)
-    log.info("search index of %s: %d explanations added", hookpoint, len(todo))
+    log.debug("search index of %s: %d explanations added", hookpoint, len(todo))
     return len(todo)

@@ -85,9 +85,9 @@ def test_explain_job_runs_to_done_with_progress_and_results(data):
     assert (p["done"], p["total"], p["unit"]) == (2, 2, "latent") and p["started"] <= p["updated"]
     # the job's own clock: positive, and within the time the test saw pass (no bound on the machine's speed)
     assert job.eta_s is None and job.error is None and 0 < job.elapsed_s <= time.time() - launched + 1
-    tail = job.log_tail(10)
-    assert tail and tail[0].startswith("$ autointerp explain") and any(f"{SET} " in line for line in tail)
-    assert all("\r" not in line for line in tail)
+    log = job.log_tail(200)  # the whole log: the command line first, then its output
+    assert log and log[0].startswith("$ autointerp explain") and any(f"{SET} " in line for line in log)
+    assert all("\r" not in line for line in log)
     expl = RunStore(data / "runs" / "tiny").explanations(SET)
     assert len(expl) == 2 and expl.model.str.contains("smollm2").all()
     assert expl.raw.str.len().gt(0).all(), expl.error.tolist()  # SmolLM2 really answered
