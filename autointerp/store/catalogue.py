@@ -25,5 +25,10 @@ def list_runs(root: Path | None = None) -> list[dict]:
             log.warning("skipping %s: run.json is not valid JSON", manifest.parent)
             continue
         info["path"] = str(manifest.parent)
+        # a run is known by its folder (what --run and run_path take): a folder copied under another
+        # name keeps the old name in its run.json, and jobs launched by that name went to the old folder
+        if info.get("name") != manifest.parent.name:
+            info["manifest_name"] = info.get("name")
+        info["name"] = manifest.parent.name
         out.append(info)
     return out

@@ -26,6 +26,19 @@ def test_run_level_queries(store, tiny_run):
     assert [r["name"] for r in list_runs(tiny_run.parent)] == ["tiny"]
 
 
+def test_a_copied_run_is_known_by_its_folder(tiny_run, tmp_path):
+    """A run folder copied under another name keeps the old name in run.json; the catalogue names it
+    by its folder (what --run takes), so the app's links and jobs reach the copy, not the original."""
+    import shutil
+
+    shutil.copytree(tiny_run, tmp_path / "tiny-copy", ignore=shutil.ignore_patterns("results", "search"))
+    shutil.copytree(tiny_run, tmp_path / "tiny", ignore=shutil.ignore_patterns("results", "search"))
+    runs = {r["name"]: r for r in list_runs(tmp_path)}
+    assert set(runs) == {"tiny", "tiny-copy"}
+    assert runs["tiny-copy"]["path"] == str(tmp_path / "tiny-copy") and runs["tiny-copy"]["manifest_name"] == "tiny"
+    assert "manifest_name" not in runs["tiny"]
+
+
 def test_latent_table_sorts_filters_and_pages(store, rows):
     page, total = store.latent_table(SET, sort="frequency", limit=10)
     assert total == 256 and len(page) == 10
