@@ -13,6 +13,7 @@ from autointerp import analysis
 
 from autointerp.app import ui, views  # noqa: E402
 from autointerp.config import SCORERS  # noqa: E402
+from autointerp.core.errors import AutointerpError  # noqa: E402
 from autointerp.app.semantic_search import ExplanationSearch  # noqa: E402
 
 st.set_page_config(page_title="Browse · autointerp", layout="wide")
@@ -56,7 +57,11 @@ hits = None
 if query.strip():
     sets = store.hookpoints() if everywhere else [hookpoint]
     with st.spinner("Searching (new explanations are indexed first)…"):
-        found = searcher(run["path"]).search(query, sets, k=100)
+        try:
+            found = searcher(run["path"]).search(query, sets, k=100)
+        except AutointerpError as e:  # e.g. an unreadable index file: the fix is in the message
+            st.error(str(e))
+            st.stop()
     if everywhere:
         st.subheader(f"Closest explanations in {len(sets)} latent sets")
         st.dataframe(found, hide_index=True, width="stretch", key="search-all-sets",

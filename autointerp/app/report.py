@@ -82,8 +82,8 @@ def agreement_report(store, scorer: str | None = None) -> StudyReport:
     table = agreement.agreement_table(store)
     if table.empty:
         return StudyReport("agreement", [], f"not enough data: no two scorers share {MIN_N}+ scored latents yet")
-    return StudyReport("agreement", [Section("scorer_agreement", f"Scorer agreement (Spearman; bootstrap CI, Fisher z above {agreement.BOOT_MAX_N:,} latents)", table,
-                                             figures.agreement_intervals(table))])
+    title = f"Scorer agreement (Spearman; bootstrap CI, Fisher z above {agreement.BOOT_MAX_N:,} latents)"
+    return StudyReport("agreement", [Section("scorer_agreement", title, table, figures.agreement_intervals(table))])
 
 
 REPORTS = {"sampling": sampling_report, "coders": coders_report, "overlap": overlap_report,

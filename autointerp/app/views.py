@@ -292,7 +292,8 @@ def latent_page(store: RunStore, hookpoint: str, latent: int, n_top: int = 20, n
     order = {s: i for i, s in enumerate(SCORERS)}  # shown in the scorers' canonical order
     latest = latest.sort_values("scorer", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
     top, quantiles = store.top_and_quantile_examples(hookpoint, latent, n_top, n_quantiles, per_quantile)
-    return LatentPage(hookpoint, int(latent), stats, hist, top, quantiles, expl, latest.reset_index(drop=True), history, both[kinds == "output"].reset_index(drop=True))
+    return LatentPage(hookpoint, int(latent), stats, hist, top, quantiles, expl, latest.reset_index(drop=True),
+                      history, both[kinds == "output"].reset_index(drop=True))
 
 
 def explanation_caption(row) -> str:

@@ -19,16 +19,20 @@ ADD_BATCH = 16_384  # explanations embedded per graph update (one save of the se
 
 def index_explanations(store: RunStore, hookpoint: str, embedder=None) -> int:
     """Embed and index the set's current explanations missing from its search index; returns how
-    many were added (0: up to date, and no embedder was loaded)."""
+    many were added (0: up to date, and no embedder was loaded). A second pass picks up what a graph
+    rebuilt from scratch (another embedder, an unreadable file) no longer holds."""
     name = embedder_name(INDEX_EMBEDDER)
-    todo = store.unindexed_explanations(hookpoint, name)
-    if not len(todo):
-        return 0
-    embedder = embedder or load_embedder(INDEX_EMBEDDER)
-    for start in range(0, len(todo), ADD_BATCH):
-        chunk = todo.iloc[start:start + ADD_BATCH]
-        vectors = embedder.encode(chunk.explanation.tolist(), normalize_embeddings=True, batch_size=64,
-                                  show_progress_bar=False)  # once per explain part: no bar in the job's log
-        add_to_index(store.run_dir, hookpoint, chunk.latent.to_numpy(), chunk.text_md5.tolist(), vectors, name)
-    log.debug("search index of %s: %d explanations added", hookpoint, len(todo))
-    return len(todo)
+    added = 0
+    for _ in range(2):
+        todo = store.unindexed_explanations(hookpoint, name)
+        if not len(todo):
+            break
+        embedder = embedder or load_embedder(INDEX_EMBEDDER)
+        for start in range(0, len(todo), ADD_BATCH):
+            chunk = todo.iloc[start:start + ADD_BATCH]
+            vectors = embedder.encode(chunk.explanation.tolist(), normalize_embeddings=True, batch_size=64,
+                                      show_progress_bar=False)  # once per explain part: no bar in the job's log
+            add_to_index(store.run_dir, hookpoint, chunk.latent.to_numpy(), chunk.text_md5.tolist(), vectors, name)
+        added += len(todo)
+    log.debug("search index of %s: %d explanations added", hookpoint, added)
+    return added

@@ -23,7 +23,7 @@ from autointerp.intervention.scorer import SCORER as INTERVENTION
 from autointerp.intervention.output import OutputExplainer
 from autointerp.intervention.scorer import InterventionConfig, InterventionScorer
 from autointerp.explain.explainers import ExplainConfig, explain_latents
-from autointerp.explain.search_index import INDEX_EMBEDDER, index_explanations
+from autointerp.explain.search_index import index_explanations
 from autointerp.core.progress import report_progress
 from autointerp.runs.executor import chunks, execute
 from autointerp.core.milestones import record_milestone
@@ -109,13 +109,11 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
     with tqdm(total=len(latents), desc=f"explain {cfg.hookpoint}", unit="latent") as bar:
         report_progress(0, len(latents))  # a job's progress.json (no-op outside a job)
 
-        embedder: list = []  # loaded at the first part to index
-
         def write(chunk: list[int], part: list[dict]) -> None:
             append_results(store.run_dir, "explanations", part)
             fault_point("explain-chunk-written")
             if cfg.kind == "input":
-                index_part(store, cfg.hookpoint, embedder)
+                index_part(store, cfg.hookpoint)
             rows.extend(part)
             bar.update(len(chunk))
             report_progress(bar.n, len(latents), failed=sum(r["explanation"] is None for r in rows))
@@ -127,13 +125,12 @@ def run_explain(cfg: InterpretConfig, client=None) -> list[dict]:
     return rows
 
 
-def index_part(store: RunStore, hookpoint: str, embedder: list) -> None:
-    """Grow the set's explanation search index by what just landed. The explanations are written
-    already: an index that cannot be updated (no MiniLM) is logged and caught up by the app later."""
+def index_part(store: RunStore, hookpoint: str) -> None:
+    """Grow the set's explanation search index by what just landed (MiniLM loads once per process,
+    at the first part with a good explanation). The explanations are written already: an index that
+    cannot be updated (no MiniLM, an unreadable graph) is logged and caught up by the app later."""
     try:
-        if not embedder:
-            embedder.append(load_embedder(INDEX_EMBEDDER))
-        index_explanations(store, hookpoint, embedder[0])
+        index_explanations(store, hookpoint)
     except (AutointerpError, OSError) as e:
         log.warning("search index of %s not updated (%s); the app's search catches it up later", hookpoint, e)
 

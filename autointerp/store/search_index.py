@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from autointerp.core.atomic import remove_stale_temp, tmp_prefix
 from autointerp.core.errors import AutointerpError
 from autointerp.core.faults import fault_point
 from autointerp.store.files import write_parquet_atomic
@@ -67,6 +68,22 @@ class _SetLock:
         self.f.close()
 
 
+def _restore(path: Path, view: bool):
+    """A saved graph (memory-mapped with `view`); a file usearch cannot read is a one-line error."""
+    from usearch.index import Index
+
+    try:
+        graph = Index.restore(str(path), view=view)
+    except ValueError as e:
+        graph, why = None, str(e)
+    else:
+        why = "not a usearch index"
+    if graph is None:
+        raise AutointerpError(f"search index {path} is unreadable ({why}): delete {path.parent} and search "
+                              f"again to rebuild it")
+    return graph
+
+
 def add_to_index(run_dir: Path, hookpoint: str, latents: np.ndarray, text_md5: list[str], vectors: np.ndarray,
                  embedder: str) -> int:
     """Put these latents' embeddings into the set's graph (a latent already there is replaced:
@@ -80,12 +97,15 @@ def add_to_index(run_dir: Path, hookpoint: str, latents: np.ndarray, text_md5: l
         raise ValueError(f"{len(latents)} latents, {len(text_md5)} texts and {len(vectors)} vectors")
     folder = index_dir(run_dir, hookpoint)
     with _SetLock(folder):
-        for stale in folder.glob(f".{INDEX_FILE}.*.tmp"):  # a writer killed mid-save (we hold the lock)
-            stale.unlink(missing_ok=True)
+        remove_stale_temp(folder)  # a graph or record a killed writer left half-saved
         graph_path, record_file = folder / INDEX_FILE, folder / RECORD_FILE
         record = pd.read_parquet(record_file) if record_file.exists() else None
         same = record is not None and graph_path.exists() and (record.embedder == embedder).all()
-        graph = Index.restore(str(graph_path)) if same else None
+        try:
+            graph = _restore(graph_path, view=False) if same else None
+        except AutointerpError as e:  # rebuilt from what is added now; the app's catch-up embeds the rest
+            log.warning("%s; starting it afresh", e)
+            graph = None
         if graph is not None and graph.ndim != vectors.shape[1]:
             raise AutointerpError(f"search index of {hookpoint} holds {graph.ndim}-dim vectors, got "
                                   f"{vectors.shape[1]}: delete {folder} to rebuild it")
@@ -98,7 +118,7 @@ def add_to_index(run_dir: Path, hookpoint: str, latents: np.ndarray, text_md5: l
             if len(present):
                 graph.remove(present)
             graph.add(latents, vectors, threads=os.cpu_count() or 1)
-        tmp = folder / f".{INDEX_FILE}.{os.getpid()}.tmp"
+        tmp = folder / f"{tmp_prefix()}{INDEX_FILE}"
         try:
             graph.save(str(tmp))
             fault_point("search-index-saved")
@@ -122,8 +142,6 @@ class SearchIndexes:
         self._lock = threading.Lock()
 
     def _graph(self, hookpoint: str):
-        from usearch.index import Index
-
         path = index_dir(self.run_dir, hookpoint) / INDEX_FILE
         try:
             stamp = path.stat().st_mtime_ns
@@ -132,9 +150,7 @@ class SearchIndexes:
         with self._lock:
             held = self._open.get(hookpoint)
             if held is None or held[0] != stamp:
-                graph = Index.restore(str(path), view=True)
-                if graph is None:
-                    raise AutointerpError(f"{path} is not a usearch index: delete {path.parent} to rebuild it")
+                graph = _restore(path, view=True)
                 graph.expansion_search = EXPANSION_SEARCH
                 self._open[hookpoint] = held = (stamp, graph)
             return held[1]

